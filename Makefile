@@ -1,0 +1,51 @@
+# Two entry points for a fresh clone: `make demo` and `make test`.
+# Both create (or reuse) a local virtual environment in .venv and install what they need.
+# torch is installed pinned first so that pip takes the local CPU build and never a multi-GB CUDA one.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+export OMP_NUM_THREADS ?= 2
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
+
+.PHONY: demo demo-sft demo-flow demo-dla demo-compress test test-slow lint install clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -q -e ".[dev,plots,triton]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: demo-sft demo-flow demo-dla demo-compress
+	@echo "All demos done; reports under runs/"
+
+demo-sft: install
+	$(PY) -m examples.demo_sft --output_dir runs/sft
+
+demo-flow: install
+	$(PY) -m examples.demo_flow --output_dir runs/flow
+
+demo-dla: install
+	$(PY) -m examples.demo_dla --output_dir runs/dla
+
+demo-compress: install
+	$(PY) -m examples.demo_compress --output_dir runs/compress
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf runs .pytest_cache
