@@ -1,0 +1,188 @@
+"""`hf-compress`: one subcommand per pipeline stage, plus `run`, which chains the stages from a YAML recipe.
+
+    hf-compress generate --input problems/ --output runs/c/generate --backend transformers --model runs/sft/model
+    hf-compress verify   --input runs/c/generate --output runs/c/verify
+    hf-compress compress --input runs/c/verify --output runs/c/compress --compressor extractive --tokenizer runs/sft/model
+    hf-compress build    --input runs/c/compress --output runs/c/build --tokenizer runs/sft/model
+    hf-compress run examples/recipes/compress_arithmetic.yaml
+
+Adding a subcommand is one `register(name, help, add_arguments, run)` call. A stage that reads `--input`
+and writes `--output` can also be appended to `PIPELINE`, and `run` will chain it (its recipe section holds
+its other arguments, by their argparse names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import os
+import sys
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import yaml
+
+
+@dataclass
+class Subcommand:
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], object]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {}
+# Stages `run` chains, in order, each reading the previous one's output folder.
+PIPELINE: list[str] = ["generate", "verify", "compress", "build"]
+
+
+def register(name: str, help: str, add_arguments: Callable, run: Callable) -> None:
+    SUBCOMMANDS[name] = Subcommand(help, add_arguments, run)
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
+    """One `--field` option per dataclass field, with its default and its `help` metadata."""
+    hints = typing.get_type_hints(config_class)
+    for f in dataclasses.fields(config_class):
+        kind = hints[f.name]
+        scalar = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # `X | None` -> X
+        if scalar is bool:
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default,
+                                help=f.metadata.get("help"))
+        else:
+            parser.add_argument(f"--{f.name}", type=scalar, default=f.default, choices=f.metadata.get("choices"),
+                                help=f.metadata.get("help"))
+
+
+def dataclass_from_args(config_class: type, args: argparse.Namespace):
+    return config_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)})
+
+
+def add_io_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, help="A `datasets` folder (save_to_disk) or a Hub dataset id.")
+    parser.add_argument("--split", default="train", help="Split to read when the input has several.")
+    parser.add_argument("--output", required=True, help="Folder to write the stage's `datasets` output to.")
+    parser.add_argument("--overwrite", action="store_true", help="Discard an output folder from other arguments.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stages
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _add_generate(parser):
+    from .backends import BackendConfig, SamplingConfig
+
+    add_io_arguments(parser)
+    add_dataclass_arguments(parser, BackendConfig)
+    add_dataclass_arguments(parser, SamplingConfig)
+    parser.add_argument("--problem_column", default="problem")
+    parser.add_argument("--answer_column", default="answer")
+    parser.add_argument("--system_prompt", default=None)
+    parser.add_argument("--prompt_template", default="{problem}", help="User message; must contain {problem}.")
+    parser.add_argument("--shard_size", type=int, default=256, help="Problems per saved shard (resume unit).")
+    parser.add_argument("--problems_per_call", type=int, default=64, help="Problems sent to the backend at once.")
+
+
+def _run_generate(args):
+    from .backends import BackendConfig, SamplingConfig
+    from .generate import generate
+    from .stages import load_input
+
+    return generate(
+        load_input(args.input, args.split),
+        dataclass_from_args(BackendConfig, args).build(),
+        dataclass_from_args(SamplingConfig, args),
+        output_dir=args.output,
+        problem_column=args.problem_column,
+        answer_column=args.answer_column,
+        system_prompt=args.system_prompt,
+        prompt_template=args.prompt_template,
+        shard_size=args.shard_size,
+        batch_size=args.problems_per_call,
+        overwrite=args.overwrite,
+    )
+
+
+register("generate", "Sample teacher traces (n per problem), resumably.", _add_generate, _run_generate)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# run: chain the stages from a YAML recipe
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _add_run(parser):
+    parser.add_argument("recipe", help="YAML recipe: `output_dir`, an input, and one section per stage to run.")
+
+
+def load_recipe_input(recipe: dict, recipe_path: str) -> str:
+    """The recipe's `input` (folder or Hub id), or a dataset built by `input_builder: "module:function"`
+    with `input_builder_kwargs`, saved under the output folder."""
+    if "input" in recipe:
+        return recipe["input"]
+    if "input_builder" not in recipe:
+        raise ValueError(f"{recipe_path} needs `input` (a dataset folder or Hub id) or `input_builder` (module:function).")
+    path = os.path.join(recipe["output_dir"], "input")
+    if not os.path.exists(os.path.join(path, "state.json")):
+        module_name, _, function_name = recipe["input_builder"].partition(":")
+        builder = getattr(importlib.import_module(module_name), function_name)
+        builder(**recipe.get("input_builder_kwargs", {})).save_to_disk(path)
+    return path
+
+
+def stage_namespace(name: str, section: dict, input_path: str, output_path: str) -> argparse.Namespace:
+    """The argparse namespace of a stage as its subcommand would parse it, with the recipe's values set."""
+    parser = argparse.ArgumentParser(prog=f"hf-compress {name}")
+    SUBCOMMANDS[name].add_arguments(parser)
+    args = parser.parse_args(["--input", input_path, "--output", output_path])
+    unknown = sorted(set(section) - set(vars(args)))
+    if unknown:
+        raise ValueError(f"Unknown key(s) {unknown} in the recipe's `{name}` section; see `hf-compress {name} --help`.")
+    for key, value in section.items():
+        setattr(args, key, value)
+    return args
+
+
+def _run_recipe(args):
+    with open(args.recipe) as f:
+        recipe = yaml.safe_load(f) or {}
+    if "output_dir" not in recipe:
+        raise ValueError(f"{args.recipe} needs an `output_dir`.")
+    unknown = sorted(set(recipe) - set(PIPELINE) - {"output_dir", "input", "input_builder", "input_builder_kwargs", "split"})
+    if unknown:
+        raise ValueError(f"Unknown top-level key(s) {unknown} in {args.recipe}; stages are {PIPELINE}.")
+    current = load_recipe_input(recipe, args.recipe)
+    results = {}
+    for name in PIPELINE:
+        if name not in recipe:
+            continue
+        output = os.path.join(recipe["output_dir"], name)
+        stage_args = stage_namespace(name, recipe[name] or {}, current, output)
+        if "split" in recipe and current == recipe.get("input"):
+            stage_args.split = recipe["split"]
+        print(f"[hf-compress run] {name}: {current} -> {output}", file=sys.stderr)
+        results[name] = SUBCOMMANDS[name].run(stage_args)
+        current = output
+    return results
+
+
+register("run", "Chain the pipeline stages from a YAML recipe.", _add_run, _run_recipe)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-compress", description=__doc__.split("\n\n")[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, subcommand in SUBCOMMANDS.items():
+        subcommand.add_arguments(subparsers.add_parser(name, help=subcommand.help, description=subcommand.help))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    SUBCOMMANDS[args.command].run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Stage 1: sample teacher traces for every problem, `n` per problem, resumably."""
+
+from __future__ import annotations
+
+from datasets import Dataset
+
+from .backends import SamplingConfig, TeacherBackend
+from .stages import require_columns, run_stage
+
+GENERATED_COLUMNS = ("sample_index", "generation", "num_tokens", "finish_reason", "teacher")
+
+
+def build_conversation(problem: str, system_prompt: str | None = None, prompt_template: str = "{problem}") -> list[dict]:
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + [{"role": "user", "content": prompt_template.format(problem=problem)}]
+
+
+def generate(
+    dataset: Dataset,
+    backend: TeacherBackend,
+    sampling: SamplingConfig | None = None,
+    *,
+    output_dir: str | None = None,
+    problem_column: str = "problem",
+    answer_column: str = "answer",
+    system_prompt: str | None = None,
+    prompt_template: str = "{problem}",
+    shard_size: int = 256,
+    batch_size: int = 64,
+    overwrite: bool = False,
+) -> Dataset:
+    """Teacher traces: one row per (problem, sample) with every input column plus `sample_index`,
+    `generation` (the trace text), `num_tokens`, `finish_reason` ("stop" or "length") and `teacher`.
+
+    With `output_dir`, problems are processed in shards of `shard_size` saved as they finish: a killed run
+    restarted with the same arguments resumes after the last finished shard, and its result equals an
+    uninterrupted run's (each batch's seed derives from `sampling.seed` and its position in the dataset).
+    `batch_size` problems go to the backend per call (the backend may split them further).
+    """
+    sampling = sampling or SamplingConfig()
+    require_columns(dataset, [problem_column, answer_column], "generate")
+    clashing = [c for c in GENERATED_COLUMNS if c in dataset.column_names]
+    if clashing:
+        raise ValueError(f"generate adds the columns {clashing}, which the input already has; rename or drop them.")
+    if "{problem}" not in prompt_template:
+        raise ValueError(f"prompt_template must contain '{{problem}}', got {prompt_template!r}.")
+
+    def process_shard(shard: Dataset, shard_index: int, progress) -> Dataset:
+        def generate_batch(batch: dict, indices: list[int]) -> dict:
+            conversations = [build_conversation(p, system_prompt, prompt_template) for p in batch[problem_column]]
+            # The seed depends only on where the batch sits in the dataset, so a resumed run samples as an
+            # uninterrupted one would.
+            per_problem = backend.generate(conversations, sampling, seed=sampling.seed + shard_index * shard_size + indices[0])
+            progress.update(len(conversations))
+            rows = {column: [] for column in [*batch, *GENERATED_COLUMNS]}
+            for i, generations in enumerate(per_problem):
+                for sample_index, g in enumerate(generations):
+                    for column in batch:
+                        rows[column].append(batch[column][i])
+                    rows["sample_index"].append(sample_index)
+                    rows["generation"].append(g.text)
+                    rows["num_tokens"].append(g.num_tokens)
+                    rows["finish_reason"].append(g.finish_reason)
+                    rows["teacher"].append(backend.model_name)
+            return rows
+
+        return shard.map(
+            generate_batch,
+            with_indices=True,
+            batched=True,
+            batch_size=batch_size,
+            remove_columns=shard.column_names,
+            keep_in_memory=True,
+            load_from_cache_file=False,
+            new_fingerprint=f"generate-{shard_index}",
+        )
+
+    arguments = {
+        "teacher": backend.describe(),
+        "sampling": sampling.to_dict(),
+        "problem_column": problem_column,
+        "system_prompt": system_prompt,
+        "prompt_template": prompt_template,
+        "shard_size": shard_size,
+        "batch_size": batch_size,
+    }
+    return run_stage(
+        dataset,
+        process_shard,
+        stage="generate",
+        arguments=arguments,
+        output_dir=output_dir,
+        shard_size=shard_size,
+        summarize=summarize_generations,
+        overwrite=overwrite,
+    )
+
+
+def summarize_generations(traces: Dataset) -> dict:
+    tokens, reasons = list(traces["num_tokens"]), list(traces["finish_reason"])
+    return {
+        "traces": len(traces),
+        "mean_tokens": sum(tokens) / max(1, len(tokens)),
+        "truncated_fraction": reasons.count("length") / max(1, len(reasons)),
+    }
