@@ -1,1 +1,27 @@
-"""hf_flowcredit"""
+"""hf_flowcredit: FlowTracer token credit for TRL GRPO.
+
+Answer-targeted attention flow through a completion's tokens, turned into per-token advantage weights.
+The core library (this block) works on any Hugging Face causal LM and does not import TRL.
+"""
+
+# --- core library: answer spans, attention capture, flow throughput, token scorers, visualisation ---
+from .answer import answer_token_mask, find_answer_span
+from .attention import capture_attention, resolve_layers
+from .flow import flow_throughput, flow_throughput_blockwise, flow_throughput_dense
+from .scoring import SCORERS, ScoringBatch, TokenScorer, get_scorer, select_weights
+
+__all__ = [
+    "SCORERS",
+    "ScoringBatch",
+    "TokenScorer",
+    "answer_token_mask",
+    "capture_attention",
+    "find_answer_span",
+    "flow_throughput",
+    "flow_throughput_blockwise",
+    "flow_throughput_dense",
+    "get_scorer",
+    "resolve_layers",
+    "select_weights",
+]
+# --- end of core library block ---

@@ -1,0 +1,244 @@
+"""Attention flow throughput: how much source-to-sink attention flow passes through each token.
+
+Definition (DESIGN.md section 1.3). For one sequence with aggregated attention `attn[j, i]` (query j, key i):
+
+- `A[j, i] = attn[j, i]` for `i < j`, else 0: self and future edges are dropped. Padding tokens have no edges.
+- With `renormalize` (default) each row of `A` is divided by its sum; rows summing to zero stay zero.
+- Sources `Q` (prompt tokens) get no incoming edges (`A[q, :] = 0`), sinks `R` (answer tokens) no outgoing edges
+  (`A[:, r] = 0`).
+- Forward flow `F = (I - A)^-1 1_Q`, backward reach `G = (I - A^T)^-1 1_R`, throughput `F * G`: the summed weight
+  of every source-to-sink path through the token, a path weighing the product of its edges.
+
+Two implementations with the same signature, in the style of fla's naive/chunk ops:
+
+- `flow_throughput_dense` builds the `T x T` edge matrix and does two triangular solves: the readable reference.
+- `flow_throughput_blockwise` walks query-row blocks (forward substitution for `F`, backward for `G`) and never holds
+  more than a `block x T` slab; it also accepts the attention lazily, as a callable producing query-row blocks, so
+  a 16k-token sequence needs no 1 GiB attention matrix at all.
+
+`flow_throughput` picks the dense one for short sequences and the blockwise one otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["AttentionRows", "flow_throughput", "flow_throughput_blockwise", "flow_throughput_dense"]
+
+# (start, end) -> attention rows of the queries start..end-1, shape [B, end - start, T] (at least `end` columns).
+AttentionRows = Callable[[int, int], torch.Tensor]
+
+# Above this many edge-matrix elements (B * T * T) `flow_throughput` switches to the blockwise implementation.
+DENSE_MAX_ELEMENTS = 2**24
+# Elements per slab (B * block * T) that the blockwise implementation aims for when `block_size` is not given.
+SLAB_ELEMENTS = 2**24
+
+
+def _validate_masks(
+    source_mask: torch.Tensor,
+    sink_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    shape: tuple[int, int],
+    device: torch.device,
+) -> torch.Tensor:
+    """Check the masks and return the boolean validity mask (True = real token)."""
+    for name, mask in (("source_mask", source_mask), ("sink_mask", sink_mask), ("attention_mask", attention_mask)):
+        if mask is not None and tuple(mask.shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(mask.shape)} but the attention implies [B, T] = {list(shape)}.")
+    for name, mask in (("source_mask", source_mask), ("sink_mask", sink_mask)):
+        if mask.dtype != torch.bool:
+            raise TypeError(f"{name} must be a bool tensor, got {mask.dtype}; pass `mask.bool()`.")
+    valid = torch.ones(shape, dtype=torch.bool, device=device) if attention_mask is None else attention_mask.bool()
+    if (source_mask & sink_mask).any():
+        raise ValueError(
+            "source_mask and sink_mask overlap: a token cannot be both a source (prompt) and a sink (answer)."
+        )
+    for name, mask in (("source_mask", source_mask), ("sink_mask", sink_mask)):
+        if (mask & ~valid).any():
+            raise ValueError(f"{name} marks padding positions (attention_mask == 0); sources and sinks must be real.")
+    return valid
+
+
+def _float_dtype(dtype: torch.dtype) -> torch.dtype:
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"attention must be float32 or float64, got {dtype}; convert it with `.float()` first.")
+    return dtype
+
+
+def _edge_rows(
+    attn_rows: torch.Tensor,
+    start: int,
+    source_mask: torch.Tensor,
+    sink_mask: torch.Tensor,
+    valid: torch.Tensor,
+    renormalize: bool,
+) -> torch.Tensor:
+    """Rows `start .. start + n - 1` of the edge matrix `A`, shape [B, n, start + n] (later columns are all zero)."""
+    batch, n = attn_rows.shape[:2]
+    end = start + n
+    if attn_rows.shape[-1] < end:
+        raise ValueError(f"attention rows {start}..{end - 1} have only {attn_rows.shape[-1]} columns, need {end}.")
+    attn_rows = attn_rows[..., :end]
+    if not (torch.isfinite(attn_rows).all() and (attn_rows >= 0).all()):
+        raise ValueError(
+            f"attention rows {start}..{end - 1} contain NaN, inf or negative values; attention must be "
+            "finite probabilities (check the model's dtype, e.g. fp16 overflow)."
+        )
+    queries = torch.arange(start, end, device=attn_rows.device)
+    keys = torch.arange(end, device=attn_rows.device)
+    keep = (keys[None, :] < queries[:, None])[None] & valid[:, None, :end] & valid[:, start:end, None]
+    edges = torch.where(keep, attn_rows, attn_rows.new_zeros(()))
+    if renormalize:
+        row_sums = edges.sum(-1, keepdim=True)
+        edges = edges / torch.where(row_sums > 0, row_sums, torch.ones_like(row_sums))
+    edges = edges.masked_fill(source_mask[:, start:end, None], 0.0)  # nothing flows into a source
+    return edges.masked_fill(sink_mask[:, None, :end], 0.0)  # nothing flows out of a sink
+
+
+def _solve_unit_lower(edges: torch.Tensor, rhs: torch.Tensor, *, transpose: bool = False) -> torch.Tensor:
+    """x with (I - E) x = rhs (or (I - E^T) x = rhs) for a strictly lower-triangular E, batched over dim 0."""
+    matrix = -edges.transpose(-1, -2) if transpose else -edges
+    solution = torch.linalg.solve_triangular(matrix, rhs.unsqueeze(-1), upper=transpose, unitriangular=True)
+    return solution.squeeze(-1)
+
+
+def _empty_rows(source_mask: torch.Tensor, sink_mask: torch.Tensor) -> torch.Tensor:
+    """Rows with no source or no sink carry no flow: their throughput is defined as all zero."""
+    return ~(source_mask.any(-1) & sink_mask.any(-1))
+
+
+def flow_throughput_dense(
+    attn: torch.Tensor,
+    source_mask: torch.Tensor,
+    sink_mask: torch.Tensor,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    renormalize: bool = True,
+) -> torch.Tensor:
+    """Reference implementation of `flow_throughput`: materialises the `[B, T, T]` edge matrix. See `flow_throughput`."""
+    if not isinstance(attn, torch.Tensor) or attn.dim() != 3 or attn.shape[1] != attn.shape[2]:
+        shape = tuple(attn.shape) if isinstance(attn, torch.Tensor) else type(attn).__name__
+        raise ValueError(f"attn must be a [B, T, T] tensor, got {shape}.")
+    _float_dtype(attn.dtype)
+    valid = _validate_masks(source_mask, sink_mask, attention_mask, tuple(attn.shape[:2]), attn.device)
+    edges = _edge_rows(attn, 0, source_mask, sink_mask, valid, renormalize)
+    forward = _solve_unit_lower(edges, source_mask.to(attn.dtype))
+    backward = _solve_unit_lower(edges, sink_mask.to(attn.dtype), transpose=True)
+    return (forward * backward).masked_fill(_empty_rows(source_mask, sink_mask)[:, None], 0.0)
+
+
+def _as_row_source(attn: torch.Tensor | AttentionRows, shape: tuple[int, int]) -> AttentionRows:
+    if isinstance(attn, torch.Tensor):
+        if attn.dim() != 3 or tuple(attn.shape) != (*shape, shape[1]):
+            raise ValueError(f"attn must be a [B, T, T] tensor matching the masks {list(shape)}, got {tuple(attn.shape)}.")
+        return lambda start, end: attn[:, start:end]
+    if not callable(attn):
+        raise TypeError(f"attn must be a [B, T, T] tensor or a callable (start, end) -> rows, got {type(attn).__name__}.")
+    return attn
+
+
+def _checked_rows(rows: AttentionRows, start: int, end: int, batch: int, dtype: torch.dtype | None) -> torch.Tensor:
+    block = rows(start, end)
+    if not isinstance(block, torch.Tensor) or block.dim() != 3 or tuple(block.shape[:2]) != (batch, end - start):
+        shape = tuple(block.shape) if isinstance(block, torch.Tensor) else type(block).__name__
+        raise ValueError(f"attention rows {start}..{end - 1} must have shape [{batch}, {end - start}, T], got {shape}.")
+    if dtype is not None and block.dtype != dtype:
+        raise TypeError(f"attention rows {start}..{end - 1} are {block.dtype} but earlier rows were {dtype}.")
+    return block
+
+
+def flow_throughput_blockwise(
+    attn: torch.Tensor | AttentionRows,
+    source_mask: torch.Tensor,
+    sink_mask: torch.Tensor,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    renormalize: bool = True,
+    block_size: int | None = None,
+) -> torch.Tensor:
+    """Bounded-memory implementation of `flow_throughput`: never holds more than a `[B, block_size, T]` slab.
+
+    `attn` may be a `[B, T, T]` tensor or a callable `rows(start, end)` returning the attention of queries
+    `start..end-1` as `[B, end - start, T]`; it is called twice per block (once for `F`, once for `G`).
+    `block_size` defaults to about 16M slab elements (64 MiB in float32), clamped to 32..1024 rows.
+    """
+    batch, length = source_mask.shape if source_mask.dim() == 2 else (None, None)
+    if batch is None:
+        raise ValueError(f"source_mask must be [B, T], got shape {tuple(source_mask.shape)}.")
+    rows = _as_row_source(attn, (batch, length))
+    valid = _validate_masks(source_mask, sink_mask, attention_mask, (batch, length), source_mask.device)
+    if block_size is None:
+        block_size = max(32, min(1024, SLAB_ELEMENTS // max(1, batch * length)))
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}.")
+    starts = list(range(0, length, block_size))
+    dtype = None
+
+    # Forward substitution: F[J] = 1_Q[J] + A[J, :start] F[:start] + A[J, J] F[J], block by block.
+    forward = None
+    for start in starts:
+        end = min(length, start + block_size)
+        block = _checked_rows(rows, start, end, batch, dtype)
+        dtype = _float_dtype(block.dtype)
+        if forward is None:
+            forward = torch.zeros(batch, length, dtype=dtype, device=block.device)
+        edges = _edge_rows(block, start, source_mask, sink_mask, valid, renormalize)
+        rhs = source_mask[:, start:end].to(dtype) + (edges[..., :start] @ forward[:, :start, None]).squeeze(-1)
+        forward[:, start:end] = _solve_unit_lower(edges[..., start:], rhs)
+
+    # Backward substitution with a running column accumulator, so row slabs are all it needs:
+    # G[J] = 1_R[J] + A[J, J]^T G[J] + sum over later rows j of A[j, J]^T G[j].
+    backward = torch.zeros_like(forward)
+    later_contributions = torch.zeros_like(forward)
+    for start in reversed(starts):
+        end = min(length, start + block_size)
+        edges = _edge_rows(_checked_rows(rows, start, end, batch, dtype), start, source_mask, sink_mask, valid, renormalize)
+        rhs = sink_mask[:, start:end].to(dtype) + later_contributions[:, start:end]
+        backward[:, start:end] = _solve_unit_lower(edges[..., start:], rhs, transpose=True)
+        later_contributions[:, :start] += (backward[:, None, start:end] @ edges[..., :start]).squeeze(1)
+
+    return (forward * backward).masked_fill(_empty_rows(source_mask, sink_mask)[:, None], 0.0)
+
+
+def flow_throughput(
+    attn: torch.Tensor | AttentionRows,
+    source_mask: torch.Tensor,
+    sink_mask: torch.Tensor,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    renormalize: bool = True,
+    block_size: int | None = None,
+    implementation: str = "auto",
+) -> torch.Tensor:
+    """Per-token attention flow throughput from source tokens to sink tokens (DESIGN.md section 1.3).
+
+    Args:
+        attn: `[B, T, T]` float32/float64 aggregated attention, `attn[b, j, i]` = attention of query j to key i
+            (for example `capture_attention(...)`), or a callable `rows(start, end) -> [B, end - start, T]`
+            (blockwise only). Must be finite and non-negative.
+        source_mask: bool `[B, T]`, the flow sources (prompt tokens).
+        sink_mask: bool `[B, T]`, the flow sinks (answer tokens); disjoint from `source_mask`.
+        attention_mask: `[B, T]`, 1 for real tokens, 0 for padding. Padding has no edges and scores 0, so left- and
+            right-padded copies of a sequence get the same scores.
+        renormalize: divide each row of the edge matrix by its sum (after dropping self, future and padding edges).
+        block_size: query rows per slab for the blockwise implementation.
+        implementation: "auto" (dense while `B * T * T <= 2**24` and `attn` is a tensor), "dense" or "blockwise".
+
+    Returns:
+        `[B, T]` throughput `F * G` in the dtype of `attn`. Tokens that cannot reach a sink, or that no source reaches,
+        score 0. A row with no source or no sink token (e.g. a completion whose answer was not found) is all zero.
+    """
+    if implementation not in ("auto", "dense", "blockwise"):
+        raise ValueError(f"implementation must be 'auto', 'dense' or 'blockwise', got {implementation!r}.")
+    if implementation == "auto":
+        small = isinstance(attn, torch.Tensor) and attn.numel() <= DENSE_MAX_ELEMENTS
+        implementation = "dense" if small else "blockwise"
+    if implementation == "dense":
+        return flow_throughput_dense(
+            attn, source_mask, sink_mask, attention_mask=attention_mask, renormalize=renormalize
+        )
+    return flow_throughput_blockwise(
+        attn, source_mask, sink_mask, attention_mask=attention_mask, renormalize=renormalize, block_size=block_size
+    )

@@ -1,0 +1,295 @@
+"""Token scorers: one interface for the flow credit signal and the baselines it is compared with.
+
+A scorer is called as `scorer(model, batch)` on a `ScoringBatch` (prompt + completion in TRL's layout) and returns
+float32 `[B, T]` scores, zero outside the completion. `select_weights` turns any scorer's scores into per-token
+advantage weights with the same rule (DESIGN.md section 1.4), so baselines and flow are compared like for like.
+
+Every model-based scorer runs one sequence at a time on its real tokens only (padding cut off), in eval mode:
+scores do not depend on how the batch was padded, and memory stays at one sequence's worth. All but `gradient` run
+under `torch.no_grad()`.
+
+    >>> scorer = get_scorer("flow", layers="middle")
+    >>> scores = scorer(model, batch)                      # [B, T], 0 outside batch.completion_mask
+    >>> weights = select_weights(scores, batch.completion_mask)  # 1.5 on the top 40% of each completion, 1.0 else
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import torch
+
+from .attention import capture_attention, eval_mode
+from .flow import flow_throughput
+
+__all__ = [
+    "SCORERS",
+    "AttentionScorer",
+    "CorrelationScorer",
+    "EntropyScorer",
+    "FlowScorer",
+    "GradientScorer",
+    "RandomScorer",
+    "ScoringBatch",
+    "TokenScorer",
+    "get_scorer",
+    "select_weights",
+]
+
+
+@dataclass
+class ScoringBatch:
+    """Prompt + completion tokens of a generation batch, laid out as TRL builds them.
+
+    All masks are `[B, T]`; booleans may be given as 0/1 integers. The prompt is left-padded and the completion
+    right-padded, but any layout works as long as the masks say which positions are what.
+    """
+
+    input_ids: torch.LongTensor  # [B, T] prompt + completion
+    attention_mask: torch.LongTensor  # [B, T] 1 = real token
+    prompt_mask: torch.BoolTensor  # [B, T] real prompt tokens (flow sources)
+    completion_mask: torch.BoolTensor  # [B, T] real completion tokens (the tokens that get weights)
+    answer_mask: torch.BoolTensor  # [B, T] answer tokens, subset of completion_mask (flow sinks); may be all-False
+    rewards: torch.Tensor | None = None  # [B] scalar reward per completion (correlation scorer)
+    group_ids: torch.LongTensor | None = None  # [B] rollouts of the same prompt share an id (correlation scorer)
+    seed: int = 0  # for the random scorer (deterministic)
+
+    def __post_init__(self):
+        if self.input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, T], got shape {tuple(self.input_ids.shape)}.")
+        shape = tuple(self.input_ids.shape)
+        for name in ("attention_mask", "prompt_mask", "completion_mask", "answer_mask"):
+            value = getattr(self, name)
+            if tuple(value.shape) != shape:
+                raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {shape} like input_ids.")
+            if name != "attention_mask":
+                setattr(self, name, value.bool())
+        real = self.attention_mask.bool()
+        if ((self.prompt_mask | self.completion_mask) & ~real).any():
+            raise ValueError("prompt_mask/completion_mask mark padding positions (attention_mask == 0).")
+        if (self.prompt_mask & self.completion_mask).any():
+            raise ValueError("prompt_mask and completion_mask overlap: a token is either prompt or completion.")
+        if (self.answer_mask & ~self.completion_mask).any():
+            raise ValueError("answer_mask must be a subset of completion_mask (answers are completion tokens).")
+        for name in ("rewards", "group_ids"):
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape) != shape[:1]:
+                raise ValueError(f"{name} must have shape [B] = [{shape[0]}], got {tuple(value.shape)}.")
+
+    def sequences(self) -> Iterator[tuple[int, slice]]:
+        """(row, span of its real tokens): the per-sequence work units of the model-based scorers."""
+        for row in range(self.input_ids.shape[0]):
+            real = self.attention_mask[row].nonzero().flatten()
+            if len(real):
+                yield row, slice(int(real[0]), int(real[-1]) + 1)
+
+
+class TokenScorer(Protocol):
+    """Anything with a `name` that maps `(model, ScoringBatch)` to float32 `[B, T]` scores, 0 outside the completion."""
+
+    name: str
+
+    def __call__(self, model, batch: ScoringBatch) -> torch.Tensor: ...
+
+
+def _zeros(batch: ScoringBatch) -> torch.Tensor:
+    return torch.zeros(batch.input_ids.shape, dtype=torch.float32, device=batch.input_ids.device)
+
+
+@dataclass
+class FlowScorer:
+    """Answer-targeted attention flow throughput (DESIGN.md 1.3): sources = prompt tokens, sinks = answer tokens.
+
+    A row whose `answer_mask` is all False (no answer found) gets all-zero scores without running the model: the
+    caller decides the fallback (`select_weights` gives such a row weight 1.0 everywhere).
+    """
+
+    name: ClassVar[str] = "flow"
+    layers: str | int | Sequence[int] = "middle"
+    block_size: int | None = None
+    renormalize: bool = True
+
+    def __call__(self, model, batch: ScoringBatch) -> torch.Tensor:
+        scores = _zeros(batch)
+        for row, span in batch.sequences():
+            if not batch.answer_mask[row, span].any() or not batch.prompt_mask[row, span].any():
+                continue
+            attention_mask = batch.attention_mask[row : row + 1, span]
+            attn = capture_attention(model, batch.input_ids[row : row + 1, span], attention_mask, self.layers)
+            throughput = flow_throughput(
+                attn,
+                batch.prompt_mask[row : row + 1, span],
+                batch.answer_mask[row : row + 1, span],
+                attention_mask=attention_mask,
+                renormalize=self.renormalize,
+                block_size=self.block_size,
+            )
+            scores[row, span] = throughput[0]
+        return scores * batch.completion_mask
+
+
+@dataclass
+class AttentionScorer:
+    """Attention received: the sum over later real tokens j of `attn[j, i]` (same captured layers as `flow`)."""
+
+    name: ClassVar[str] = "attention"
+    layers: str | int | Sequence[int] = "middle"
+
+    def __call__(self, model, batch: ScoringBatch) -> torch.Tensor:
+        scores = _zeros(batch)
+        for row, span in batch.sequences():
+            attn = capture_attention(
+                model, batch.input_ids[row : row + 1, span], batch.attention_mask[row : row + 1, span], self.layers
+            )
+            scores[row, span] = attn[0].tril(-1).sum(0)
+        return scores * batch.completion_mask
+
+
+@dataclass
+class RandomScorer:
+    """Uniform random scores, reproducible from `batch.seed`; the model is not used."""
+
+    name: ClassVar[str] = "random"
+
+    def __call__(self, model, batch: ScoringBatch) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(batch.seed)
+        scores = torch.rand(batch.input_ids.shape, generator=generator).to(batch.input_ids.device)
+        return scores * batch.completion_mask
+
+
+def _next_token_log_probs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, inputs_embeds=None):
+    """log p(. | x_<t) for t = 1..T-1 of one sequence, float32 [T-1, V]."""
+    inputs = {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": input_ids}
+    logits = model(**inputs, attention_mask=attention_mask, use_cache=False).logits[0, :-1]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+@dataclass
+class EntropyScorer:
+    """Entropy of the model's next-token distribution at each completion token: H(p(. | x_<t))."""
+
+    name: ClassVar[str] = "entropy"
+
+    def __call__(self, model, batch: ScoringBatch) -> torch.Tensor:
+        scores = _zeros(batch)
+        with torch.no_grad(), eval_mode(model):
+            for row, span in batch.sequences():
+                log_probs = _next_token_log_probs(
+                    model, batch.input_ids[row : row + 1, span], batch.attention_mask[row : row + 1, span]
+                )
+                scores[row, span.start + 1 : span.stop] = -(log_probs.exp() * log_probs).sum(-1)
+        return scores * batch.completion_mask
+
+
+@dataclass
+class GradientScorer:
+    """Saliency of each completion token for the completion's log-likelihood.
+
+    score_t = || d/d e_t  sum_{s in completion} log p(x_s | x_<s) ||_2, with e_t the input embedding of token t.
+    (The literal d log p(x_t | x_<t) / d e_t is identically zero in a causal LM, since position t's own embedding
+    is not an input of the distribution that predicts x_t; the summed completion log-probability is what the
+    policy gradient moves.) Runs with gradients enabled for the embeddings only; parameter `.grad`s are untouched.
+    """
+
+    name: ClassVar[str] = "gradient"
+
+    def __call__(self, model, batch: ScoringBatch) -> torch.Tensor:
+        scores = _zeros(batch)
+        embeddings = model.get_input_embeddings()
+        with torch.enable_grad(), eval_mode(model):
+            for row, span in batch.sequences():
+                input_ids = batch.input_ids[row : row + 1, span]
+                inputs_embeds = embeddings(input_ids).detach().requires_grad_(True)
+                log_probs = _next_token_log_probs(
+                    model, input_ids, batch.attention_mask[row : row + 1, span], inputs_embeds=inputs_embeds
+                )
+                token_log_probs = log_probs.gather(-1, input_ids[0, 1:, None]).squeeze(-1)
+                objective = (token_log_probs * batch.completion_mask[row, span][1:]).sum()
+                (gradient,) = torch.autograd.grad(objective, inputs_embeds)
+                scores[row, span] = gradient[0].float().norm(dim=-1)
+        return scores * batch.completion_mask
+
+
+@dataclass
+class CorrelationScorer:
+    """Token-reward association across the rollouts of one prompt; the model is not used.
+
+    For each token id v in a group's completions, x_k = 1 if rollout k contains v; the score of every occurrence
+    of v is |Pearson correlation(x, rewards)| over the group (0 when x or the rewards are constant).
+    """
+
+    name: ClassVar[str] = "correlation"
+
+    def __call__(self, model, batch: ScoringBatch) -> torch.Tensor:
+        if batch.rewards is None or batch.group_ids is None:
+            raise ValueError("The correlation scorer needs ScoringBatch.rewards and ScoringBatch.group_ids.")
+        scores = _zeros(batch)
+        for group in batch.group_ids.unique():
+            rows = (batch.group_ids == group).nonzero().flatten()
+            ids, mask = batch.input_ids[rows], batch.completion_mask[rows]
+            vocabulary, inverse = ids[mask].unique(return_inverse=True)
+            presence = torch.zeros(len(rows), len(vocabulary), device=ids.device)
+            presence[mask.nonzero()[:, 0], inverse] = 1.0
+            rewards = batch.rewards[rows].float()
+            centred_x, centred_r = presence - presence.mean(0), (rewards - rewards.mean())[:, None]
+            covariance = (centred_x * centred_r).sum(0)
+            norm = centred_x.norm(dim=0) * centred_r.norm()
+            association = torch.where(norm > 0, covariance.abs() / norm.clamp_min(1e-12), 0.0)
+            group_scores = torch.zeros(ids.shape, device=ids.device)
+            group_scores[mask] = association[inverse]
+            scores[rows] = group_scores
+        return scores * batch.completion_mask
+
+
+SCORERS: dict[str, type] = {
+    scorer.name: scorer
+    for scorer in (FlowScorer, RandomScorer, EntropyScorer, AttentionScorer, CorrelationScorer, GradientScorer)
+}
+
+
+def get_scorer(name: str, **options) -> TokenScorer:
+    """The scorer registered under `name` (see `SCORERS`), built with its options (e.g. `layers="middle"`)."""
+    if name not in SCORERS:
+        raise ValueError(f"Unknown token scorer {name!r}; choose one of {sorted(SCORERS)}.")
+    accepted = {field.name for field in dataclasses.fields(SCORERS[name])}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(f"Scorer {name!r} has no option(s) {unknown}; it accepts {sorted(accepted) or 'none'}.")
+    return SCORERS[name](**options)
+
+
+def select_weights(
+    scores: torch.Tensor,
+    completion_mask: torch.Tensor,
+    top_fraction: float = 0.4,
+    high_weight: float = 1.5,
+) -> torch.Tensor:
+    """Per-token advantage weights: `high_weight` on the top `top_fraction` of each completion's tokens, 1.0 on the rest.
+
+    A completion of n tokens gets ceil(top_fraction * n) high-weight tokens. Ties are broken by position (earlier
+    first). A completion whose scores are all equal carries no ranking signal (e.g. a flow row without an answer)
+    and gets 1.0 everywhere. Padding and prompt positions get 0. Returns float32 `[B, T]`.
+    """
+    if scores.shape != completion_mask.shape or scores.dim() != 2:
+        raise ValueError(f"scores {tuple(scores.shape)} and completion_mask {tuple(completion_mask.shape)} must be [B, T].")
+    if not 0.0 < top_fraction <= 1.0:
+        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}.")
+    if not math.isfinite(high_weight) or high_weight < 0:
+        raise ValueError(f"high_weight must be a finite non-negative number, got {high_weight}.")
+    mask = completion_mask.bool()
+    scores = scores.float()
+    if not torch.isfinite(scores[mask]).all():
+        raise ValueError("scores contain NaN or inf on completion tokens.")
+    masked = scores.masked_fill(~mask, float("-inf"))
+    order = torch.sort(masked, dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device).expand_as(order))
+    count = torch.ceil(top_fraction * mask.sum(-1) - 1e-9)
+    row_max = masked.amax(-1)
+    row_min = scores.masked_fill(~mask, float("inf")).amin(-1)
+    informative = row_max > row_min
+    selected = (rank < count[:, None]) & mask & informative[:, None]
+    return (1.0 + (high_weight - 1.0) * selected.float()) * mask
