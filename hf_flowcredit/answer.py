@@ -159,7 +159,9 @@ def answer_token_mask(
         if not isinstance(text, str):
             raise TypeError(f"completions_text[{row}] is {type(text).__name__}, expected the decoded string.")
         span = find(text)
-        if span is not None and not (isinstance(span, tuple) and len(span) == 2 and 0 <= span[0] < span[1] <= len(text)):
+        if span is not None and not (
+            isinstance(span, tuple) and len(span) == 2 and 0 <= span[0] < span[1] <= len(text)
+        ):
             raise ValueError(f"answer span {span!r} for completion {row} is not a (start, end) pair inside its text.")
         positions = [position for position, token in enumerate(ids) if token not in special]
         if span is None or not positions:

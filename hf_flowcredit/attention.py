@@ -123,12 +123,16 @@ def _capturing_attention(module, query, key, value, attention_mask, scaling=None
         raise NotImplementedError("capture_attention does not support attention logit softcapping or attention sinks.")
     layer = getattr(module, "layer_idx", None)
     if layer is None:
-        raise RuntimeError(f"{type(module).__name__} has no `layer_idx`; capture_attention cannot tell its layers apart.")
+        raise RuntimeError(
+            f"{type(module).__name__} has no `layer_idx`; capture_attention cannot tell its layers apart."
+        )
     if layer in capture.layers:
         _add_head_averaged_probabilities(capture, query, key, attention_mask, scaling)
         if layer == capture.last_layer:
             raise _StopForward
-    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    return sdpa_attention_forward(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+    )
 
 
 AttentionInterface.register(CAPTURE_ATTN_IMPLEMENTATION, _capturing_attention)
@@ -173,7 +177,9 @@ def capture_attention(
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}.")
     if attention_mask is not None and attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}.")
+        raise ValueError(
+            f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}."
+        )
     if query_chunk_size is not None and (not isinstance(query_chunk_size, int) or query_chunk_size < 1):
         raise ValueError(f"query_chunk_size must be a positive int, got {query_chunk_size!r}.")
     if not hasattr(model, "set_attn_implementation"):

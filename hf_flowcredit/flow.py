@@ -132,10 +132,14 @@ def flow_throughput_dense(
 def _as_row_source(attn: torch.Tensor | AttentionRows, shape: tuple[int, int]) -> AttentionRows:
     if isinstance(attn, torch.Tensor):
         if attn.dim() != 3 or tuple(attn.shape) != (*shape, shape[1]):
-            raise ValueError(f"attn must be a [B, T, T] tensor matching the masks {list(shape)}, got {tuple(attn.shape)}.")
+            raise ValueError(
+                f"attn must be a [B, T, T] tensor matching the masks {list(shape)}, got {tuple(attn.shape)}."
+            )
         return lambda start, end: attn[:, start:end]
     if not callable(attn):
-        raise TypeError(f"attn must be a [B, T, T] tensor or a callable (start, end) -> rows, got {type(attn).__name__}.")
+        raise TypeError(
+            f"attn must be a [B, T, T] tensor or a callable (start, end) -> rows, got {type(attn).__name__}."
+        )
     return attn
 
 
@@ -143,7 +147,9 @@ def _checked_rows(rows: AttentionRows, start: int, end: int, batch: int, dtype: 
     block = rows(start, end)
     if not isinstance(block, torch.Tensor) or block.dim() != 3 or tuple(block.shape[:2]) != (batch, end - start):
         shape = tuple(block.shape) if isinstance(block, torch.Tensor) else type(block).__name__
-        raise ValueError(f"attention rows {start}..{end - 1} must have shape [{batch}, {end - start}, T], got {shape}.")
+        raise ValueError(
+            f"attention rows {start}..{end - 1} must have shape [{batch}, {end - start}, T], got {shape}."
+        )
     if dtype is not None and block.dtype != dtype:
         raise TypeError(f"attention rows {start}..{end - 1} are {block.dtype} but earlier rows were {dtype}.")
     return block
@@ -194,7 +200,9 @@ def flow_throughput_blockwise(
     later_contributions = torch.zeros_like(forward)
     for start in reversed(starts):
         end = min(length, start + block_size)
-        edges = _edge_rows(_checked_rows(rows, start, end, batch, dtype), start, source_mask, sink_mask, valid, renormalize)
+        edges = _edge_rows(
+            _checked_rows(rows, start, end, batch, dtype), start, source_mask, sink_mask, valid, renormalize
+        )
         rhs = sink_mask[:, start:end].to(dtype) + later_contributions[:, start:end]
         backward[:, start:end] = _solve_unit_lower(edges[..., start:], rhs, transpose=True)
         later_contributions[:, :start] += (backward[:, None, start:end] @ edges[..., :start]).squeeze(1)

@@ -275,7 +275,9 @@ def select_weights(
     and gets 1.0 everywhere. Padding and prompt positions get 0. Returns float32 `[B, T]`.
     """
     if scores.shape != completion_mask.shape or scores.dim() != 2:
-        raise ValueError(f"scores {tuple(scores.shape)} and completion_mask {tuple(completion_mask.shape)} must be [B, T].")
+        raise ValueError(
+            f"scores {tuple(scores.shape)} and completion_mask {tuple(completion_mask.shape)} must be [B, T]."
+        )
     if not 0.0 < top_fraction <= 1.0:
         raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}.")
     if not math.isfinite(high_weight) or high_weight < 0:
@@ -286,7 +288,9 @@ def select_weights(
         raise ValueError("scores contain NaN or inf on completion tokens.")
     masked = scores.masked_fill(~mask, float("-inf"))
     order = torch.sort(masked, dim=-1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device).expand_as(order))
+    rank = torch.empty_like(order).scatter_(
+        -1, order, torch.arange(scores.shape[-1], device=scores.device).expand_as(order)
+    )
     count = torch.ceil(top_fraction * mask.sum(-1) - 1e-9)
     row_max = masked.amax(-1)
     row_min = scores.masked_fill(~mask, float("inf")).amin(-1)
