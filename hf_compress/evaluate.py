@@ -1,0 +1,197 @@
+"""Evaluate a student: greedy, batched decoding with a token cap, accuracy with the pipeline's verifier, output
+length statistics and wall-clock time.
+
+The result is a summary (`eval.json`) and a per-problem `datasets` table (`eval_table/`, with the completion, its
+correctness, its token count and whether it hit the cap) in the output folder.
+
+    >>> summary, table = evaluate_student("runs/compress/students/raw", test_set, max_new_tokens=8192)
+    >>> save_evaluation(summary, table, "runs/compress/students/raw")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from hf_compress.sft import bf16_supported, resolve_attn_implementation
+
+logger = logging.getLogger(__name__)
+
+EVAL_FILE = "eval.json"
+EVAL_TABLE_DIR = "eval_table"
+PERCENTILES = (50, 90, 99)
+
+
+def is_correct(completion: str, answer: str) -> bool:
+    """math-verify's equivalence of the completion's final answer with the gold answer."""
+    from math_verify import parse, verify
+
+    return bool(verify(parse(answer), parse(completion)))
+
+
+def eval_prompts(dataset: Dataset) -> list[list[dict]]:
+    """Conversational prompts from a `prompt` column, a `messages` column (its final assistant turn dropped) or a
+    `problem` column (one user turn)."""
+    if "prompt" in dataset.column_names:
+        return list(dataset["prompt"])
+    if "messages" in dataset.column_names:
+        return [messages[:-1] if messages[-1]["role"] == "assistant" else messages for messages in dataset["messages"]]
+    if "problem" in dataset.column_names:
+        return [[{"role": "user", "content": problem}] for problem in dataset["problem"]]
+    raise ValueError(
+        f"The eval set needs a `prompt`, `messages` or `problem` column to build prompts from; it has {dataset.column_names}."
+    )
+
+
+def load_student_for_eval(path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A trained student folder: full weights, or a LoRA adapter merged into its base model."""
+    dtype = torch.bfloat16 if bf16_supported() else torch.float32
+    attn = resolve_attn_implementation(None)
+    if os.path.exists(os.path.join(path, "adapter_config.json")):
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(
+            path, dtype=dtype, attn_implementation=attn
+        ).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device), AutoTokenizer.from_pretrained(path)
+
+
+def _stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    configured = model.generation_config.eos_token_id
+    configured = [configured] if isinstance(configured, int) else list(configured or [])
+    return set(configured) | {tokenizer.eos_token_id}
+
+
+def _output_length(row: list[int], stop_ids: set[int]) -> int:
+    """Generated tokens up to and including the first stop token (all of them when it never stopped)."""
+    return next((i + 1 for i, token in enumerate(row) if token in stop_ids), len(row))
+
+
+@torch.no_grad()
+def greedy_generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[dict]],
+    *,
+    max_new_tokens: int = 8192,
+    batch_size: int = 32,
+) -> tuple[list[str], list[int], list[bool]]:
+    """Greedy completions (text, token count, hit the cap) of conversational prompts, in input order.
+
+    Prompts are sorted by length so that a batch holds little padding; padding is on the left.
+    """
+    prompts = list(prompts)  # a `datasets` Column is not a list of conversations to `apply_chat_template`
+    stop_ids = _stop_token_ids(model, tokenizer)
+    rendered = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, return_dict=True)
+    lengths = [len(ids) for ids in rendered["input_ids"]]
+    order = sorted(range(len(prompts)), key=lengths.__getitem__)
+    texts, counts, capped = [None] * len(prompts), [0] * len(prompts), [False] * len(prompts)
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    model.eval()
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc="greedy decoding"):
+            indices = order[start : start + batch_size]
+            batch = tokenizer.apply_chat_template(
+                [prompts[i] for i in indices],
+                add_generation_prompt=True,
+                return_tensors="pt",
+                padding=True,
+                return_dict=True,
+            ).to(model.device)
+            output = model.generate(
+                **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+            for i, row in zip(indices, output[:, batch["input_ids"].shape[1] :].tolist()):
+                counts[i] = _output_length(row, stop_ids)
+                capped[i] = counts[i] == max_new_tokens and row[counts[i] - 1] not in stop_ids
+                texts[i] = tokenizer.decode(row[: counts[i]], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = padding_side
+    return texts, counts, capped
+
+
+def evaluate_student(
+    model: str | PreTrainedModel,
+    dataset: Dataset,
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    max_new_tokens: int = 8192,
+    batch_size: int = 32,
+    answer_column: str = "answer",
+    verifier: Callable[[str, str], bool] = is_correct,
+) -> tuple[dict[str, Any], Dataset]:
+    """Greedy accuracy and output length of a student on an eval set with gold answers.
+
+    Returns the summary (accuracy and its standard error, mean and percentile output tokens, share of outputs cut
+    by the cap, seconds) and the per-problem table.
+    """
+    if answer_column not in dataset.column_names:
+        raise ValueError(
+            f"The eval set has no {answer_column!r} column (it has {dataset.column_names}): accuracy needs the gold "
+            "answers. Evaluate on a split with answers, or pass answer_column=."
+        )
+    if len(dataset) == 0:
+        raise ValueError("The eval set is empty.")
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and {batch_size}.")
+    name = model if isinstance(model, str) else getattr(model, "name_or_path", type(model).__name__)
+    if isinstance(model, str):
+        model, tokenizer = load_student_for_eval(model)
+    elif tokenizer is None:
+        raise ValueError("Pass the tokenizer together with the model.")
+    prompts = eval_prompts(dataset)
+    answers = [str(answer) for answer in dataset[answer_column]]
+
+    start = time.perf_counter()
+    texts, counts, capped = greedy_generate(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
+    seconds = time.perf_counter() - start
+    correct = [bool(verifier(text, answer)) for text, answer in zip(texts, answers)]
+
+    table = Dataset.from_dict(
+        {
+            "prompt": prompts,
+            "answer": answers,
+            "completion": texts,
+            "correct": correct,
+            "output_tokens": counts,
+            "hit_cap": capped,
+        }
+    )
+    accuracy = float(np.mean(correct))
+    summary = {
+        "model": name,
+        "n": len(correct),
+        "accuracy": accuracy,
+        "accuracy_stderr": math.sqrt(accuracy * (1 - accuracy) / len(correct)),
+        "output_tokens_mean": float(np.mean(counts)),
+        **{f"output_tokens_p{q}": float(np.percentile(counts, q)) for q in PERCENTILES},
+        "output_tokens_max": int(max(counts)),
+        "hit_cap_rate": float(np.mean(capped)),
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
+        "eval_seconds": seconds,
+    }
+    return summary, table
+
+
+def save_evaluation(summary: dict[str, Any], table: Dataset, output_dir: str) -> None:
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, EVAL_FILE), "w") as f:
+        json.dump(summary, f, indent=2)
+    table.save_to_disk(os.path.join(output_dir, EVAL_TABLE_DIR))
