@@ -120,7 +120,7 @@ def flow_throughput_dense(
     """Reference implementation of `flow_throughput`: materialises the `[B, T, T]` edge matrix. See `flow_throughput`."""
     if not isinstance(attn, torch.Tensor) or attn.dim() != 3 or attn.shape[1] != attn.shape[2]:
         shape = tuple(attn.shape) if isinstance(attn, torch.Tensor) else type(attn).__name__
-        raise ValueError(f"attn must be a [B, T, T] tensor, got {shape}.")
+        raise ValueError(f"attn must be a [B, T, T] tensor, got shape {shape}.")
     _float_dtype(attn.dtype)
     valid = _validate_masks(source_mask, sink_mask, attention_mask, tuple(attn.shape[:2]), attn.device)
     edges = _edge_rows(attn, 0, source_mask, sink_mask, valid, renormalize)
@@ -133,7 +133,7 @@ def _as_row_source(attn: torch.Tensor | AttentionRows, shape: tuple[int, int]) -
     if isinstance(attn, torch.Tensor):
         if attn.dim() != 3 or tuple(attn.shape) != (*shape, shape[1]):
             raise ValueError(
-                f"attn must be a [B, T, T] tensor matching the masks {list(shape)}, got {tuple(attn.shape)}."
+                f"attn must be a [B, T, T] tensor matching the masks {list(shape)}, got shape {tuple(attn.shape)}."
             )
         return lambda start, end: attn[:, start:end]
     if not callable(attn):
