@@ -1,0 +1,128 @@
+"""Configuration of the FlowTracer GRPO trainer: TRL's `GRPOConfig` plus the token-credit fields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+TOKEN_SCORERS = ("flow", "random", "entropy", "attention", "correlation", "gradient", "none")
+MISSING_ANSWER_POLICIES = ("uniform", "last_tokens")
+WEIGHT_SIGNS = ("all", "positive")
+
+
+@dataclass
+class FlowGRPOConfig(GRPOConfig):
+    r"""
+    Configuration class for the [`FlowGRPOTrainer`].
+
+    Everything of [`~trl.GRPOConfig`], plus the fields below. After TRL has sampled and scored the completions, a
+    token scorer ranks the completion tokens; the top `top_fraction` of each completion get weight `high_weight`, the
+    others 1.0, and the weights multiply the per-token advantage. With `token_scorer="none"` or `high_weight=1.0`
+    training is exactly TRL's GRPO.
+
+    Parameters:
+        token_scorer (`str`, *optional*, defaults to `"flow"`):
+            How completion tokens are ranked: `"flow"` (answer-targeted attention-flow throughput, FlowTracer),
+            `"random"`, `"entropy"`, `"attention"` (attention received), `"correlation"` (token-reward association
+            across the rollouts of one prompt), `"gradient"` (gradient norm w.r.t. the input embedding), or `"none"`
+            (plain GRPO).
+        top_fraction (`float`, *optional*, defaults to `0.4`):
+            Fraction of each completion's tokens that get the high weight.
+        high_weight (`float`, *optional*, defaults to `1.5`):
+            Advantage multiplier of the selected tokens; the others keep 1.0.
+        flow_layers (`str`, *optional*, defaults to `"middle"`):
+            Which layers' attention the flow and attention scorers read: `"middle"` (up to 5 evenly spaced layers of
+            the middle third), `"all"`, or a comma-separated list of layer indices such as `"8,10,12"`.
+        answer_format (`str`, *optional*, defaults to `"auto"`):
+            How the answer span (the flow sinks) is found in a completion: `"auto"` tries `\boxed{}`,
+            `<answer></answer>`, `#### x` and `The answer is x`; a specific format name or a regular expression
+            (its first group, else the whole match, is the answer) restricts the search.
+        missing_answer (`str`, *optional*, defaults to `"uniform"`):
+            What a completion with no answer span gets: `"uniform"` (all weights 1.0, i.e. plain GRPO for that
+            row) or `"last_tokens"` (its last `answer_fallback_tokens` tokens are treated as the answer span).
+        answer_fallback_tokens (`int`, *optional*, defaults to `8`):
+            Length of the fallback answer span used by `missing_answer="last_tokens"`.
+        weight_sign (`str`, *optional*, defaults to `"all"`):
+            `"all"` weights tokens of positive and negative advantage completions alike; `"positive"` weights only
+            completions whose advantage is positive (the others keep 1.0).
+        flow_max_length (`int` or `None`, *optional*, defaults to `None`):
+            Completions whose prompt + completion is longer than this many tokens are not scored (weights 1.0) to
+            bound the cost of the extra forward; they are counted in the `flow/too_long_frac` metric. `None`: no
+            limit.
+    """
+
+    token_scorer: str = field(
+        default="flow",
+        metadata={
+            "help": "How completion tokens are ranked.",
+            "choices": list(TOKEN_SCORERS),
+        },
+    )
+    top_fraction: float = field(
+        default=0.4,
+        metadata={"help": "Fraction of each completion's tokens that get the high weight (the paper uses 0.4)."},
+    )
+    high_weight: float = field(
+        default=1.5,
+        metadata={"help": "Advantage multiplier of the selected tokens; the others keep 1.0 (the paper uses 1.5)."},
+    )
+    flow_layers: str = field(
+        default="middle",
+        metadata={
+            "help": "Layers whose attention the flow/attention scorers read: 'middle', 'all', or indices like '8,10,12'."
+        },
+    )
+    answer_format: str = field(
+        default="auto",
+        metadata={"help": "How the answer span is found: 'auto', a format name, or a regular expression."},
+    )
+    missing_answer: str = field(
+        default="uniform",
+        metadata={
+            "help": "Completions without an answer span: 'uniform' (weights 1.0) or 'last_tokens' (the last "
+            "`answer_fallback_tokens` tokens act as the answer).",
+            "choices": list(MISSING_ANSWER_POLICIES),
+        },
+    )
+    answer_fallback_tokens: int = field(
+        default=8,
+        metadata={"help": "Length of the fallback answer span used by missing_answer='last_tokens'."},
+    )
+    weight_sign: str = field(
+        default="all",
+        metadata={
+            "help": "'all': weight tokens whatever the sign of the advantage; 'positive': only completions with a "
+            "positive advantage.",
+            "choices": list(WEIGHT_SIGNS),
+        },
+    )
+    flow_max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Sequences (prompt + completion) longer than this are not scored and keep weight 1.0; None: no "
+            "limit."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_choice("token_scorer", self.token_scorer, TOKEN_SCORERS)
+        _check_choice("missing_answer", self.missing_answer, MISSING_ANSWER_POLICIES)
+        _check_choice("weight_sign", self.weight_sign, WEIGHT_SIGNS)
+        if not 0.0 < self.top_fraction <= 1.0:
+            raise ValueError(f"top_fraction must be in (0, 1], got {self.top_fraction}.")
+        if self.high_weight < 0.0:
+            raise ValueError(
+                f"high_weight must be >= 0 (1.0 gives plain GRPO), got {self.high_weight}: a negative weight would "
+                "flip the sign of the advantage."
+            )
+        if self.answer_fallback_tokens < 1:
+            raise ValueError(f"answer_fallback_tokens must be >= 1, got {self.answer_fallback_tokens}.")
+        if self.flow_max_length is not None and self.flow_max_length < 2:
+            raise ValueError(f"flow_max_length must be None or >= 2, got {self.flow_max_length}.")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {choices}.")

@@ -1,0 +1,191 @@
+"""`FlowGRPOTrainer`: TRL's `GRPOTrainer` with token-level credit from answer-targeted attention flow (FlowTracer).
+
+The only change to GRPO: after TRL has sampled and scored a generation batch, each completion's tokens are ranked by
+a token scorer (one extra no-grad forward of the current policy for the flow scorer), the top fraction gets a larger
+weight, and the advantage becomes per token, `advantages[:, None] * weights`. TRL's loss accepts `(B, T)` advantages
+and slices extra tensors along with the batch, so nothing else is overridden.
+
+    from hf_flowcredit import FlowGRPOConfig, FlowGRPOTrainer
+
+    trainer = FlowGRPOTrainer(model="Qwen/Qwen3-4B", reward_funcs=accuracy_reward, train_dataset=dataset,
+                              args=FlowGRPOConfig(output_dir="qwen3-flowgrpo", token_scorer="flow"))
+    trainer.train()
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import torch
+from trl import GRPOTrainer
+
+from .answer import answer_token_mask
+from .config import FlowGRPOConfig
+from .scoring import ScoringBatch, get_scorer, select_weights
+
+# Loss types whose per-token loss multiplies the advantage token by token, so (B, T) advantages act per token.
+PER_TOKEN_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "vespo", "luspo")
+
+
+class FlowGRPOTrainer(GRPOTrainer):
+    """[`~trl.GRPOTrainer`] whose advantages are reweighted per token by a token scorer (FlowTracer by default).
+
+    Takes the same arguments as `GRPOTrainer`; `args` must be a [`FlowGRPOConfig`]. Logs `flow/answer_found_frac`
+    (completions with an answer span), `flow/selected_frac` (completion tokens given the high weight),
+    `flow/mean_weight` (mean token weight), `flow/too_long_frac` (sequences over `flow_max_length`, left unscored) and
+    `flow/seconds` (time spent scoring) through the trainer's usual logging.
+    """
+
+    _tag_names = ["trl", "grpo", "flowtracer"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, FlowGRPOConfig):
+            raise TypeError(
+                f"FlowGRPOTrainer needs `args=FlowGRPOConfig(...)`, got {type(self.args).__name__}; FlowGRPOConfig "
+                "takes every GRPOConfig field plus the token-credit ones."
+            )
+        _check_loss_takes_token_advantages(self.args)
+        self.token_scorer = None
+        if self.args.token_scorer != "none":
+            self.token_scorer = get_scorer(self.args.token_scorer, **_scorer_options(self.args))
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, torch.Tensor | Any]:
+        output = super()._generate_and_score_completions(inputs)
+        if self.token_scorer is None:
+            return output
+        start = time.perf_counter()
+        weights, stats = self._completion_token_weights(output)
+        output["advantages"] = output["advantages"][:, None] * weights
+        stats["seconds"] = time.perf_counter() - start
+        self._log_flow_stats(stats)
+        return output
+
+    def _completion_token_weights(self, output: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Token weights `[B, completion_length]` (padding 0) and the batch statistics that go to the logs."""
+        prompt_ids, prompt_mask = output["prompt_ids"], output["prompt_mask"].bool()
+        completion_ids, completion_mask = output["completion_ids"], output["completion_mask"].bool()
+        advantages = output["advantages"]
+        num_rows, prompt_length = prompt_ids.shape
+
+        completion_texts = self._tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        answer_mask, missing = answer_token_mask(
+            completion_texts, completion_ids, self._tokenizer, answer_format=self.args.answer_format
+        )
+        answer_mask, missing = (
+            answer_mask.to(completion_mask.device) & completion_mask,
+            missing.to(completion_mask.device),
+        )
+        missing |= ~answer_mask.any(dim=1)  # e.g. an answer span that lies entirely in masked-out tokens
+        if self.args.missing_answer == "last_tokens":
+            answer_mask = torch.where(
+                missing[:, None], _last_tokens(completion_mask, self.args.answer_fallback_tokens), answer_mask
+            )
+
+        sequence_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        too_long = torch.zeros_like(missing)
+        if self.args.flow_max_length is not None:
+            too_long = sequence_mask.sum(dim=1) > self.args.flow_max_length
+        unscored = too_long | ~completion_mask.any(dim=1)
+        if self.args.missing_answer == "uniform":
+            unscored |= missing
+        if self.args.weight_sign == "positive":
+            unscored |= advantages <= 0
+
+        weights = completion_mask.float()
+        if not unscored.all():
+            rows = ~unscored
+            batch = ScoringBatch(
+                input_ids=torch.cat([prompt_ids, completion_ids], dim=1)[rows],
+                attention_mask=sequence_mask.long()[rows],
+                prompt_mask=torch.cat([prompt_mask, torch.zeros_like(completion_mask)], dim=1)[rows],
+                completion_mask=torch.cat([torch.zeros_like(prompt_mask), completion_mask], dim=1)[rows],
+                answer_mask=torch.cat([torch.zeros_like(prompt_mask), answer_mask], dim=1)[rows],
+                rewards=advantages[
+                    rows
+                ],  # within a group, an affine map of the rewards: same token-reward association
+                group_ids=self._group_ids(num_rows, advantages.device)[rows],
+                seed=self._scoring_seed(),
+            )
+            scores = self.token_scorer(self.accelerator.unwrap_model(self.model), batch)
+            row_weights = select_weights(
+                scores, batch.completion_mask, top_fraction=self.args.top_fraction, high_weight=self.args.high_weight
+            )
+            weights[rows] = row_weights[:, prompt_length:].to(weights.dtype)
+
+        real = completion_mask.float()
+        stats = {
+            "answer_found_frac": (~missing).float().sum().item(),
+            "selected_frac": ((weights != 1.0) & completion_mask).float().sum().item(),
+            "mean_weight": (weights * real).sum().item(),
+            "too_long_frac": too_long.float().sum().item(),
+            "_rows": float(num_rows),
+            "_tokens": real.sum().item(),
+        }
+        if too_long.any():
+            warnings.warn(
+                f"{int(too_long.sum())} sequence(s) longer than flow_max_length={self.args.flow_max_length} were left "
+                "unscored (weight 1.0); raise flow_max_length to score them.",
+                stacklevel=2,
+            )
+        return weights, stats
+
+    def _group_ids(self, num_rows: int, device: torch.device) -> torch.LongTensor:
+        """Rollouts of one prompt share an id. TRL's sampler repeats each prompt `num_generations` times in a row
+        across the global generation batch, and each process holds a contiguous slice of it."""
+        mode = "train" if self.model.training else "eval"
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        first = self.accelerator.process_index * num_rows
+        return torch.arange(first, first + num_rows, device=device) // num_generations
+
+    def _scoring_seed(self) -> int:
+        """Different for every generation batch and process, the same on a rerun with the same `seed`."""
+        return self.args.seed * 1_000_003 + self._step * 1_009 + self.accelerator.process_index
+
+    def _log_flow_stats(self, stats: dict[str, float]) -> None:
+        """Global fractions over all processes (sums gathered, then divided), appended to TRL's metric lists."""
+        keys = ["answer_found_frac", "selected_frac", "mean_weight", "too_long_frac", "_rows", "_tokens", "seconds"]
+        local = torch.tensor([stats[key] for key in keys], dtype=torch.float64, device=self.accelerator.device)
+        total = dict(zip(keys, self.accelerator.gather(local[None]).sum(dim=0).tolist()))
+        rows, tokens = max(total["_rows"], 1.0), max(total["_tokens"], 1.0)
+        mode = "train" if self.model.training else "eval"
+        metrics = self._metrics[mode]
+        metrics["flow/answer_found_frac"].append(total["answer_found_frac"] / rows)
+        metrics["flow/selected_frac"].append(total["selected_frac"] / tokens)
+        metrics["flow/mean_weight"].append(total["mean_weight"] / tokens)
+        metrics["flow/too_long_frac"].append(total["too_long_frac"] / rows)
+        metrics["flow/seconds"].append(total["seconds"] / self.accelerator.num_processes)
+
+
+def _scorer_options(args: FlowGRPOConfig) -> dict[str, Any]:
+    if args.token_scorer not in ("flow", "attention"):
+        return {}
+    layers = args.flow_layers
+    if all(part.strip().lstrip("-").isdigit() for part in layers.split(",")):
+        layers = [int(part) for part in layers.split(",")]
+    return {"layers": layers}
+
+
+def _check_loss_takes_token_advantages(args: FlowGRPOConfig) -> None:
+    if args.token_scorer == "none":
+        return
+    if args.loss_type not in PER_TOKEN_LOSS_TYPES:
+        raise ValueError(
+            f"loss_type={args.loss_type!r} is not known to take per-token advantages; FlowGRPOTrainer supports "
+            f"{PER_TOKEN_LOSS_TYPES}. Pick one of those, or set token_scorer='none' for plain GRPO."
+        )
+    if args.importance_sampling_level == "sequence":
+        raise ValueError(
+            "importance_sampling_level='sequence' (GSPO-style) uses one importance ratio per sequence, so per-token "
+            "advantage weights collapse to a single scale per completion and token credit is lost. Use "
+            "importance_sampling_level='token', or token_scorer='none'."
+        )
+
+
+def _last_tokens(completion_mask: torch.BoolTensor, count: int) -> torch.BoolTensor:
+    """The last `count` real tokens of each (right-padded) completion."""
+    lengths = completion_mask.sum(dim=1, keepdim=True)
+    positions = torch.arange(completion_mask.shape[1], device=completion_mask.device)[None]
+    return completion_mask & (positions >= lengths - count)

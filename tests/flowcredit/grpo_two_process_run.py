@@ -1,0 +1,55 @@
+"""Run by `test_grpo_distributed.py` under `accelerate launch --num_processes 2 --cpu`: a few FlowGRPO steps with
+gloo, then each process writes what it saw (world size, flow metrics, a parameter checksum) to `<output_dir>/rank<N>.json`."""
+
+import json
+import os
+import sys
+
+import torch
+from accelerate import PartialState
+
+from examples.tiny_kit import build_tokenizer, make_task_dataset, tiny_causal_lm
+from hf_flowcredit import FlowGRPOConfig, FlowGRPOTrainer
+
+
+def uneven_reward(completions, **kwargs):
+    return [float(len(str(c)) % 5) for c in completions]
+
+
+def main(output_dir: str) -> None:
+    tokenizer = build_tokenizer()
+    model = tiny_causal_lm("qwen3", tokenizer, hidden_size=32, num_layers=3, num_heads=2, num_kv_heads=1, seed=0)
+    args = FlowGRPOConfig(
+        output_dir=output_dir,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=16,
+        max_steps=2,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        save_strategy="no",
+        disable_tqdm=True,
+        missing_answer="last_tokens",
+    )
+    dataset = make_task_dataset("arithmetic", 16, seed=0).select_columns(["prompt", "answer"])
+    trainer = FlowGRPOTrainer(
+        model=model, reward_funcs=uneven_reward, args=args, train_dataset=dataset, processing_class=tokenizer
+    )
+    trainer.train()
+    state = PartialState()
+    flow_logs = [{k: v for k, v in entry.items() if k.startswith("flow/")} for entry in trainer.state.log_history]
+    report = {
+        "num_processes": state.num_processes,
+        "backend": str(torch.distributed.get_backend()) if torch.distributed.is_initialized() else None,
+        "flow_logs": [entry for entry in flow_logs if entry],
+        "checksum": float(sum(p.double().sum() for p in trainer.model.parameters())),
+    }
+    with open(os.path.join(output_dir, f"rank{state.process_index}.json"), "w") as f:
+        json.dump(report, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
