@@ -25,3 +25,19 @@ __all__ = [
     "select_weights",
 ]
 # --- end of core library block ---
+
+# --- TRL trainer and intervention analysis: imported on first use, so the core above stays free of TRL ---
+_LAZY_EXPORTS = {
+    "FlowGRPOConfig": "config",
+    "FlowGRPOTrainer": "grpo_trainer",
+    "intervention_analysis": "intervention",
+}
+__all__ += list(_LAZY_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _LAZY_EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
