@@ -108,6 +108,125 @@ def _run_generate(args):
 register("generate", "Sample teacher traces (n per problem), resumably.", _add_generate, _run_generate)
 
 
+def _add_verify(parser):
+    add_io_arguments(parser)
+    parser.add_argument("--task", default="auto", choices=["auto", "math", "countdown"])
+    parser.add_argument("--completion_column", default="generation")
+    parser.add_argument("--answer_column", default="answer")
+    parser.add_argument("--problem_column", default="problem")
+    parser.add_argument("--keep_only_correct", action="store_true", help="Drop incorrect traces (after pass rates).")
+    parser.add_argument("--timeout_seconds", type=int, default=5, help="math-verify deadline per parse/compare.")
+    parser.add_argument("--shard_size", type=int, default=2048)
+
+
+def _run_verify(args):
+    from .stages import load_input
+    from .verify import verify
+
+    return verify(
+        load_input(args.input, args.split),
+        task=args.task,
+        completion_column=args.completion_column,
+        answer_column=args.answer_column,
+        problem_column=args.problem_column,
+        keep_only_correct=args.keep_only_correct,
+        timeout_seconds=args.timeout_seconds,
+        output_dir=args.output,
+        shard_size=args.shard_size,
+        overwrite=args.overwrite,
+    )
+
+
+register("verify", "Mark correct traces (math-verify, exact, numeric, Countdown) and per-problem pass rates.",
+         _add_verify, _run_verify)
+
+
+def _add_compress(parser):
+    from .backends import BackendConfig
+
+    add_io_arguments(parser)
+    parser.add_argument("--compressor", default="extractive", choices=["extractive", "llm"])
+    parser.add_argument("--prompt_version", default="v1", help="llm: key of COMPRESSION_PROMPTS.")
+    parser.add_argument("--temperature", type=float, default=0.0, help="llm: sampling temperature.")
+    parser.add_argument("--max_new_tokens", type=int, default=1024, help="llm: cap on the rewrite's tokens.")
+    add_dataclass_arguments(parser, BackendConfig)  # llm: the compressor model; --tokenizer also counts tokens
+    parser.add_argument("--task", default="auto", choices=["auto", "math", "countdown"])
+    parser.add_argument("--completion_column", default="generation")
+    parser.add_argument("--answer_column", default="answer")
+    parser.add_argument("--problem_column", default="problem")
+    parser.add_argument("--shard_size", type=int, default=256)
+    parser.add_argument("--problems_per_call", type=int, default=64)
+
+
+def _run_compress(args):
+    from .backends import BackendConfig, SamplingConfig
+    from .compress import ExtractiveCompressor, LLMCompressor, compress
+    from .stages import load_input
+
+    tokenizer = args.tokenizer or args.model
+    if not tokenizer:
+        raise ValueError("compress counts tokens: pass --tokenizer (or --model, whose tokenizer is then used).")
+    if args.compressor == "llm":
+        sampling = SamplingConfig(n=1, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+        compressor = LLMCompressor(dataclass_from_args(BackendConfig, args).build(), args.prompt_version,
+                                   sampling=sampling)
+    else:
+        compressor = ExtractiveCompressor()
+    return compress(
+        load_input(args.input, args.split),
+        compressor,
+        tokenizer,
+        task=args.task,
+        completion_column=args.completion_column,
+        problem_column=args.problem_column,
+        answer_column=args.answer_column,
+        output_dir=args.output,
+        shard_size=args.shard_size,
+        batch_size=args.problems_per_call,
+        overwrite=args.overwrite,
+    )
+
+
+register("compress", "Rewrite traces shorter (LLM or extractive) and check that the answer survived.",
+         _add_compress, _run_compress)
+
+
+def _add_build(parser):
+    from .build import VARIANTS
+
+    add_io_arguments(parser)
+    parser.add_argument("--tokenizer", required=True, help="Tokenizer counting tokens (and cutting `truncated`).")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--completion_column", default="generation")
+    parser.add_argument("--answer_column", default="answer")
+    parser.add_argument("--problem_column", default="problem")
+    parser.add_argument("--push_to_hub", default=None, help="Hub dataset repo to push the variants to (configs).")
+
+
+def _run_build(args):
+    from .build import build, statistics_table, variant_statistics
+    from .stages import load_input, pipeline_records
+
+    dataset = load_input(args.input, args.split)
+    built = build(
+        dataset,
+        args.tokenizer,
+        variants=args.variants,
+        problem_column=args.problem_column,
+        answer_column=args.answer_column,
+        completion_column=args.completion_column,
+        output_dir=args.output,
+        push_to_hub=args.push_to_hub,
+        overwrite=args.overwrite,
+    )
+    print(statistics_table(variant_statistics(built), pipeline_records(dataset)))
+    return built
+
+
+register("build", "Write the SFT variants (raw, compressed, answer_only, truncated) in messages form.",
+         _add_build, _run_build)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # run: chain the stages from a YAML recipe
 # ----------------------------------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ def generate(
         arguments=arguments,
         output_dir=output_dir,
         shard_size=shard_size,
-        summarize=summarize_generations,
+        finalize=lambda traces: (traces, summarize_generations(traces)),
         overwrite=overwrite,
     )
 

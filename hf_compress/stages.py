@@ -68,6 +68,21 @@ def dataset_fingerprint(dataset: Dataset, arguments: dict) -> str:
     return digest.hexdigest()[:16]
 
 
+def dataset_folder(dataset: Dataset) -> str | None:
+    """The folder a dataset was loaded from with `load_from_disk`, if any (None for in-memory datasets)."""
+    files = dataset.cache_files
+    return os.path.dirname(os.path.abspath(files[0]["filename"])) if files else None
+
+
+def pipeline_records(dataset: Dataset) -> list[dict]:
+    """The stage records of the folders this dataset came from, oldest stage first."""
+    records, folder = [], dataset_folder(dataset)
+    while folder and (record := read_stage_record(folder)) is not None and len(records) < 32:
+        records.insert(0, record)
+        folder = record.get("input_folder")
+    return records
+
+
 def read_stage_record(output_dir: str) -> dict | None:
     path = os.path.join(output_dir, STAGE_FILE)
     if not os.path.exists(path):
@@ -76,7 +91,7 @@ def read_stage_record(output_dir: str) -> dict | None:
         return json.load(f)
 
 
-def _check_same_run(record: dict, stage: str, fingerprint: str, arguments: dict, output_dir: str) -> None:
+def check_same_run(record: dict, stage: str, fingerprint: str, arguments: dict, output_dir: str) -> None:
     if record["stage"] == stage and record["fingerprint"] == fingerprint:
         return
     changed = sorted(k for k in set(arguments) | set(record.get("arguments", {}))
@@ -110,15 +125,17 @@ def run_stage(
     arguments: dict,
     output_dir: str | None,
     shard_size: int,
-    summarize: Callable[[Dataset], dict] | None = None,
+    finalize: Callable[[Dataset], tuple[Dataset, dict]] | None = None,
     overwrite: bool = False,
 ) -> Dataset:
-    """Apply `process_shard(shard, shard_index, progress)` to consecutive shards of `shard_size` rows.
+    """Apply `process_shard(shard, shard_index, progress)` to consecutive shards of `shard_size` rows, then
+    `finalize(concatenated) -> (result, statistics)` for what needs every row (per-problem rates).
 
-    With an `output_dir`, finished shards are saved as they complete and the concatenated result is saved
-    there (with its statistics); a rerun with the same input and arguments resumes or returns the saved result.
+    With an `output_dir`, finished shards are saved as they complete and the result is saved there with its
+    statistics; a rerun with the same input and arguments resumes, or returns the saved result.
     `process_shard` advances `progress` by the number of input rows it has handled.
     """
+    finalize = finalize or (lambda result: (result, {}))
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}.")
     num_shards = max(1, math.ceil(len(dataset) / shard_size))
@@ -128,14 +145,14 @@ def run_stage(
     if output_dir is None:
         with tqdm(total=len(dataset), desc=stage, unit="row") as progress, _quiet_datasets_progress():
             parts = [process_shard(dataset.select(r), i, progress) for i, r in enumerate(shard_ranges)]
-        return concatenate_datasets(parts)
+        return finalize(concatenate_datasets(parts))[0]
 
     shard_dir = os.path.join(output_dir, SHARDS_DIR)
     if overwrite and os.path.exists(output_dir):
         shutil.rmtree(output_dir)
     record = read_stage_record(output_dir)
     if record is not None:
-        _check_same_run(record, stage, fingerprint, arguments, output_dir)
+        check_same_run(record, stage, fingerprint, arguments, output_dir)
         logger.info("%s: %s already holds this result; skipping.", stage, output_dir)
         return load_from_disk(output_dir)
     if os.path.exists(output_dir) and not os.path.exists(shard_dir) and os.listdir(output_dir):
@@ -155,9 +172,9 @@ def run_stage(
             part.save_to_disk(temporary)
             os.replace(temporary, path)  # atomic: a shard folder either exists complete or not at all
 
-    result = concatenate_datasets([load_from_disk(p) for p in shard_paths])
-    return save_stage(result, output_dir, stage=stage, fingerprint=fingerprint, arguments=arguments,
-                      stats=summarize(result) if summarize else {}, cleanup=shard_dir)
+    result, stats = finalize(concatenate_datasets([load_from_disk(p) for p in shard_paths]))
+    return save_stage(result, output_dir, stage=stage, fingerprint=fingerprint, arguments=arguments, stats=stats,
+                      input_folder=dataset_folder(dataset), cleanup=shard_dir)
 
 
 def _start_or_resume_shards(shard_dir: str, shard_record: dict, output_dir: str) -> None:
@@ -165,7 +182,7 @@ def _start_or_resume_shards(shard_dir: str, shard_record: dict, output_dir: str)
     if os.path.exists(path):
         with open(path) as f:
             previous = json.load(f)
-        _check_same_run(previous, shard_record["stage"], shard_record["fingerprint"], shard_record["arguments"], output_dir)
+        check_same_run(previous, shard_record["stage"], shard_record["fingerprint"], shard_record["arguments"], output_dir)
         logger.info("%s: resuming in %s", shard_record["stage"], output_dir)
     else:
         with open(path, "w") as f:
@@ -183,12 +200,14 @@ def save_stage(
     fingerprint: str,
     arguments: dict,
     stats: dict,
+    input_folder: str | None = None,
     cleanup: str | None = None,
 ) -> Dataset:
-    """Save a finished stage result with its record, then reopen it from disk (memory-mapped)."""
+    """Save a finished stage result (a Dataset or DatasetDict) with its record, then reopen it from disk."""
     with _quiet_datasets_progress():
         result.save_to_disk(output_dir)
-    record = {"stage": stage, "fingerprint": fingerprint, "arguments": arguments, "stats": stats}
+    record = {"stage": stage, "fingerprint": fingerprint, "arguments": arguments, "stats": stats,
+              "input_folder": input_folder}
     with open(os.path.join(output_dir, STAGE_FILE), "w") as f:
         json.dump(record, f, indent=2, default=str)
     saved = load_from_disk(output_dir)

@@ -1,0 +1,193 @@
+"""Stage 3: rewrite each trace shorter, then check that the final answer survived the rewrite.
+
+Two compressors share one interface: `LLMCompressor` (any teacher backend, prompted with a versioned
+template from `COMPRESSION_PROMPTS`) and `ExtractiveCompressor`, which needs no model: it keeps the
+equations and the final-answer marker and drops the prose around them.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+
+from datasets import Dataset
+from transformers import AutoTokenizer
+
+from .backends import SamplingConfig, TeacherBackend
+from .stages import require_columns, run_stage
+from .verify import answer_span, check_texts, resolve_task
+
+# Versioned so that a dataset records exactly which instructions produced it; add versions, never edit one.
+COMPRESSION_PROMPTS = {
+    "v1": (
+        "Rewrite the solution below as briefly as possible. Keep every equation and intermediate result needed "
+        "to reach the answer; drop restatements of the problem, hesitation, checks that change nothing and filler "
+        "words. End with the final answer written exactly as in the original (for example \\boxed{{...}} or "
+        "<answer>...</answer>). Reply with the rewritten solution only.\n\n"
+        "Problem:\n{problem}\n\nSolution:\n{trace}"
+    ),
+}
+
+COMPRESSED_COLUMNS = (
+    "compressed", "compressor", "compressed_correct", "compress_flag",
+    "trace_chars", "compressed_chars", "char_ratio", "trace_tokens", "compressed_tokens", "token_ratio",
+)
+
+
+class Compressor(ABC):
+    """Turns (problem, trace) pairs into shorter traces. `name` is recorded with every row."""
+
+    name: str
+
+    @abstractmethod
+    def compress(self, problems: list[str], traces: list[str], seed: int = 0) -> list[str]: ...
+
+
+class ExtractiveCompressor(Compressor):
+    """Keeps each sentence's equation (the run of math around an `=`) and the final-answer marker."""
+
+    name = "extractive-v1"
+    _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|\n+")
+    _MATH_RUN = re.compile(r"(?:\\[a-zA-Z]+|[\d+\-*/^×÷=<>()\[\]{}.,\s]|\b[a-zA-Z]\b)+")
+
+    def _equations(self, sentence: str) -> list[str]:
+        runs = (m.group(0).strip(" ,.") for m in self._MATH_RUN.finditer(sentence))
+        return [run for run in runs if "=" in run and run.strip("=")]
+
+    def compress_one(self, trace: str) -> str:
+        span = answer_span(trace)
+        body, answer = (trace[: span[0]], trace[span[0] : span[1]]) if span else (trace, "")
+        equations = [eq for sentence in self._SENTENCE_END.split(body) for eq in self._equations(sentence)]
+        return ". ".join(equations + [answer]).strip(" .") if answer else ". ".join(equations)
+
+    def compress(self, problems, traces, seed=0):
+        return [self.compress_one(trace) for trace in traces]
+
+
+class LLMCompressor(Compressor):
+    """A teacher backend prompted with `COMPRESSION_PROMPTS[prompt_version]` (or a template of your own with
+    `{problem}` and `{trace}` placeholders, recorded by its `prompt_version` name)."""
+
+    def __init__(
+        self,
+        backend: TeacherBackend,
+        prompt_version: str = "v1",
+        *,
+        template: str | None = None,
+        sampling: SamplingConfig | None = None,
+    ):
+        if template is None and prompt_version not in COMPRESSION_PROMPTS:
+            raise ValueError(f"Unknown prompt_version {prompt_version!r}; known: {sorted(COMPRESSION_PROMPTS)}.")
+        self.template = template or COMPRESSION_PROMPTS[prompt_version]
+        for placeholder in ("{problem}", "{trace}"):
+            if placeholder not in self.template:
+                raise ValueError(f"The compression template must contain {placeholder}.")
+        self.backend = backend
+        self.sampling = sampling or SamplingConfig(n=1, temperature=0.0)
+        if self.sampling.n != 1:
+            raise ValueError("A compressor writes one rewrite per trace: use sampling.n == 1.")
+        self.name = f"llm-{prompt_version}:{backend.model_name}"
+
+    def compress(self, problems, traces, seed=0):
+        conversations = [
+            [{"role": "user", "content": self.template.format(problem=p, trace=t)}] for p, t in zip(problems, traces)
+        ]
+        return [g[0].text.strip() for g in self.backend.generate(conversations, self.sampling, seed=seed)]
+
+
+def _token_counts(tokenizer, texts: list[str]) -> list[int]:
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def compress(
+    dataset: Dataset,
+    compressor: Compressor,
+    tokenizer,
+    *,
+    task: str = "auto",
+    completion_column: str = "generation",
+    problem_column: str = "problem",
+    answer_column: str = "answer",
+    timeout_seconds: int = 5,
+    output_dir: str | None = None,
+    shard_size: int = 256,
+    batch_size: int = 64,
+    overwrite: bool = False,
+) -> Dataset:
+    """Add the compressed trace and its checks: `compressed`, `compressor`, `compressed_correct` (the
+    compressed trace still verifies against the gold answer), `compress_flag` ("empty" when the compressor
+    returned nothing, "answer_lost" when a correct trace's answer did not survive, "" otherwise), and
+    character and token counts with `char_ratio` and `token_ratio` (compressed / original; 0 when empty).
+    """
+    task = resolve_task(dataset, task)
+    needed = [completion_column, problem_column] + (["numbers", "target"] if task == "countdown" else [answer_column])
+    require_columns(dataset, needed, "compress")
+    clashing = [c for c in COMPRESSED_COLUMNS if c in dataset.column_names]
+    if clashing:
+        raise ValueError(f"compress adds the columns {clashing}, which the input already has; rename or drop them.")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer) if isinstance(tokenizer, str) else tokenizer
+
+    def compress_batch(batch: dict, indices: list[int]) -> dict:
+        traces = batch[completion_column]
+        compressed = compressor.compress(batch[problem_column], traces, seed=indices[0])
+        if "correct" in batch:
+            original_correct = batch["correct"]
+        else:
+            original_correct = [c.correct for c in check_texts(batch, traces, task, answer_column, timeout_seconds)]
+        kept = [c.correct for c in check_texts(batch, compressed, task, answer_column, timeout_seconds)]
+        trace_chars, compressed_chars = [len(t) for t in traces], [len(c) for c in compressed]
+        trace_tokens, compressed_tokens = _token_counts(tokenizer, traces), _token_counts(tokenizer, compressed)
+        return {
+            "compressed": compressed,
+            "compressor": [compressor.name] * len(traces),
+            "compressed_correct": kept,
+            "compress_flag": [
+                "empty" if not c.strip() else "answer_lost" if was and not now else ""
+                for c, was, now in zip(compressed, original_correct, kept)
+            ],
+            "trace_chars": trace_chars,
+            "compressed_chars": compressed_chars,
+            "char_ratio": [c / max(1, t) for c, t in zip(compressed_chars, trace_chars)],
+            "trace_tokens": trace_tokens,
+            "compressed_tokens": compressed_tokens,
+            "token_ratio": [c / max(1, t) for c, t in zip(compressed_tokens, trace_tokens)],
+        }
+
+    def process_shard(shard: Dataset, shard_index: int, progress) -> Dataset:
+        def compress_and_count(batch, indices):
+            result = compress_batch(batch, [shard_index * shard_size + i for i in indices])
+            progress.update(len(indices))
+            return result
+
+        return shard.map(compress_and_count, with_indices=True, batched=True, batch_size=batch_size,
+                         keep_in_memory=True, load_from_cache_file=False, new_fingerprint=f"compress-{shard_index}")
+
+    describe = compressor.backend.describe() if isinstance(compressor, LLMCompressor) else {}
+    arguments = {
+        "compressor": compressor.name,
+        "compressor_backend": describe,
+        "template": getattr(compressor, "template", None),
+        "sampling": compressor.sampling.to_dict() if isinstance(compressor, LLMCompressor) else None,
+        "tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
+        "task": task,
+        "completion_column": completion_column,
+        "shard_size": shard_size,
+        "batch_size": batch_size,
+    }
+    return run_stage(dataset, process_shard, stage="compress", arguments=arguments, output_dir=output_dir,
+                     shard_size=shard_size, finalize=lambda d: (d, summarize_compression(d)), overwrite=overwrite)
+
+
+def summarize_compression(compressed: Dataset) -> dict:
+    """Ratios of totals (sum compressed / sum original) over the rows whose answer survived, and flag counts."""
+    flags = list(compressed["compress_flag"])
+    kept = compressed.filter(lambda ok: ok, input_columns="compressed_correct")
+    total = {c: sum(kept[c]) for c in ("trace_chars", "compressed_chars", "trace_tokens", "compressed_tokens")}
+    return {
+        "rows": len(compressed),
+        "answer_kept_fraction": len(kept) / max(1, len(compressed)),
+        "char_ratio": total["compressed_chars"] / max(1, total["trace_chars"]),
+        "token_ratio": total["compressed_tokens"] / max(1, total["trace_tokens"]),
+        "empty": flags.count("empty"),
+        "answer_lost": flags.count("answer_lost"),
+    }
