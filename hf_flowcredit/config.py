@@ -35,9 +35,10 @@ class FlowGRPOConfig(GRPOConfig):
             Which layers' attention the flow and attention scorers read: `"middle"` (up to 5 evenly spaced layers of
             the middle third), `"all"`, or a comma-separated list of layer indices such as `"8,10,12"`.
         answer_format (`str`, *optional*, defaults to `"auto"`):
-            How the answer span (the flow sinks) is found in a completion: `"auto"` tries `\boxed{}`,
-            `<answer></answer>`, `#### x` and `The answer is x`; a specific format name or a regular expression
-            (its first group, else the whole match, is the answer) restricts the search.
+            How the answer span (the flow sinks) is found in a completion: `"auto"` takes the last of `\boxed{}`,
+            `<answer></answer>`, `#### x` and `The answer is x`; one of `"boxed"`, `"answer_tag"`, `"hash"`,
+            `"answer_is"` restricts the search; `"regex:<pattern>"` uses a regular expression (its first group, else
+            the whole match, is the answer).
         missing_answer (`str`, *optional*, defaults to `"uniform"`):
             What a completion with no answer span gets: `"uniform"` (all weights 1.0, i.e. plain GRPO for that
             row) or `"last_tokens"` (its last `answer_fallback_tokens` tokens are treated as the answer span).
@@ -75,7 +76,10 @@ class FlowGRPOConfig(GRPOConfig):
     )
     answer_format: str = field(
         default="auto",
-        metadata={"help": "How the answer span is found: 'auto', a format name, or a regular expression."},
+        metadata={
+            "help": "How the answer span is found: 'auto', 'boxed', 'answer_tag', 'hash', 'answer_is' or "
+            "'regex:<pattern>'."
+        },
     )
     missing_answer: str = field(
         default="uniform",

@@ -1,0 +1,374 @@
+"""Intervention analysis: do the tokens a scorer ranks highest steer the final answer?
+
+For each finished greedy trace (prompt, reasoning, answer), a fraction of the reasoning tokens is chosen (the top of a
+scorer's ranking, the bottom, or at random), attention to those key positions is blocked for every later query, and
+the answer is regenerated greedily from the same reasoning. The rate at which the answer changes measures how much
+the chosen tokens matter: FlowTracer's claim is that blocking flow-top tokens changes answers more often than blocking
+random or flow-bottom ones.
+
+    from hf_flowcredit.intervention import intervention_analysis
+    table = intervention_analysis(model, tokenizer, prompts)   # {"flow_top": {"changed_rate": ...}, ...}
+
+Command line: `flowcredit-intervention --model_name_or_path PATH --num_samples 64` (see `main`).
+
+Blocking is done by an attention function registered with transformers' `AttentionInterface`: it removes the chosen
+keys from the boolean mask of every later query and delegates to SDPA, so it works for any model whose attention goes
+through the interface, in the prefill and in cached decoding alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AttentionInterface, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from .answer import answer_token_mask
+from .scoring import ScoringBatch, get_scorer
+
+BLOCKED_ATTENTION = "flowcredit_blocked_sdpa"
+SELECTIONS = ("none", "top", "random", "bottom")
+
+
+# Which keys are blocked, per row ([B, K_max] bool, columns of the padded sequence). A context variable rather than a
+# forward argument because `generate` refuses keyword arguments that the model's forward does not declare.
+_BLOCKED_KEYS: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("blocked_keys", default=None)
+
+
+def blocked_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
+    """SDPA attention in which no query may attend to a blocked key that lies before it (the blocked token still
+    attends to itself). Without blocked keys set, plain SDPA."""
+    blocked_keys = _BLOCKED_KEYS.get()
+    if blocked_keys is not None:
+        q_len, k_len = query.shape[2], key.shape[2]
+        key_pos = torch.arange(k_len, device=query.device)
+        query_pos = key_pos[k_len - q_len :]  # queries are the last q_len positions (prefill or cached decoding)
+        if attention_mask is None:
+            attention_mask = (key_pos[None, :] <= query_pos[:, None])[None, None]
+        blocked = blocked_keys[:, None, None, :k_len] & (key_pos[None, :] < query_pos[:, None])
+        attention_mask = attention_mask.bool() & ~blocked
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+AttentionInterface.register(BLOCKED_ATTENTION, blocked_sdpa_attention)
+AttentionMaskInterface.register(BLOCKED_ATTENTION, sdpa_mask)  # without it the mask would arrive as None
+
+
+@contextlib.contextmanager
+def attention_blocking(model: PreTrainedModel, blocked_keys: torch.BoolTensor):
+    """Within the block, no token of row b attends to an earlier position p where `blocked_keys[b, p]` is True.
+
+    `blocked_keys` is `[B, K]` over the columns of the (padded) sequence, K at least the longest length reached,
+    generated tokens included. The model's attention goes through `blocked_sdpa_attention` meanwhile.
+    """
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(BLOCKED_ATTENTION)
+    token = _BLOCKED_KEYS.set(blocked_keys)
+    try:
+        yield model
+    finally:
+        _BLOCKED_KEYS.reset(token)
+        model.set_attn_implementation(previous)
+
+
+@dataclass
+class Trace:
+    """One finished greedy trace: `prompt_ids`, then `completion_ids`, whose `[answer_start, answer_end)` tokens hold
+    the answer span."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    answer_start: int
+    answer_end: int
+    answer_text: str = field(default="")
+
+
+def _left_pad(
+    rows: Sequence[Sequence[int]], pad_id: int, width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    width = width or max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def _answer_spans(tokenizer, completions: list[list[int]], answer_format: str) -> list[tuple[int, int] | None]:
+    """Token span `[start, end)` of each completion's answer, or None where no answer is found."""
+    width = max(1, max(len(c) for c in completions))
+    ids = torch.full((len(completions), width), tokenizer.pad_token_id, dtype=torch.long)
+    for i, c in enumerate(completions):
+        ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+    texts = tokenizer.batch_decode([c for c in completions], skip_special_tokens=True)
+    mask, missing = answer_token_mask(texts, ids, tokenizer, answer_format=answer_format)
+    spans = []
+    for i, c in enumerate(completions):
+        positions = mask[i, : len(c)].nonzero().flatten()
+        spans.append(None if missing[i] or len(positions) == 0 else (int(positions[0]), int(positions[-1]) + 1))
+    return spans
+
+
+def _completion_ids(row: torch.Tensor, stop_ids: set[int]) -> list[int]:
+    """Generated ids up to (without) the first stop token."""
+    ids = []
+    for token in row.tolist():
+        if token in stop_ids:
+            break
+        ids.append(token)
+    return ids
+
+
+@torch.no_grad()
+def _greedy(model, tokenizer, rows, blocked_rows=None, max_new_tokens=64) -> list[list[int]]:
+    """Greedy continuations of `rows` (left-padded); `blocked_rows[i]`: positions of row i whose keys are blocked."""
+    input_ids, attention_mask = _left_pad(rows, tokenizer.pad_token_id)
+    input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
+    blocking = contextlib.nullcontext()
+    if blocked_rows is not None:
+        width = input_ids.shape[1]
+        blocked = torch.zeros((len(rows), width + max_new_tokens), dtype=torch.bool, device=model.device)
+        for i, (row, positions) in enumerate(zip(rows, blocked_rows)):
+            offset = width - len(row)  # left padding shifts every position of the row
+            blocked[i, [offset + p for p in positions]] = True
+        blocking = attention_blocking(model, blocked)
+    with blocking:
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    stop_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    return [_completion_ids(row, stop_ids) for row in output[:, input_ids.shape[1] :]]
+
+
+def _prompt_ids(tokenizer, prompt) -> list[int]:
+    if isinstance(prompt, str):
+        return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return list(
+        tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    )
+
+
+def finished_traces(
+    model, tokenizer, prompts, *, max_new_tokens=64, answer_format="auto", batch_size=16
+) -> list[Trace]:
+    """Greedy traces of `prompts` (text or conversational), keeping those with an answer after some reasoning."""
+    traces = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="traces", leave=False):
+        prompt_rows = [_prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
+        completions = _greedy(model, tokenizer, prompt_rows, max_new_tokens=max_new_tokens)
+        for prompt_ids, completion, span in zip(
+            prompt_rows, completions, _answer_spans(tokenizer, completions, answer_format)
+        ):
+            if span is not None and span[0] >= 2:  # need reasoning tokens to intervene on
+                text = tokenizer.decode(completion[span[0] : span[1]], skip_special_tokens=True).strip()
+                traces.append(Trace(prompt_ids, completion, span[0], span[1], text))
+    return traces
+
+
+def _reasoning_scores(model, tokenizer, traces: list[Trace], scorer_name: str, seed: int) -> list[torch.Tensor]:
+    """The scorer's score of each reasoning token (completion tokens before the answer), one tensor per trace.
+    The batch is laid out as TRL lays it out: left-padded prompts, then right-padded completions."""
+    prompt_ids, prompt_mask = _left_pad([t.prompt_ids for t in traces], tokenizer.pad_token_id)
+    completion_ids, completion_mask = _left_pad([t.completion_ids[::-1] for t in traces], tokenizer.pad_token_id)
+    completion_ids, completion_mask = completion_ids.flip(1), completion_mask.flip(1)  # right padding
+    answer_mask = torch.zeros_like(completion_mask, dtype=torch.bool)
+    for i, t in enumerate(traces):
+        answer_mask[i, t.answer_start : t.answer_end] = True
+    no_prompt, no_completion = torch.zeros_like(completion_mask), torch.zeros_like(prompt_mask)
+    batch = ScoringBatch(
+        input_ids=torch.cat([prompt_ids, completion_ids], dim=1).to(model.device),
+        attention_mask=torch.cat([prompt_mask, completion_mask], dim=1).to(model.device),
+        prompt_mask=torch.cat([prompt_mask, no_prompt], dim=1).bool().to(model.device),
+        completion_mask=torch.cat([no_completion, completion_mask], dim=1).bool().to(model.device),
+        answer_mask=torch.cat([no_completion.bool(), answer_mask], dim=1).to(model.device),
+        seed=seed,
+    )
+    scores = get_scorer(scorer_name)(model, batch).float().cpu()
+    start = prompt_ids.shape[1]
+    return [scores[i, start : start + t.answer_start] for i, t in enumerate(traces)]
+
+
+def choose_positions(scores: torch.Tensor, selection: str, fraction: float, generator: torch.Generator) -> list[int]:
+    """Indices of `round(fraction * n)` (at least 1) of the n scored tokens: highest, lowest, random or none."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection={selection!r} is not supported; choose one of {SELECTIONS}.")
+    if selection == "none":
+        return []
+    count = max(1, round(fraction * len(scores)))
+    if selection == "random":
+        order = torch.randperm(len(scores), generator=generator)
+    else:
+        order = torch.argsort(scores, descending=selection == "top", stable=True)
+    return sorted(order[:count].tolist())
+
+
+def intervention_analysis(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence,
+    *,
+    scorer: str = "flow",
+    fraction: float = 0.2,
+    selections: Sequence[str] = SELECTIONS,
+    max_new_tokens: int = 64,
+    answer_max_new_tokens: int = 24,
+    answer_format: str = "auto",
+    batch_size: int = 16,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Rate of changed answers when attention to chosen reasoning tokens is blocked.
+
+    Returns `{selection: {"changed_rate", "num_traces", "blocked_tokens_mean"}}` for each of `selections`
+    ("top" / "bottom" of `scorer`'s ranking, "random", and "none", the control, which should be ~0).
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
+    if tokenizer.pad_token_id is None:
+        raise ValueError("The tokenizer has no pad token; set `tokenizer.pad_token = tokenizer.eos_token` first.")
+    was_training = model.training
+    model.eval()
+    try:
+        traces = finished_traces(
+            model,
+            tokenizer,
+            list(prompts),
+            max_new_tokens=max_new_tokens,
+            answer_format=answer_format,
+            batch_size=batch_size,
+        )
+        if not traces:
+            raise ValueError(
+                "No greedy trace had an answer after some reasoning, so there is nothing to intervene on; check "
+                "answer_format or use a model that answers in the expected format."
+            )
+        results = {}
+        for selection in selections:
+            generator = torch.Generator().manual_seed(seed)
+            changed, blocked_total = 0, 0
+            for start in tqdm(range(0, len(traces), batch_size), desc=f"block {selection}", leave=False):
+                chunk = traces[start : start + batch_size]
+                scores = _reasoning_scores(model, tokenizer, chunk, scorer, seed + start)
+                prefixes = [t.prompt_ids + t.completion_ids[: t.answer_start] for t in chunk]
+                blocked = [
+                    [len(t.prompt_ids) + p for p in choose_positions(s, selection, fraction, generator)]
+                    for t, s in zip(chunk, scores)
+                ]
+                continuations = _greedy(model, tokenizer, prefixes, blocked, max_new_tokens=answer_max_new_tokens)
+                new_completions = [t.completion_ids[: t.answer_start] + c for t, c in zip(chunk, continuations)]
+                spans = _answer_spans(tokenizer, new_completions, answer_format)
+                for t, completion, span in zip(chunk, new_completions, spans):
+                    new_answer = (
+                        None
+                        if span is None
+                        else tokenizer.decode(completion[span[0] : span[1]], skip_special_tokens=True).strip()
+                    )
+                    changed += new_answer != t.answer_text
+                blocked_total += sum(len(b) for b in blocked)
+            results[selection] = {
+                "changed_rate": changed / len(traces),
+                "num_traces": float(len(traces)),
+                "blocked_tokens_mean": blocked_total / len(traces),
+            }
+        return results
+    finally:
+        model.train(was_training)
+
+
+def format_table(results: dict[str, dict[str, float]], scorer: str = "flow") -> str:
+    """A markdown table of `intervention_analysis` results."""
+    lines = ["| blocked tokens | answers changed | traces | tokens blocked (mean) |", "|---|---|---|---|"]
+    for selection, row in results.items():
+        name = {"none": "none (control)", "random": "random"}.get(selection, f"{scorer}-{selection}")
+        lines.append(
+            f"| {name} | {row['changed_rate']:.1%} | {int(row['num_traces'])} | {row['blocked_tokens_mean']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+@dataclass
+class InterventionArguments:
+    model_name_or_path: str = field(metadata={"help": "Model folder or Hub name (loaded with AutoModelForCausalLM)."})
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dataset with a `prompt` column: a Hub name, a local folder, or a .json/.jsonl file. "
+            "Default: the embedded synthetic arithmetic test split (needs the repository's `examples`)."
+        },
+    )
+    dataset_split: str = field(default="test", metadata={"help": "Split of `dataset_name`."})
+    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompts (text or messages)."})
+    num_samples: int = field(default=64, metadata={"help": "How many prompts to trace."})
+    scorer: str = field(default="flow", metadata={"help": "Scorer whose ranking picks the top/bottom tokens."})
+    fraction: float = field(default=0.2, metadata={"help": "Fraction of reasoning tokens blocked."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Token cap of the original greedy traces."})
+    answer_format: str = field(default="auto", metadata={"help": "How answer spans are found (see answer.py)."})
+    batch_size: int = field(default=16, metadata={"help": "Traces per batch."})
+    seed: int = field(default=0, metadata={"help": "Seed of the random selection."})
+    output_file: str | None = field(default=None, metadata={"help": "Write the results as JSON here."})
+
+
+def _load_prompts(args: InterventionArguments) -> list:
+    if args.dataset_name is None:
+        try:
+            from examples.tiny_kit import make_task_dataset
+        except ImportError:
+            raise ValueError(
+                "No --dataset_name given and the repository's embedded tasks (examples.tiny_kit) are not importable "
+                "from here; pass --dataset_name (a Hub dataset, a local folder or a .jsonl file with prompts)."
+            ) from None
+
+        return make_task_dataset("arithmetic", n=args.num_samples, seed=args.seed, split="test")["prompt"]
+    from datasets import load_dataset
+
+    if args.dataset_name.endswith((".json", ".jsonl")):
+        dataset = load_dataset("json", data_files=args.dataset_name, split="train")
+    else:
+        dataset = load_dataset(args.dataset_name, split=args.dataset_split)
+    if args.prompt_column not in dataset.column_names:
+        raise ValueError(
+            f"Column {args.prompt_column!r} not in the dataset (columns: {dataset.column_names}); set --prompt_column."
+        )
+    return dataset.select(range(min(args.num_samples, len(dataset))))[args.prompt_column]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`flowcredit-intervention`: print (and optionally save) the intervention table of a model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
+
+    (args,) = HfArgumentParser(InterventionArguments).parse_args_into_dataclasses(args=argv)
+    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+    results = intervention_analysis(
+        model,
+        tokenizer,
+        _load_prompts(args),
+        scorer=args.scorer,
+        fraction=args.fraction,
+        max_new_tokens=args.max_new_tokens,
+        answer_format=args.answer_format,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    print(format_table(results, args.scorer))
+    if args.output_file:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output_file)), exist_ok=True)
+        with open(args.output_file, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
