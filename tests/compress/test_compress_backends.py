@@ -1,0 +1,124 @@
+"""Teacher backends: the local transformers model and a real OpenAI-compatible server on 127.0.0.1."""
+
+import importlib.util
+import time
+
+import pytest
+
+from examples.tiny_kit import build_tokenizer, tiny_causal_lm
+from hf_compress.backends import (
+    BackendConfig,
+    OpenAIBackend,
+    SamplingConfig,
+    TeacherUnavailableError,
+    TransformersBackend,
+    VLLMBackend,
+)
+
+PROBLEMS = ["Compute 3 + 4 from left to right.", "Compute 12 - 5 * 2 from left to right.", "Compute 7 from left to right."]
+
+
+def conversations(problems=PROBLEMS):
+    return [[{"role": "user", "content": p}] for p in problems]
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher():
+    tokenizer = build_tokenizer()
+    return tiny_causal_lm("qwen3", tokenizer, hidden_size=32, num_layers=2, seed=0), tokenizer
+
+
+def test_transformers_batched_left_padded_generation_matches_one_by_one(tiny_teacher):
+    model, tokenizer = tiny_teacher
+    backend = TransformersBackend(model, tokenizer, batch_size=3)
+    greedy = SamplingConfig(n=1, max_new_tokens=8)
+    batched = backend.generate(conversations(), greedy, seed=0)
+    one_by_one = [backend.generate(conversations([p]), greedy, seed=0)[0] for p in PROBLEMS]
+    assert [g[0].text for g in batched] == [g[0].text for g in one_by_one]
+    assert tokenizer.padding_side == "right"  # the backend's left padding does not leak into the tokenizer
+    for (generation,) in batched:
+        assert 1 <= generation.num_tokens <= 8
+        assert generation.finish_reason == ("length" if generation.num_tokens == 8 else "stop")
+
+
+def test_transformers_samples_n_per_problem_reproducibly(tiny_teacher):
+    model, tokenizer = tiny_teacher
+    backend = TransformersBackend(model, tokenizer, batch_size=2)
+    sampling = SamplingConfig(n=3, temperature=1.0, max_new_tokens=6)
+    first = backend.generate(conversations(), sampling, seed=5)
+    again = backend.generate(conversations(), sampling, seed=5)
+    other = backend.generate(conversations(), sampling, seed=6)
+    assert [len(g) for g in first] == [3, 3, 3]
+    texts = [[s.text for s in g] for g in first]
+    assert texts == [[s.text for s in g] for g in again]
+    assert texts != [[s.text for s in g] for g in other]
+    assert len({t for g in texts for t in g}) > 3  # sampling, not the same greedy answer n times
+
+
+def test_transformers_backend_counts_the_end_of_turn_token(tiny_teacher):
+    model, tokenizer = tiny_teacher
+    backend = TransformersBackend(model, tokenizer)
+    eos = tokenizer.eos_token_id
+    stopped = backend._to_generation([40, 41, eos, tokenizer.pad_token_id], {eos})
+    capped = backend._to_generation([40, 41, 42], {eos})
+    assert (stopped.num_tokens, stopped.finish_reason) == (3, "stop")
+    assert (capped.num_tokens, capped.finish_reason) == (3, "length")
+    assert stopped.text == tokenizer.decode([40, 41])
+
+
+def test_openai_backend_against_a_real_server(teacher_server):
+    backend = OpenAIBackend("teacher", base_url=teacher_server.base_url, max_concurrency=4)
+    results = backend.generate(conversations(), SamplingConfig(n=2, max_new_tokens=64), seed=0)
+    assert [len(r) for r in results] == [2, 2, 2]
+    first = results[0][0]
+    assert first.text == "Let me think step by step. 3 + 4 = 7. So the result is clear. The answer is \\boxed{7}."
+    assert first.num_tokens == len(first.text.split()) and first.finish_reason == "stop"
+    # 12 - 5 * 2 left to right is 14; the server answers wrong (15) for one seed in four, here sample 1.
+    assert ["\\boxed{14}" in g.text for g in results[1]] == [True, False]
+    assert "\\boxed{15}" in results[1][1].text
+    assert teacher_server.behaviour.requests == 6  # one request per sample: exact per-trace usage
+
+
+def test_openai_backend_token_cap_and_concurrency(teacher_server):
+    teacher_server.behaviour.delay_seconds = 0.3
+    backend = OpenAIBackend("teacher", base_url=teacher_server.base_url, max_concurrency=6)
+    start = time.perf_counter()
+    results = backend.generate(conversations(), SamplingConfig(n=2, max_new_tokens=5), seed=0)
+    elapsed = time.perf_counter() - start
+    assert all(g.finish_reason == "length" and g.num_tokens == 5 for r in results for g in r)
+    assert elapsed < 6 * 0.3  # the six requests overlapped (serially they take 1.8 s at least)
+
+
+def test_openai_backend_retries_transient_failures(teacher_server):
+    teacher_server.behaviour.fail_next = 2
+    backend = OpenAIBackend("teacher", base_url=teacher_server.base_url, max_concurrency=1, backoff_seconds=0.01)
+    results = backend.generate(conversations(PROBLEMS[:1]), SamplingConfig(), seed=0)
+    assert "\\boxed{7}" in results[0][0].text
+    assert teacher_server.behaviour.requests == 3
+
+
+def test_openai_backend_unreachable_server_gives_a_clear_error(unreachable_url):
+    url = unreachable_url
+    backend = OpenAIBackend("teacher", base_url=url, max_retries=2, backoff_seconds=0.01)
+    with pytest.raises(TeacherUnavailableError, match=r"failed 3 times.*APIConnectionError") as error:
+        backend.generate(conversations(PROBLEMS[:1]), SamplingConfig(), seed=0)
+    assert url in str(error.value)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed: no error to check")
+def test_vllm_backend_explains_how_to_install_it():
+    with pytest.raises(ImportError, match=r"pip install .*\[vllm\]"):
+        VLLMBackend("any-model")
+
+
+def test_backend_config_rejects_bad_settings():
+    with pytest.raises(ValueError, match="Unknown backend"):
+        BackendConfig(backend="tgi", model="m").build()
+    with pytest.raises(ValueError, match="needs a model"):
+        BackendConfig(backend="openai").build()
+    with pytest.raises(ValueError, match="n must be"):
+        SamplingConfig(n=0)
+    with pytest.raises(ValueError, match="pad token"):
+        tokenizer = build_tokenizer()
+        tokenizer.pad_token = None
+        TransformersBackend(tiny_causal_lm("qwen3", build_tokenizer(), hidden_size=32, num_layers=1), tokenizer)
