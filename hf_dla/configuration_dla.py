@@ -1,0 +1,119 @@
+"""Configuration of Dynamic Linear Attention (DLA) language models."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+MIXERS = ("mamba2", "gated_deltanet")
+MEMORY_MODES = ("vanilla", "loglinear", "dla")
+BACKENDS = ("naive", "chunk", "triton")
+
+
+@strict
+class DLAConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`DLAModel`] / [`DLAForCausalLM`]: a stack of Mamba-2 or Gated DeltaNet mixers whose
+    recurrent state is split into memory slots (vanilla, Log-Linear Fenwick levels, or Dynamic Linear Attention).
+
+    mixer (`str`, defaults to `"mamba2"`):
+        `"mamba2"` (blocks: norm, mixer; no MLP) or `"gated_deltanet"` (blocks: norm, mixer, norm, SwiGLU MLP).
+    memory (`str`, defaults to `"dla"`):
+        `"vanilla"` (one state: the backbone), `"loglinear"` (Fenwick levels, `max_states` levels hold
+        `2 ** (max_states - 1)` tokens) or `"dla"` (dynamic merging, at most `max_states` slots).
+    max_states (`int`, defaults to 16):
+        Number of memory slots (lambda indices) for `loglinear` and `dla`; at least 2.
+    merge_threshold (`float`, defaults to 0.5):
+        DLA opens a new slot when the drift `1 - cos(key, newest slot summary)` exceeds it; in `[0, 2)`.
+    backend (`str`, defaults to `"chunk"`):
+        `"naive"` (per-token recurrence), `"chunk"` (chunked PyTorch, the CPU training path) or `"triton"`.
+        Decoding one token at a time always uses the naive step.
+    chunk_size (`int`, defaults to 64):
+        Chunk length of the `chunk` and `triton` backends.
+    num_heads, head_dim, state_size:
+        Heads, value dim per head (Mamba-2 `head_dim`) and key/query dim per head (Mamba-2 `state_size`).
+        `num_heads * head_dim` must equal `expand * hidden_size`.
+    n_groups (`int`, defaults to 1):
+        Mamba-2 groups sharing B and C (keys and queries); must divide `num_heads`.
+    intermediate_size (`int`, defaults to 2048):
+        Width of the SwiGLU MLP of Gated DeltaNet blocks.
+
+    Example:
+
+    ```python
+    >>> import hf_dla
+    >>> from transformers import AutoModelForCausalLM
+    >>> config = hf_dla.DLAConfig(mixer="gated_deltanet", memory="dla", max_states=8, hidden_size=128,
+    ...                           num_hidden_layers=2, num_heads=4, head_dim=64, state_size=32, vocab_size=1000)
+    >>> model = AutoModelForCausalLM.from_config(config)
+    ```
+    """
+
+    model_type = "dla"
+
+    vocab_size: int = 32000
+    hidden_size: int = 768
+    num_hidden_layers: int = 24
+    mixer: str = "mamba2"
+    memory: str = "dla"
+    max_states: int = 16
+    merge_threshold: float = 0.5
+    backend: str = "chunk"
+    chunk_size: int = 64
+    num_heads: int = 24
+    head_dim: int = 64
+    state_size: int = 64
+    expand: int = 2
+    n_groups: int = 1
+    intermediate_size: int = 2048
+    conv_kernel: int = 4
+    hidden_act: str = "silu"
+    rms_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    residual_in_fp32: bool = True
+    time_step_min: float = 0.001
+    time_step_max: float = 0.1
+    time_step_floor: float = 1e-4
+    time_step_limit: list[float] | tuple[float, ...] = (0.0, float("inf"))
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    tie_word_embeddings: bool = True
+
+    @property
+    def num_slots(self) -> int:
+        """Memory slots per layer: 1 for the vanilla backbone, else `max_states`."""
+        return 1 if self.memory == "vanilla" else self.max_states
+
+    def validate_architecture(self):
+        """Reject settings the model cannot build, naming the field and the fix."""
+        for field, value, choices in (
+            ("mixer", self.mixer, MIXERS),
+            ("memory", self.memory, MEMORY_MODES),
+            ("backend", self.backend, BACKENDS),
+        ):
+            if value not in choices:
+                raise ValueError(f"DLAConfig.{field}={value!r} is unknown; choose one of {choices}.")
+        if self.max_states < 2:
+            raise ValueError(
+                f"DLAConfig.max_states={self.max_states} must be at least 2 (multi-state memory); "
+                "use memory='vanilla' for a single state."
+            )
+        if not 0.0 <= self.merge_threshold < 2.0:
+            raise ValueError(
+                f"DLAConfig.merge_threshold={self.merge_threshold} must lie in [0, 2) (the range of 1 - cos)."
+            )
+        if self.num_heads * self.head_dim != self.expand * self.hidden_size:
+            raise ValueError(
+                f"DLAConfig: num_heads * head_dim = {self.num_heads} * {self.head_dim} must equal "
+                f"expand * hidden_size = {self.expand} * {self.hidden_size}; set head_dim = "
+                f"{self.expand * self.hidden_size / self.num_heads:g} or change num_heads / expand."
+            )
+        if self.num_heads % self.n_groups:
+            raise ValueError(f"DLAConfig.n_groups={self.n_groups} must divide num_heads={self.num_heads}.")
+        if self.chunk_size < 1 or self.conv_kernel < 1:
+            raise ValueError("DLAConfig.chunk_size and conv_kernel must be positive integers.")
+
+
+__all__ = ["DLAConfig"]

@@ -1,0 +1,187 @@
+"""Chunked multi-state recurrence in PyTorch: the CPU training path, differentiable through autograd.
+
+Public path: ``hf_dla.ops.chunk`` (flat file for ``trust_remote_code``, see ``ops_naive.py``). Same signature
+and semantics as the naive recurrence (`hf_dla/ops/__init__.py`).
+
+Both backbones are linear in their values, so every output is ``o_t = sum_i lam_t[index_t(i)] A[t, i] v_i``
+where ``A`` is the backbone's own (causal) attention matrix and ``index_t(i)`` the slot index that token
+``i`` has at step ``t``. Per chunk of ``C`` tokens (``G`` the in-chunk cumulative log-decay,
+``Gamma[t, i] = exp(G_t - G_i)`` for ``i <= t``):
+
+- Gated DeltaNet (WY / UT form): ``Tm = (I + strict_lower(diag(beta) K K^T * Gamma))^-1``,
+  ``A = (Q K^T * Gamma) Tm diag(beta)``; an old slot ``h`` is read through ``q~ = gamma q - (Q K^T * Gamma) W``
+  with ``W = Tm diag(beta gamma) K``, and leaves the chunk as ``M^T h`` with
+  ``M = gamma_C I - W^T diag(gamma_C / gamma) K``; token ``i`` leaves ``g_i v_i^T`` in its end slot with
+  ``G = diag(beta) Tm^T diag(gamma_C / gamma) K``.
+- Mamba-2 is the same with ``Tm = I`` and no erase term.
+
+The slot index of every source (the old slots of the chunk and its tokens) at every step is obtained by
+composing the ``slot_map`` rows inside the chunk (C small gathers, all chunks at once). The chunks are then
+chained through their slot states, one matmul per chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .ops_naive import _check_shapes
+
+DEFAULT_CHUNK_SIZE = 64
+
+
+def _source_indices(slot_map: torch.Tensor, num_slots: int) -> torch.Tensor:
+    """Slot index of every source at every step of its chunk.
+
+    slot_map: (B, N, C, S). Returns (B, N, C, S + C): sources are the S slots at the chunk start, then the C
+    tokens of the chunk; -1 where the token is not written yet.
+    """
+    batch, num_chunks, chunk, _ = slot_map.shape
+    device = slot_map.device
+    current = torch.cat(
+        [
+            torch.arange(num_slots, device=device).expand(batch, num_chunks, num_slots),
+            torch.full((batch, num_chunks, chunk), -1, dtype=torch.long, device=device),
+        ],
+        dim=-1,
+    )
+    steps = []
+    for j in range(chunk):
+        moved = slot_map[:, :, j].gather(-1, current.clamp_min(0))
+        current = torch.where(current >= 0, moved, -1)
+        current[..., num_slots + j] = 0  # token j is written into slot 0
+        steps.append(current)
+    return torch.stack(steps, dim=2)
+
+
+def _pad_time(x: torch.Tensor, pad: int, value: float = 0.0) -> torch.Tensor:
+    if pad == 0:
+        return x
+    return F.pad(x, (0, 0) * (x.ndim - 2) + (0, pad), value=value)
+
+
+def _chunk_multistate(
+    q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, delta_rule, chunk_size
+):
+    num_slots = _check_shapes(q, k, v, log_decay, beta, slot_map, lam, initial_state)
+    batch, seq_len, heads, key_dim = q.shape
+    value_dim, out_dtype = v.shape[-1], v.dtype
+    chunk = min(chunk_size, max(seq_len, 1))
+    pad = (-seq_len) % chunk
+    num_chunks = (seq_len + pad) // chunk
+    device = q.device
+
+    # Padded steps are identities: no decay, no write, slots stay in place.
+    def to_chunks(x):  # (B, T, H, ...) -> (B, H, N, C, ...)
+        x = _pad_time(x.float(), pad)
+        x = x.reshape(batch, num_chunks, chunk, heads, *x.shape[3:])
+        return x.movedim(3, 1)
+
+    q, k, v, log_decay, beta = (to_chunks(x) for x in (q, k, v, log_decay, beta))
+    cum = log_decay.cumsum(-1)  # (B, H, N, C)
+    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=device).tril()
+    gamma = cum.exp()
+    decay_to_end = (cum[..., -1:] - cum).exp()  # gamma_C / gamma_i, <= 1
+    ratio = (cum[..., :, None] - cum[..., None, :]).masked_fill(~causal, float("-inf")).exp()
+    qk = (q @ k.transpose(-1, -2)) * ratio
+
+    eye = torch.eye(chunk, device=device)
+    if delta_rule:
+        kk = (k @ k.transpose(-1, -2)) * ratio * beta[..., :, None]
+        strict = kk.tril(-1)
+        transform = torch.linalg.solve_triangular(eye + strict, eye.expand_as(strict), upper=False, unitriangular=True)
+        attn = (qk @ transform) * beta[..., None, :]
+        erase = transform @ (k * (beta * gamma)[..., None])  # W
+        query_old = gamma[..., None] * q - qk @ erase
+        write_keys = (transform.transpose(-1, -2) @ (k * decay_to_end[..., None])) * beta[..., None]
+        carry = gamma[..., -1, None, None] * torch.eye(key_dim, device=device) - erase.transpose(-1, -2) @ (
+            k * decay_to_end[..., None]
+        )  # M (B, H, N, K, K)
+    else:
+        attn = qk * beta[..., None, :]
+        query_old = gamma[..., None] * q
+        write_keys = k * (beta * decay_to_end)[..., None]
+        carry = None
+
+    if slot_map is None:  # one slot: the read weight depends on the step only
+        weight_old = None if lam is None else to_chunks(lam)  # (B, H, N, C, 1)
+        o_intra = attn @ v if lam is None else weight_old * (attn @ v)
+        new_tokens = (write_keys.transpose(-1, -2) @ v)[:, :, :, None]  # (B, H, N, 1, K, V)
+        to_end_slot = None
+    else:
+        slot_map = _pad_time(slot_map, pad)
+        identity_rows = torch.arange(num_slots, device=device).expand(batch, pad, num_slots)
+        if pad:
+            slot_map[:, seq_len:] = identity_rows
+        slot_map = slot_map.reshape(batch, num_chunks, chunk, num_slots)
+        index = _source_indices(slot_map, num_slots)  # (B, N, C, S + C)
+        if lam is None:
+            weights = (index >= 0).float()[:, None].expand(batch, heads, *index.shape[1:])
+        else:
+            lam_chunks = to_chunks(lam)  # (B, H, N, C, S)
+            idx = index.clamp_min(0)[:, None].expand(batch, heads, *index.shape[1:])
+            weights = lam_chunks.gather(-1, idx) * (index >= 0)[:, None]
+        weight_old, weight_tokens = weights[..., :num_slots], weights[..., num_slots:]
+        o_intra = (attn * weight_tokens) @ v
+        end_index = index[:, :, -1]  # (B, N, S + C)
+        to_end_slot = F.one_hot(end_index[..., :num_slots], num_slots).float()  # (B, N, S_old, S_new)
+        token_end = F.one_hot(end_index[..., num_slots:], num_slots).float()  # (B, N, C, S_new)
+        new_tokens = torch.einsum("bnce,bhnck,bhncv->bhnekv", token_end, write_keys, v)
+
+    if initial_state is None:
+        state = q.new_zeros(batch, heads, num_slots, key_dim, value_dim)
+    else:
+        state = initial_state.float()
+    outputs = []
+    for n in range(num_chunks):
+        read = torch.einsum("bhck,bhskv->bhcsv", query_old[:, :, n], state)
+        if weight_old is None:
+            outputs.append(o_intra[:, :, n] + read.sum(3))
+        else:
+            outputs.append(o_intra[:, :, n] + torch.einsum("bhcs,bhcsv->bhcv", weight_old[:, :, n], read))
+        if carry is None:
+            state = gamma[:, :, n, -1, None, None, None] * state
+        else:
+            state = torch.einsum("bhij,bhsiv->bhsjv", carry[:, :, n], state)
+        if to_end_slot is not None:
+            state = torch.einsum("bse,bhskv->bhekv", to_end_slot[:, n], state)
+        state = state + new_tokens[:, :, n]
+    out = torch.stack(outputs, dim=2)  # (B, H, N, C, V)
+    out = out.movedim(1, 3).reshape(batch, num_chunks * chunk, heads, value_dim)[:, :seq_len]
+    return out.to(out_dtype), (state if output_final_state else None)
+
+
+def chunk_mamba2(
+    q,
+    k,
+    v,
+    log_decay,
+    beta,
+    slot_map=None,
+    lam=None,
+    initial_state=None,
+    output_final_state=True,
+    chunk_size=DEFAULT_CHUNK_SIZE,
+):
+    """Mamba-2 multi-state recurrence, chunked (see `hf_dla.ops` for the signature)."""
+    return _chunk_multistate(
+        q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, False, chunk_size
+    )
+
+
+def chunk_gated_delta_rule(
+    q,
+    k,
+    v,
+    log_decay,
+    beta,
+    slot_map=None,
+    lam=None,
+    initial_state=None,
+    output_final_state=True,
+    chunk_size=DEFAULT_CHUNK_SIZE,
+):
+    """Gated DeltaNet multi-state recurrence, chunked (see `hf_dla.ops` for the signature)."""
+    return _chunk_multistate(
+        q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, True, chunk_size
+    )
