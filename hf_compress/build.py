@@ -23,6 +23,7 @@ from .stages import (
     dataset_fingerprint,
     dataset_folder,
     pipeline_records,
+    quiet_datasets_progress,
     read_stage_record,
     require_columns,
     save_stage,
@@ -125,12 +126,13 @@ def build(
         check_same_run(record, "build", fingerprint, arguments, output_dir)
         built = load_variants(output_dir)
     else:
-        rows = select_training_rows(dataset, variants)
-        if len(rows) == 0:
-            raise ValueError("No row is left to train on: none is verified correct (with its answer kept after "
-                             "compression). Check the verify and compress statistics.")
-        columns = {"problem": problem_column, "answer": answer_column, "completion": completion_column}
-        built = DatasetDict({v: build_variant(rows, v, tokenizer, columns) for v in variants})
+        with quiet_datasets_progress():
+            rows = select_training_rows(dataset, variants)
+            if len(rows) == 0:
+                raise ValueError("No row is left to train on: none is verified correct (with its answer kept "
+                                 "after compression). Check the verify and compress statistics.")
+            columns = {"problem": problem_column, "answer": answer_column, "completion": completion_column}
+            built = DatasetDict({v: build_variant(rows, v, tokenizer, columns) for v in variants})
         if output_dir is not None:
             built = save_stage(built, output_dir, stage="build", fingerprint=fingerprint, arguments=arguments,
                                stats=variant_statistics(built), input_folder=dataset_folder(dataset))

@@ -106,7 +106,7 @@ def check_same_run(record: dict, stage: str, fingerprint: str, arguments: dict, 
 
 
 @contextlib.contextmanager
-def _quiet_datasets_progress():
+def quiet_datasets_progress():
     """Inner `Dataset.map` bars would interleave with the stage's own progress bar."""
     was_disabled = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
@@ -143,9 +143,9 @@ def run_stage(
     shard_ranges = [range(i * shard_size, min(len(dataset), (i + 1) * shard_size)) for i in range(num_shards)]
 
     if output_dir is None:
-        with tqdm(total=len(dataset), desc=stage, unit="row") as progress, _quiet_datasets_progress():
+        with tqdm(total=len(dataset), desc=stage, unit="row") as progress, quiet_datasets_progress():
             parts = [process_shard(dataset.select(r), i, progress) for i, r in enumerate(shard_ranges)]
-        return finalize(concatenate_datasets(parts))[0]
+            return finalize(concatenate_datasets(parts))[0]
 
     shard_dir = os.path.join(output_dir, SHARDS_DIR)
     if overwrite and os.path.exists(output_dir):
@@ -163,7 +163,7 @@ def run_stage(
 
     shard_paths = [os.path.join(shard_dir, f"shard-{i:05d}-of-{num_shards:05d}") for i in range(num_shards)]
     done_rows = sum(len(r) for r, p in zip(shard_ranges, shard_paths) if os.path.exists(p))
-    with tqdm(total=len(dataset), initial=done_rows, desc=stage, unit="row") as progress, _quiet_datasets_progress():
+    with tqdm(total=len(dataset), initial=done_rows, desc=stage, unit="row") as progress, quiet_datasets_progress():
         for index, (rows, path) in enumerate(zip(shard_ranges, shard_paths)):
             if os.path.exists(path):
                 continue
@@ -172,7 +172,7 @@ def run_stage(
             part.save_to_disk(temporary)
             os.replace(temporary, path)  # atomic: a shard folder either exists complete or not at all
 
-    result, stats = finalize(concatenate_datasets([load_from_disk(p) for p in shard_paths]))
+        result, stats = finalize(concatenate_datasets([load_from_disk(p) for p in shard_paths]))
     return save_stage(result, output_dir, stage=stage, fingerprint=fingerprint, arguments=arguments, stats=stats,
                       input_folder=dataset_folder(dataset), cleanup=shard_dir)
 
@@ -204,7 +204,7 @@ def save_stage(
     cleanup: str | None = None,
 ) -> Dataset:
     """Save a finished stage result (a Dataset or DatasetDict) with its record, then reopen it from disk."""
-    with _quiet_datasets_progress():
+    with quiet_datasets_progress():
         result.save_to_disk(output_dir)
     record = {"stage": stage, "fingerprint": fingerprint, "arguments": arguments, "stats": stats,
               "input_folder": input_folder}
