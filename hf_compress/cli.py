@@ -255,10 +255,14 @@ def stage_namespace(name: str, section: dict, input_path: str, output_path: str)
     """The argparse namespace of a stage as its subcommand would parse it, with the recipe's values set."""
     parser = argparse.ArgumentParser(prog=f"hf-compress {name}")
     SUBCOMMANDS[name].add_arguments(parser)
-    args = parser.parse_args(["--input", input_path, "--output", output_path])
-    unknown = sorted(set(section) - set(vars(args)))
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(section) - known)
     if unknown:
         raise ValueError(f"Unknown key(s) {unknown} in the recipe's `{name}` section; see `hf-compress {name} --help`.")
+    for action in parser._actions:
+        if action.dest in section:
+            action.required = False  # the recipe provides it
+    args = parser.parse_args(["--input", input_path, "--output", output_path])
     for key, value in section.items():
         setattr(args, key, value)
     return args
