@@ -1,0 +1,272 @@
+"""DLA models as transformers citizens: Auto classes, parity with transformers' Mamba-2, decoding equal to the
+full forward, constant cache memory, generate with left padding, save / load (also as remote code), training,
+the memory report, and clear errors on bad settings."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, Mamba2Config
+from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+
+import hf_dla
+from hf_dla.modeling_dla import DLAMamba2Mixer, get_multistate_op
+
+MIXERS = ["mamba2", "gated_deltanet"]
+MEMORIES = ["vanilla", "loglinear", "dla"]
+
+
+def build(make_config, seed=0, **overrides):
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(make_config(**overrides)).eval()
+
+
+def test_auto_classes_are_registered(make_config):
+    settings = make_config().to_diff_dict()
+    settings.pop("model_type")
+    config = AutoConfig.for_model("dla", **settings)
+    assert isinstance(config, hf_dla.DLAConfig)
+    assert isinstance(AutoModel.from_config(config), hf_dla.DLAModel)
+    assert isinstance(AutoModelForCausalLM.from_config(config), hf_dla.DLAForCausalLM)
+
+
+def test_vanilla_mamba2_mixer_equals_transformers_mamba2_mixer(make_config):
+    config = make_config(mixer="mamba2", memory="vanilla", num_heads=4, head_dim=16, state_size=8, n_groups=2)
+    torch.manual_seed(0)
+    mine = DLAMamba2Mixer(config, layer_idx=0).eval()
+    for parameter in mine.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    reference_config = Mamba2Config(
+        hidden_size=32, num_heads=4, head_dim=16, state_size=8, n_groups=2, expand=2, chunk_size=8,
+        num_hidden_layers=1, vocab_size=10, layer_norm_epsilon=config.rms_norm_eps,
+    )  # fmt: skip
+    reference = Mamba2Mixer(reference_config, layer_idx=0).eval()
+    reference.load_state_dict(mine.state_dict(), strict=True)  # same parameter names and shapes
+    hidden = torch.randn(2, 21, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(mine(hidden), reference(hidden), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+@pytest.mark.parametrize("memory", MEMORIES)
+def test_token_by_token_decoding_equals_full_forward(mixer, memory, make_config):
+    model = build(make_config, mixer=mixer, memory=memory)
+    ids = torch.randint(3, 64, (2, 24))
+    with torch.no_grad():
+        full = model(ids).logits
+        out = model(ids[:, :9], use_cache=True)  # chunked prefill, then the naive step
+        logits, cache = [out.logits], out.cache
+        for t in range(9, ids.shape[1]):
+            out = model(ids[:, t : t + 1], cache=cache, use_cache=True)
+            logits.append(out.logits)
+    torch.testing.assert_close(torch.cat(logits, 1), full, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+@pytest.mark.parametrize("memory", ["loglinear", "dla"])
+def test_lambda_one_model_equals_vanilla_model(mixer, memory, make_config):
+    vanilla = build(make_config, mixer=mixer, memory="vanilla")
+    multi = AutoModelForCausalLM.from_config(make_config(mixer=mixer, memory=memory)).eval()
+    missing, unexpected = multi.load_state_dict(vanilla.state_dict(), strict=False)
+    assert unexpected == [] and all("read_weights" in name for name in missing)
+    for layer in multi.model.layers:  # lambda = softplus(1 * log(e - 1)) = 1 whatever the input
+        torch.nn.init.zeros_(layer.mixer.read_weights.proj.weight)
+        torch.nn.init.constant_(layer.mixer.read_weights.proj.bias, torch.log(torch.expm1(torch.tensor(1.0))).item())
+    ids = torch.randint(3, 64, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(multi(ids).logits, vanilla(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_read_weights_start_near_one(make_config):
+    model = build(make_config, memory="dla")
+    lam = model.model.layers[0].mixer.read_weights(torch.randn(2, 5, 32))
+    assert lam.shape == (2, 5, 2, 6)
+    assert (lam - 1).abs().max() < 0.3
+
+
+def _decode_cache_bytes(model, steps):
+    cache = None
+    token = torch.tensor([[5]])
+    sizes = {}
+    with torch.no_grad():
+        for step in range(1, steps + 1):
+            out = model(token, cache=cache, use_cache=True)
+            cache, token = out.cache, out.logits[:, -1:].argmax(-1)
+            if step in (100, steps):
+                sizes[step] = cache.memory_bytes()
+    return sizes
+
+
+@pytest.mark.parametrize("memory", ["dla"])
+def test_cache_memory_is_the_same_after_100_and_2000_tokens(memory, make_config):
+    model = build(make_config, memory=memory, num_hidden_layers=1, max_states=12)
+    sizes = _decode_cache_bytes(model, 2000)
+    assert sizes[100] == sizes[2000] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mixer", MIXERS)
+@pytest.mark.parametrize("memory", MEMORIES)
+def test_cache_memory_is_constant_every_mode(mixer, memory, make_config):
+    model = build(make_config, mixer=mixer, memory=memory, num_hidden_layers=1, max_states=12)
+    sizes = _decode_cache_bytes(model, 2000)
+    assert sizes[100] == sizes[2000] > 0
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_generate_greedy_with_left_padding_matches_unpadded(mixer, make_config):
+    model = build(make_config, mixer=mixer, memory="dla")
+    prompts = [torch.randint(3, 64, (10,)), torch.randint(3, 64, (6,))]
+    ids = torch.zeros(2, 10, dtype=torch.long)  # pad_token_id = 0, left padding
+    mask = torch.zeros(2, 10, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, -len(prompt) :], mask[row, -len(prompt) :] = prompt, 1
+    batched = model.generate(
+        ids, attention_mask=mask, max_new_tokens=8, do_sample=False, output_scores=True, return_dict_in_generate=True
+    )
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(
+            prompt[None], max_new_tokens=8, do_sample=False, output_scores=True, return_dict_in_generate=True
+        )
+        assert torch.equal(batched.sequences[row, -8:], alone.sequences[0, -8:])
+        torch.testing.assert_close(
+            torch.stack([s[row] for s in batched.scores]),
+            torch.stack([s[0] for s in alone.scores]),
+            atol=1e-4,
+            rtol=1e-4,
+        )
+
+
+def test_generate_sampling_batch_with_padding_is_seeded(make_config):
+    model = build(make_config, mixer="gated_deltanet", memory="loglinear")
+    ids = torch.randint(3, 64, (3, 7))
+    mask = torch.ones_like(ids)
+    ids[1:, :3], mask[1:, :3] = 0, 0
+
+    def sample():
+        torch.manual_seed(123)
+        return model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=True, top_k=20, temperature=1.5)
+
+    first, second = sample(), sample()
+    assert first.shape == (3, 13) and torch.equal(first, second)
+    assert torch.equal(first[:, :7], ids) and ((first >= 0) & (first < 64)).all()
+
+
+def test_save_pretrained_round_trip_through_auto_class(make_config, tmp_path):
+    model = build(make_config, mixer="gated_deltanet", memory="dla")
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "dla"
+    assert saved["auto_map"]["AutoModelForCausalLM"] == "modeling_dla.DLAForCausalLM"
+    assert saved["auto_map"]["AutoConfig"] == "configuration_dla.DLAConfig"
+    for name in ("modeling_dla.py", "configuration_dla.py", "memory_plans.py", "ops_naive.py", "ops_chunk.py"):
+        assert (tmp_path / name).exists(), name
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is hf_dla.DLAForCausalLM and loaded.config.memory == "dla"
+    ids = torch.randint(3, 64, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+
+
+def test_saved_folder_loads_with_trust_remote_code_without_hf_dla(make_config, tmp_path):
+    model = build(make_config, mixer="mamba2", memory="dla")
+    model.save_pretrained(tmp_path / "model")
+    ids = torch.randint(3, 64, (1, 12))
+    with torch.no_grad():
+        expected = model(ids).logits
+    torch.save({"ids": ids, "logits": expected}, tmp_path / "expected.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys, torch
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
+        data = torch.load({str(tmp_path / "expected.pt")!r})
+        with torch.no_grad():
+            torch.testing.assert_close(model(data["ids"]).logits, data["logits"])
+            out = model.generate(data["ids"], max_new_tokens=3, do_sample=False)
+        assert out.shape == (1, 15), out.shape
+        assert "hf_dla" not in sys.modules, "hf_dla was imported"
+        print("remote-code", type(model).__module__)
+        """
+    )
+    # -I: isolated mode, so neither the working directory nor PYTHONPATH can provide hf_dla
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "remote-code transformers_modules" in result.stdout
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+@pytest.mark.parametrize("memory", MEMORIES)
+@pytest.mark.parametrize("backend", ["naive", "chunk"])
+def test_every_combination_trains(mixer, memory, backend, make_config):
+    model = build(make_config, mixer=mixer, memory=memory, backend=backend, num_hidden_layers=1).train()
+    torch.manual_seed(1)
+    batch = torch.randint(3, 64, (4, 16))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(6):
+        loss = model(batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05, losses
+    if memory != "vanilla":  # the read weights learn too
+        scale = model.model.layers[0].mixer.read_weights.scale
+        assert not torch.equal(scale, torch.ones_like(scale))
+
+
+def test_memory_report_lists_slots_and_writes_a_png(make_config, tmp_path):
+    model = build(make_config, memory="dla", max_states=4, merge_threshold=0.3)
+    ids = torch.randint(3, 64, (30,))
+    report = model.memory_report(ids, plot_path=str(tmp_path / "slots.png"))
+    assert len(report.layers) == 2
+    for layer in report.layers:
+        slots = layer["slots"]
+        assert 1 <= len(slots) <= 4
+        assert slots[0]["start"] == 0 and slots[-1]["end"] == 29
+        assert all(a["end"] + 1 == b["start"] for a, b in zip(slots, slots[1:]))
+        assert sum(s["tokens"] for s in slots) == 30
+        assert sum(layer["opened"]) - sum(m >= 0 for m in layer["merged"]) == len(slots)
+    assert (tmp_path / "slots.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report.to_markdown().startswith("| layer |")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"mixer": "mamba3"}, "mixer='mamba3' is unknown"),
+        ({"memory": "fenwick"}, "memory='fenwick' is unknown"),
+        ({"backend": "cuda"}, "backend='cuda' is unknown"),
+        ({"max_states": 1}, "max_states=1 must be at least 2"),
+        ({"head_dim": 30}, "num_heads \\* head_dim = 2 \\* 30 must equal expand \\* hidden_size"),
+        ({"merge_threshold": 2.5}, "merge_threshold=2.5 must lie in"),
+        ({"n_groups": 3}, "n_groups=3 must divide num_heads=2"),
+    ],
+)
+def test_bad_config_names_the_field_and_the_fix(overrides, message, make_config):
+    with pytest.raises(Exception, match=message):
+        make_config(**overrides)
+
+
+def test_triton_backend_without_triton_is_a_clear_error(monkeypatch, make_config):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *args: None)
+    with pytest.raises(ImportError, match="backend='triton' needs the `triton` package.*backend='chunk'"):
+        get_multistate_op("triton", "mamba2")
+    with pytest.raises(ImportError, match="backend='triton'"):
+        AutoModelForCausalLM.from_config(make_config(backend="triton"))
+
+
+def test_runtime_errors_name_the_problem(make_config):
+    model = build(make_config, memory="loglinear", max_states=3)
+    with pytest.raises(ValueError, match="holds at most 4 tokens"):
+        model(torch.randint(3, 64, (1, 5)))
+    with pytest.raises(TypeError, match="need a DLACache"):
+        model(torch.randint(3, 64, (1, 3)), cache=object(), use_cache=True)
+    with pytest.raises(ValueError, match="memory='loglinear'"):
+        model.memory_report(torch.randint(3, 64, (5,)))
