@@ -50,9 +50,13 @@ def _check_triton_inputs(q, k, v, log_decay, beta, slot_map, lam, initial_state,
         features["lam"] = lam
     dtypes = {name: x.dtype for name, x in features.items()}
     if len(set(dtypes.values())) > 1 or not q.dtype.is_floating_point:
-        raise ValueError(f"triton ops need q, k, v, log_decay, beta (and lam) in one floating dtype; got {dtypes}. Cast them to one dtype.")
+        raise ValueError(
+            f"triton ops need q, k, v, log_decay, beta (and lam) in one floating dtype; got {dtypes}. Cast them to one dtype."
+        )
     if initial_state is not None and initial_state.dtype != torch.float32:
-        raise ValueError(f"initial_state must be float32 (the state layout of every backend); got {initial_state.dtype}.")
+        raise ValueError(
+            f"initial_state must be float32 (the state layout of every backend); got {initial_state.dtype}."
+        )
     tensors = {**features, "slot_map": slot_map, "initial_state": initial_state}
     devices = {name: x.device for name, x in tensors.items() if x is not None}
     if len(set(devices.values())) > 1:
@@ -210,9 +214,7 @@ def _slot_weights(slot_map, lam, batch, heads, num_chunks, chunk, num_slots, pad
     )  # fmt: skip
 
 
-def _triton_multistate(
-    q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, delta, chunk_size
-):
+def _triton_multistate(q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, delta, chunk_size):
     num_slots = _check_shapes(q, k, v, log_decay, beta, slot_map, lam, initial_state)
     _check_triton_inputs(q, k, v, log_decay, beta, slot_map, lam, initial_state, chunk_size)
     batch, seq_len, heads, key_dim = q.shape

@@ -115,7 +115,9 @@ def chunk_prep_bwd_kernel(
         erase = tl.dot(t, erase_keys, input_precision=DOT)
         d_attn_b = d_attn * beta[None, :]
         # attn = qk T diag(beta); query_old -= qk W.
-        d_qk = tl.dot(d_attn_b, tl.trans(t), input_precision=DOT) - tl.dot(d_query_old, tl.trans(erase), input_precision=DOT)
+        d_qk = tl.dot(d_attn_b, tl.trans(t), input_precision=DOT) - tl.dot(
+            d_query_old, tl.trans(erase), input_precision=DOT
+        )
         d_t = tl.dot(tl.trans(qk), d_attn_b, input_precision=DOT)
         d_beta = tl.sum(d_attn * tl.dot(qk, t, input_precision=DOT), 0)
         d_erase = -tl.dot(tl.trans(qk), d_query_old, input_precision=DOT)
@@ -252,7 +254,9 @@ def slot_recurrence_fwd_kernel(
         tl.debug_barrier()
         # Old slots are carried over the chunk and added into their end slots (moves and merges).
         if DELTA:
-            carry_t = tl.load(carry_ptr + chunk * K * K + rk[None, :] * K + rk[:, None], mask=(rk < K)[:, None] & ck_mask, other=0.0)
+            carry_t = tl.load(
+                carry_ptr + chunk * K * K + rk[None, :] * K + rk[:, None], mask=(rk < K)[:, None] & ck_mask, other=0.0
+            )
         else:
             decay = tl.load(carry_ptr + chunk)
         for s in range(S):
