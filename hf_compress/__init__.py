@@ -10,24 +10,45 @@ Stages, each a function over a `datasets.Dataset` and an `hf-compress` subcomman
     >>> shorter = compress(checked, ExtractiveCompressor(), tokenizer="Qwen/Qwen3-4B")
     >>> variants = build(shorter, tokenizer="Qwen/Qwen3-4B", output_dir="runs/sft_data")
 
-Names are imported on first use, so `import hf_compress` stays light (a resumed worker starts fast).
+The stage functions are imported here eagerly, so `hf_compress.generate` is the function even after its
+module has been imported (a lazy attribute would be shadowed by the submodule of the same name).
 """
 
-import importlib
+from .backends import (
+    BackendConfig,
+    Generation,
+    OpenAIBackend,
+    SamplingConfig,
+    TeacherBackend,
+    TeacherUnavailableError,
+    TransformersBackend,
+    VLLMBackend,
+)
+from .build import VARIANTS, build, load_variants
+from .compress import COMPRESSION_PROMPTS, Compressor, ExtractiveCompressor, LLMCompressor, compress
+from .generate import generate
+from .verify import check_countdown, check_math, extract_answer, verify
 
-_EXPORTS = {
-    "backends": ["BackendConfig", "Generation", "OpenAIBackend", "SamplingConfig", "TeacherBackend",
-                 "TeacherUnavailableError", "TransformersBackend", "VLLMBackend"],
-    "generate": ["generate"],
-    "verify": ["check_countdown", "check_math", "extract_answer", "verify"],
-    "compress": ["COMPRESSION_PROMPTS", "Compressor", "ExtractiveCompressor", "LLMCompressor", "compress"],
-    "build": ["VARIANTS", "build", "load_variants"],
-}
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'hf_compress' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+__all__ = [
+    "BackendConfig",
+    "COMPRESSION_PROMPTS",
+    "Compressor",
+    "ExtractiveCompressor",
+    "Generation",
+    "LLMCompressor",
+    "OpenAIBackend",
+    "SamplingConfig",
+    "TeacherBackend",
+    "TeacherUnavailableError",
+    "TransformersBackend",
+    "VARIANTS",
+    "VLLMBackend",
+    "build",
+    "check_countdown",
+    "check_math",
+    "compress",
+    "extract_answer",
+    "generate",
+    "load_variants",
+    "verify",
+]

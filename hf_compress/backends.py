@@ -99,6 +99,10 @@ class TransformersBackend(TeacherBackend):
         self.model.eval()
         self.batch_size = batch_size
 
+    def describe(self):
+        # The batch size changes what is sampled: seeds are set per batch, and padding shifts the numerics.
+        return {**super().describe(), "batch_size": self.batch_size}
+
     def generate(self, conversations, sampling, seed):
         import torch
 

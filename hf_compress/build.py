@@ -16,12 +16,12 @@ from __future__ import annotations
 import os
 
 from datasets import Dataset, DatasetDict, load_from_disk
-from transformers import AutoTokenizer
 
 from .stages import (
     check_same_run,
     dataset_fingerprint,
     dataset_folder,
+    load_tokenizer,
     pipeline_records,
     quiet_datasets_progress,
     read_stage_record,
@@ -117,7 +117,7 @@ def build(
     if {"compressed", "truncated"} & set(variants):
         needed += ["compressed", "compressed_correct", "compressed_tokens"]
     require_columns(dataset, needed, "build", hint="Run `compress` first for the compressed and truncated variants.")
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer) if isinstance(tokenizer, str) else tokenizer
+    tokenizer = load_tokenizer(tokenizer)
     arguments = {"variants": list(variants), "tokenizer": getattr(tokenizer, "name_or_path", ""),
                  "columns": [problem_column, answer_column, completion_column]}
     fingerprint = dataset_fingerprint(dataset, {"stage": "build", **arguments})

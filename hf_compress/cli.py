@@ -5,6 +5,9 @@
     hf-compress compress --input runs/c/verify --output runs/c/compress --compressor extractive --tokenizer runs/sft/model
     hf-compress build    --input runs/c/compress --output runs/c/build --tokenizer runs/sft/model
     hf-compress run examples/recipes/compress_arithmetic.yaml
+    hf-compress sft      examples/recipes/sft_lora.yaml --dataset_path runs/c/build --variant compressed --output_dir runs/c/students/compressed
+    hf-compress eval     --model runs/c/students/compressed --input test_problems/
+    hf-compress report   runs/c/students/raw runs/c/students/compressed --output runs/c/report
 
 Adding a subcommand is one `register(name, help, add_arguments, run)` call. A stage that reads `--input`
 and writes `--output` can also be appended to `PIPELINE`, and `run` will chain it (its recipe section holds
@@ -225,6 +228,77 @@ def _run_build(args):
 
 register("build", "Write the SFT variants (raw, compressed, answer_only, truncated) in messages form.",
          _add_build, _run_build)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Students: sft, eval, report
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _add_sft(parser):
+    parser.add_argument("recipe", help="YAML recipe of trl.SFTConfig + trl.ModelConfig + CompressSFTArguments fields.")
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, help="Any recipe field as `--name value`.")
+
+
+def _run_sft(args):
+    from .sft import parse_sft_cli, run_sft
+
+    summary = run_sft(*parse_sft_cli(["--config", args.recipe, *args.overrides]))
+    print(yaml.safe_dump(summary, sort_keys=False))
+    return summary
+
+
+register("sft", "Train a student on one variant with TRL's SFTTrainer (checked assistant masks, packing).",
+         _add_sft, _run_sft)
+
+
+def _add_eval(parser):
+    parser.add_argument("--model", required=True, help="Trained student folder (full weights or LoRA adapter).")
+    parser.add_argument("--input", required=True, help="Eval set with gold answers: `datasets` folder or Hub id.")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--output", default=None, help="Where eval.json and eval_table/ go (default: --model).")
+    parser.add_argument("--max_new_tokens", type=int, default=8192, help="Token cap per completion.")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--task", default="auto", choices=["auto", "math", "countdown"])
+    parser.add_argument("--answer_column", default="answer")
+
+
+def _run_eval(args):
+    from .evaluate import evaluate_student, save_evaluation
+    from .stages import load_input
+
+    summary, table = evaluate_student(
+        args.model,
+        load_input(args.input, args.split),
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        task=args.task,
+        answer_column=args.answer_column,
+    )
+    save_evaluation(summary, table, args.output or args.model)
+    print(yaml.safe_dump(summary, sort_keys=False))
+    return summary
+
+
+register("eval", "Greedy accuracy and output length of a trained student (token cap, batched).", _add_eval, _run_eval)
+
+
+def _add_report(parser):
+    parser.add_argument("students", nargs="+", help="Student folders, each with compress_sft.json and eval.json.")
+    parser.add_argument("--output", required=True, help="Folder for report.md, comparison.json and the plot.")
+    parser.add_argument("--baseline", default="raw", help="Variant the ratios are relative to.")
+
+
+def _run_report(args):
+    from .report import load_runs, write_report
+
+    table, markdown = write_report(load_runs(args.students), args.output, baseline=args.baseline)
+    print(markdown)
+    return table
+
+
+register("report", "Compare students across variants: accuracy and costs as ratios to raw, plus a plot.",
+         _add_report, _run_report)
 
 
 # ----------------------------------------------------------------------------------------------------------

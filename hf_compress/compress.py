@@ -11,10 +11,9 @@ import re
 from abc import ABC, abstractmethod
 
 from datasets import Dataset
-from transformers import AutoTokenizer
 
 from .backends import SamplingConfig, TeacherBackend
-from .stages import require_columns, run_stage
+from .stages import load_tokenizer, require_columns, run_stage
 from .verify import answer_span, check_texts, resolve_task
 
 # Versioned so that a dataset records exactly which instructions produced it; add versions, never edit one.
@@ -125,7 +124,7 @@ def compress(
     clashing = [c for c in COMPRESSED_COLUMNS if c in dataset.column_names]
     if clashing:
         raise ValueError(f"compress adds the columns {clashing}, which the input already has; rename or drop them.")
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer) if isinstance(tokenizer, str) else tokenizer
+    tokenizer = load_tokenizer(tokenizer)
 
     def compress_batch(batch: dict, indices: list[int]) -> dict:
         traces = batch[completion_column]

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from hf_compress.sft import bf16_supported, resolve_attn_implementation
+from hf_compress.verify import check_texts, resolve_task
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +34,14 @@ EVAL_TABLE_DIR = "eval_table"
 PERCENTILES = (50, 90, 99)
 
 
-def is_correct(completion: str, answer: str) -> bool:
-    """math-verify's equivalence of the completion's final answer with the gold answer."""
-    from math_verify import parse, verify
+def pipeline_verifier(task: str = "math", answer_column: str = "answer", timeout_seconds: int = 5):
+    """The checks `hf-compress verify` applies (math-verify with exact and numeric fallbacks, or Countdown), as a
+    function of (completions, eval rows) -> correct flags."""
 
-    return bool(verify(parse(answer), parse(completion)))
+    def verifier(texts: list[str], rows: dict) -> list[bool]:
+        return [check.correct for check in check_texts(rows, texts, task, answer_column, timeout_seconds)]
+
+    return verifier
 
 
 def eval_prompts(dataset: Dataset) -> list[list[dict]]:
@@ -131,17 +135,23 @@ def evaluate_student(
     tokenizer: PreTrainedTokenizerBase | None = None,
     max_new_tokens: int = 8192,
     batch_size: int = 32,
+    task: str = "auto",
     answer_column: str = "answer",
-    verifier: Callable[[str, str], bool] = is_correct,
+    verifier: Callable[[list[str], dict], list[bool]] | None = None,
 ) -> tuple[dict[str, Any], Dataset]:
     """Greedy accuracy and output length of a student on an eval set with gold answers.
 
+    Correctness is judged as `hf-compress verify` judges teacher traces (`task="auto"`: Countdown when the set has
+    `numbers` and `target` columns, math otherwise), unless `verifier(completions, rows) -> flags` is given.
     Returns the summary (accuracy and its standard error, mean and percentile output tokens, share of outputs cut
     by the cap, seconds) and the per-problem table.
     """
-    if answer_column not in dataset.column_names:
+    task = resolve_task(dataset, task)
+    gold_columns = ["numbers", "target"] if task == "countdown" else [answer_column]
+    missing = [column for column in gold_columns if column not in dataset.column_names]
+    if missing:
         raise ValueError(
-            f"The eval set has no {answer_column!r} column (it has {dataset.column_names}): accuracy needs the gold "
+            f"The eval set has no {missing} column(s) (it has {dataset.column_names}): accuracy needs the gold "
             "answers. Evaluate on a split with answers, or pass answer_column=."
         )
     if len(dataset) == 0:
@@ -154,19 +164,20 @@ def evaluate_student(
     elif tokenizer is None:
         raise ValueError("Pass the tokenizer together with the model.")
     prompts = eval_prompts(dataset)
-    answers = [str(answer) for answer in dataset[answer_column]]
+    gold = dataset.select_columns(gold_columns).to_dict()
+    verifier = verifier or pipeline_verifier(task, answer_column)
 
     start = time.perf_counter()
     texts, counts, capped = greedy_generate(
         model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
     )
     seconds = time.perf_counter() - start
-    correct = [bool(verifier(text, answer)) for text, answer in zip(texts, answers)]
+    correct = [bool(flag) for flag in verifier(texts, gold)]
 
     table = Dataset.from_dict(
         {
             "prompt": prompts,
-            "answer": answers,
+            **gold,
             "completion": texts,
             "correct": correct,
             "output_tokens": counts,
@@ -176,6 +187,7 @@ def evaluate_student(
     accuracy = float(np.mean(correct))
     summary = {
         "model": name,
+        "task": task,
         "n": len(correct),
         "accuracy": accuracy,
         "accuracy_stderr": math.sqrt(accuracy * (1 - accuracy) / len(correct)),

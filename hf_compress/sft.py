@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 import yaml
-from datasets import Dataset, DatasetDict, load_from_disk
+from datasets import Dataset
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -42,6 +42,8 @@ from transformers import (
 from transformers.utils import is_flash_attn_2_available
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 from trl.chat_template_utils import clone_chat_template, get_training_chat_template, has_generation_markers
+
+from hf_compress.build import load_variants
 
 logger = logging.getLogger(__name__)
 
@@ -322,14 +324,13 @@ def check_no_token_dropped(report: MaskReport, training_args: SFTConfig) -> None
 
 
 def load_variant(dataset_path: str, variant: str) -> Dataset:
-    """One variant of the folder `hf-compress build` wrote (a `datasets` folder per variant)."""
+    """One variant of the folder `hf-compress build` wrote."""
     if not os.path.isdir(dataset_path):
         raise FileNotFoundError(f"dataset_path={dataset_path!r} is not a folder; run `hf-compress build` first.")
-    variants = sorted(name for name in os.listdir(dataset_path) if os.path.isdir(os.path.join(dataset_path, name)))
+    variants = load_variants(dataset_path)
     if variant not in variants:
-        raise ValueError(f"Variant {variant!r} is missing from {dataset_path}; it holds {variants}.")
-    dataset = load_from_disk(os.path.join(dataset_path, variant))
-    return dataset["train"] if isinstance(dataset, DatasetDict) else dataset
+        raise ValueError(f"Variant {variant!r} is missing from {dataset_path}; it holds {sorted(variants)}.")
+    return variants[variant]
 
 
 def load_student(model_args: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -58,6 +58,15 @@ def load_input(source: str, split: str = "train") -> Dataset:
     return load_dataset(source, split=split)
 
 
+def load_tokenizer(tokenizer):
+    """A tokenizer object as given, or loaded from a path or Hub id (transformers imported only then)."""
+    if not isinstance(tokenizer, str):
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer)
+
+
 def dataset_fingerprint(dataset: Dataset, arguments: dict) -> str:
     """A hash of the dataset's content and the stage arguments: the same data built twice hashes the same
     (unlike `Dataset._fingerprint`, which is random for in-memory datasets)."""
