@@ -152,12 +152,14 @@ def parse_recipe(
 def parse_sft_cli(argv: list[str] | None = None) -> tuple[CompressSFTArguments, SFTConfig, ModelConfig]:
     """TRL-style command line: `--config recipe.yaml` then any field as `--name value` to override it."""
     argv = list(argv or [])
+    recipe = {}
     if "--config" in argv:
-        with open(argv[argv.index("--config") + 1]) as f:
+        path = argv[argv.index("--config") + 1]
+        with open(path) as f:
             recipe = yaml.safe_load(f) or {}
-        check_recipe_fields(recipe, argv[argv.index("--config") + 1])
+        check_recipe_fields(recipe, path)
     if "--bf16" not in argv:
-        argv += ["--bf16", str(bf16_supported())]
+        argv += ["--bf16", str(_with_hardware_precision(recipe)["bf16"])]
     return TrlParser(RECIPE_TYPES).parse_args_and_config(argv)
 
 

@@ -12,7 +12,7 @@ from hf_compress.evaluate import (
     _output_length,
     evaluate_student,
     greedy_generate,
-    is_correct,
+    pipeline_verifier,
     save_evaluation,
 )
 
@@ -28,10 +28,12 @@ def test_output_length_stops_at_the_first_stop_token():
     assert _output_length([5, 6, 7], {2}) == 3
 
 
-def test_verifier_compares_final_answers():
-    assert is_correct("2 + 3 = 5. The answer is \\boxed{5}.", "5")
-    assert not is_correct("The answer is \\boxed{6}.", "5")
-    assert not is_correct("no answer here", "5")
+def test_the_pipeline_verifier_judges_final_answers():
+    verifier = pipeline_verifier("math")
+    texts = ["2 + 3 = 5. The answer is \\boxed{5}.", "The answer is \\boxed{6}.", "no answer here"]
+    assert verifier(texts, {"answer": ["5", "5", "5"]}) == [True, False, False]
+    countdown = pipeline_verifier("countdown")
+    assert countdown(["<answer>3 * 4 - 2</answer>"], {"numbers": [[2, 3, 4]], "target": [10]}) == [True]
 
 
 def test_batched_decoding_matches_one_prompt_at_a_time(student):
@@ -48,7 +50,12 @@ def test_summary_and_table(tmp_path, student):
     test = make_task_dataset("arithmetic", 10, seed=0, split="test")
     right = set(test["answer"][:4])  # a verifier that accepts exactly the first four gold answers
     summary, table = evaluate_student(
-        model, test, tokenizer=tokenizer, max_new_tokens=6, batch_size=4, verifier=lambda text, gold: gold in right
+        model,
+        test,
+        tokenizer=tokenizer,
+        max_new_tokens=6,
+        batch_size=4,
+        verifier=lambda texts, rows: [gold in right for gold in rows["answer"]],
     )
     assert summary["n"] == 10 and summary["accuracy"] == pytest.approx(sum(a in right for a in test["answer"]) / 10)
     assert summary["accuracy_stderr"] == pytest.approx((summary["accuracy"] * (1 - summary["accuracy"]) / 10) ** 0.5)
@@ -63,5 +70,5 @@ def test_summary_and_table(tmp_path, student):
 def test_eval_set_without_answers_is_rejected(student):
     model, tokenizer = student
     test = make_task_dataset("arithmetic", 3, seed=0, split="test").remove_columns("answer")
-    with pytest.raises(ValueError, match="no 'answer' column.*gold answers"):
+    with pytest.raises(ValueError, match=r"no \['answer'\] column.*gold answers"):
         evaluate_student(model, test, tokenizer=tokenizer)

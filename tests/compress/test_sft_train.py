@@ -5,7 +5,7 @@ import os
 
 import pytest
 import yaml
-from datasets import Dataset
+from datasets import Dataset, DatasetDict
 from transformers import AutoModelForCausalLM
 
 from examples.tiny_kit import build_tokenizer, make_task_dataset, tiny_causal_lm
@@ -56,8 +56,7 @@ def test_run_sft_from_a_yaml_recipe_and_a_built_folder(tmp_path):
     tiny_causal_lm("qwen3", tokenizer, hidden_size=32, num_layers=1).save_pretrained(student)
     tokenizer.save_pretrained(student)
     built = tmp_path / "built"
-    for variant in ("raw", "compressed"):
-        messages_dataset(16).save_to_disk(built / variant)
+    DatasetDict({"raw": messages_dataset(16), "compressed": messages_dataset(16)}).save_to_disk(built)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({**RECIPE, "model_name_or_path": str(student), "dataset_path": str(built)}))
 
