@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -71,7 +72,7 @@ class MemoryPlan:
             count=torch.zeros(batch_size, dtype=torch.long, device=device),
             tokens=torch.zeros(batch_size, slots, device=device),
             information=torch.zeros(batch_size, slots, device=device),
-            summary=torch.zeros(batch_size, slots, summary_dim, device=device),
+            summary=torch.zeros(batch_size, slots, summary_dim, dtype=torch.float64, device=device),
             start=torch.full((batch_size, slots), _NO_START, dtype=torch.long, device=device),
         )
 
@@ -119,60 +120,108 @@ class LogLinearPlan(MemoryPlan):
 
 
 class DynamicPlan(MemoryPlan):
-    """DLA: information-aware opening of slots, lowest-density adjacent merge under ``max_states``."""
+    """DLA: information-aware opening of slots, lowest-density adjacent merge under ``max_states``.
+
+    The scan is sequential and cheap: per token one dot product with the newest slot's key sum and a few list
+    operations on at most ``max_states`` slots, in float64 on the CPU (no gradient flows through decisions).
+    """
 
     keeps_summary = True
 
     def __init__(self, max_states: int, merge_threshold: float):
         self.num_slots = max_states
         self.merge_threshold = merge_threshold
+        slots = np.arange(max_states)
+        # Row 0: nothing moves; row 1: a slot opens (every slot ages by one); row 2 + r: a slot opens after
+        # merging the pair (r, r + 1). The last slot is empty whenever row 1 applies, so clamping is harmless.
+        self._step_maps = np.stack(
+            [slots, np.minimum(slots + 1, max_states - 1)]
+            + [np.where(slots <= r, slots + 1, slots) for r in range(max_states - 1)]
+        )
 
     @torch.no_grad()
     def __call__(self, keys, valid, state):
         batch, seq_len, heads, key_dim = keys.shape
         # One segmentation shared by the heads: concatenate the per-head unit keys.
         kappa = F.normalize(keys.float(), dim=-1, eps=1e-6).reshape(batch, seq_len, heads * key_dim)
-        seen, count, tokens, information, summary, start = (t.clone() for t in state.tensors())
-        if summary.shape[-1] != kappa.shape[-1]:
-            raise ValueError(f"plan state summary has dim {summary.shape[-1]}, keys give {kappa.shape[-1]}.")
+        kappa = kappa.double().cpu().numpy()
+        if state.summary.shape[-1] != kappa.shape[-1]:
+            raise ValueError(f"plan state summary has dim {state.summary.shape[-1]}, keys give {kappa.shape[-1]}.")
+        valid_rows = valid.cpu().numpy()
+        step_codes = np.zeros((batch, seq_len), dtype=np.int64)
+        drift = np.zeros((batch, seq_len))
+        merged = np.full((batch, seq_len), -1, dtype=np.int64)
+        rows = [
+            self._scan_sequence(kappa[b], valid_rows[b], state, b, step_codes[b], drift[b], merged[b])
+            for b in range(batch)
+        ]
+        device = keys.device
         slots = self.num_slots
-        ranks = torch.arange(slots, device=keys.device)
-        maps, drifts, opened, merged = [], [], [], []
-        for t in range(seq_len):
-            real, key = valid[:, t], kappa[:, t]
-            empty = count == 0
-            drift = torch.where(empty, 1.0, 1.0 - F.cosine_similarity(key, summary[:, 0], dim=-1, eps=1e-8))
-            opens = real & (empty | (drift > self.merge_threshold))
-            merges = opens & (count == slots)
-            pair_density = (information[:, :-1] + information[:, 1:]) / (tokens[:, :-1] + tokens[:, 1:]).clamp_min(
-                1e-12
-            )
-            # argmin returns the first minimum: flip so that ties go to the oldest pair (highest rank).
-            lowest_pair = slots - 2 - pair_density.flip(-1).argmin(-1)
-            merge_rank = torch.where(merges, lowest_pair, slots)
-            step_map = ranks - (ranks > merge_rank[:, None]).long() + opens[:, None].long()
-            step_map = step_map.clamp_max(slots - 1)  # only an empty slot is clamped
-            move = F.one_hot(step_map, slots).float()  # (B, S_old, S_new)
-            weighted_summary = torch.einsum("bsn,bs,bsd->bnd", move, tokens, summary)
-            tokens = torch.einsum("bsn,bs->bn", move, tokens)
-            information = torch.einsum("bsn,bs->bn", move, information)
-            summary = weighted_summary / tokens.clamp_min(1.0)[..., None]
-            start = torch.full_like(start, _NO_START).scatter_reduce(1, step_map, start, "amin")
-            start[:, 0] = torch.where(opens, seen, start[:, 0])
-            # The token joins slot 0 (new or newest).
-            weight = real.float()
-            tokens[:, 0] += weight
-            summary[:, 0] += weight[:, None] * (key - summary[:, 0]) / tokens[:, 0].clamp_min(1.0)[:, None]
-            information[:, 0] += weight * drift
-            count = count + opens.long() - merges.long()
-            seen = seen + real.long()
-            maps.append(step_map)
-            drifts.append(torch.where(real, drift, 0.0))
-            opened.append(opens)
-            merged.append(torch.where(merges, lowest_pair, -1))
-        new_state = PlanState(seen, count, tokens, information, summary, start)
-        trace = {"drift": torch.stack(drifts, 1), "opened": torch.stack(opened, 1), "merged": torch.stack(merged, 1)}
-        return PlanOutput(torch.stack(maps, 1), new_state, trace)
+
+        def stacked(values, fill, dtype):
+            padded = [list(v) + [fill] * (slots - len(v)) for v in values]
+            return torch.tensor(padded, dtype=dtype, device=device)
+
+        summaries = torch.zeros(batch, slots, kappa.shape[-1], dtype=torch.float64, device=device)
+        for b, row in enumerate(rows):
+            if row["tokens"]:
+                sums = torch.from_numpy(np.stack(row["sums"])).to(device)
+                summaries[b, : len(row["tokens"])] = sums / torch.tensor(row["tokens"], device=device)[:, None]
+        new_state = PlanState(
+            seen=torch.tensor([row["seen"] for row in rows], dtype=torch.long, device=device),
+            count=torch.tensor([len(row["tokens"]) for row in rows], dtype=torch.long, device=device),
+            tokens=stacked([row["tokens"] for row in rows], 0.0, torch.float32),
+            information=stacked([row["information"] for row in rows], 0.0, torch.float32),
+            summary=summaries,
+            start=stacked([row["start"] for row in rows], _NO_START, torch.long),
+        )
+        slot_map = torch.from_numpy(self._step_maps[step_codes]).to(device)
+        trace = {
+            "drift": torch.from_numpy(drift).float().to(device),
+            "opened": torch.from_numpy(step_codes > 0).to(device),
+            "merged": torch.from_numpy(merged).to(device),
+        }
+        return PlanOutput(slot_map, new_state, trace)
+
+    def _scan_sequence(self, kappa, valid, state, b, step_codes, drift_out, merged_out) -> dict:
+        """Scan one sequence; slot lists are newest first. Writes the per-token outputs in place."""
+        live = int(state.count[b])
+        tokens = state.tokens[b, :live].tolist()
+        information = state.information[b, :live].tolist()
+        sums = list((state.summary[b, :live].double() * state.tokens[b, :live, None].double()).cpu().numpy())
+        start = state.start[b, :live].tolist()
+        seen = int(state.seen[b])
+        for t in np.flatnonzero(valid):
+            key = kappa[t]
+            if tokens:
+                newest = sums[0]
+                cosine = float(key @ newest) / max(math.sqrt(float(key @ key) * float(newest @ newest)), 1e-12)
+                token_drift = 1.0 - cosine
+            else:
+                token_drift = 1.0  # the first token always opens a slot
+            if not tokens or token_drift > self.merge_threshold:
+                step_codes[t] = 1
+                if len(tokens) == self.num_slots:
+                    density = [
+                        (information[r] + information[r + 1]) / (tokens[r] + tokens[r + 1])
+                        for r in range(len(tokens) - 1)
+                    ]
+                    pair = min(range(len(density)), key=lambda r: (density[r], -r))  # ties: oldest pair
+                    tokens[pair] += tokens.pop(pair + 1)
+                    information[pair] += information.pop(pair + 1)
+                    sums[pair] = sums[pair] + sums.pop(pair + 1)
+                    start[pair] = start.pop(pair + 1)  # the older slot's start
+                    step_codes[t], merged_out[t] = 2 + pair, pair
+                tokens.insert(0, 0.0)
+                information.insert(0, 0.0)
+                sums.insert(0, np.zeros_like(key))
+                start.insert(0, seen)
+            tokens[0] += 1.0
+            sums[0] = sums[0] + key
+            information[0] += token_drift
+            drift_out[t] = token_drift
+            seen += 1
+        return {"tokens": tokens, "information": information, "sums": sums, "start": start, "seen": seen}
 
 
 def build_memory_plan(memory: str, max_states: int, merge_threshold: float) -> MemoryPlan:
