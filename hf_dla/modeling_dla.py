@@ -360,10 +360,11 @@ class DLABlock(GradientCheckpointingLayer):
 
     def forward(self, hidden_states, attention_mask=None, cache=None, memory_trace=None):
         residual = hidden_states.float() if self.residual_in_fp32 else hidden_states
-        hidden_states = self.mixer(self.norm(hidden_states), attention_mask, cache, memory_trace)
-        hidden_states = (residual + hidden_states).to(residual.dtype)
+        # The residual stream may be fp32 while the weights are bf16: each sublayer gets the weights' dtype.
+        normed = self.norm(hidden_states.to(self.norm.weight.dtype))
+        hidden_states = residual + self.mixer(normed, attention_mask, cache, memory_trace)
         if self.mlp is not None:
-            hidden_states = hidden_states + self.mlp(self.mlp_norm(hidden_states))
+            hidden_states = hidden_states + self.mlp(self.mlp_norm(hidden_states.to(self.mlp_norm.weight.dtype)))
         return hidden_states
 
 
@@ -570,7 +571,7 @@ class DLAForCausalLM(DLAPreTrainedModel, GenerationMixin):
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep]).float()
+        logits = self.lm_head(hidden_states[:, keep].to(self.lm_head.weight.dtype)).float()
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)

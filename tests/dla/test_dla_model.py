@@ -270,3 +270,17 @@ def test_runtime_errors_name_the_problem(make_config):
         model(torch.randint(3, 64, (1, 3)), cache=object(), use_cache=True)
     with pytest.raises(ValueError, match="memory='loglinear'"):
         model.memory_report(torch.randint(3, 64, (5,)))
+
+
+def test_bfloat16_weights_and_gradient_checkpointing(make_config):
+    model = build(make_config, mixer="gated_deltanet", memory="dla")
+    ids = torch.randint(3, 64, (2, 12))
+    with torch.no_grad():
+        reference = model(ids).logits
+        half = AutoModelForCausalLM.from_config(model.config, dtype=torch.bfloat16).eval()
+        half.load_state_dict(model.state_dict())
+        assert half.generate(ids, max_new_tokens=4, do_sample=False).shape == (2, 16)
+        torch.testing.assert_close(half(ids).logits, reference, atol=0.1, rtol=0.1)
+    model.train().activation_checkpointing_enable()
+    model(ids, labels=ids).loss.backward()
+    assert all(p.grad is not None for p in model.model.layers[0].mixer.parameters())
