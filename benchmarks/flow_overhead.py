@@ -1,0 +1,223 @@
+"""Per-step time of GRPO and FlowGRPO on the same batches, as a ratio.
+
+    OMP_NUM_THREADS=2 python -m benchmarks.flow_overhead                      # CPU, the demo's tiny model and shapes
+    python -m benchmarks.flow_overhead --preset gpu-0.6b --device cuda        # a 0.6B-class config, 1-4K tokens
+
+A GRPO step is timed as its three parts on one fixed batch: sampling the completions (`generate`, forced to the
+batch's completion length), the policy update (TRL's `compute_loss`, backward, optimizer step), and, for FlowGRPO
+only, the token weights (`FlowGRPOTrainer._completion_token_weights`: answer spans, the scorer's extra forward, the
+selection). Each part is the median of `--repeats` interleaved runs, so GRPO and FlowGRPO see the same batch and the
+same machine conditions.
+
+    ratio = (generate + update + weights) / (generate + update)
+
+The model has random weights (the cost does not depend on them); token ids are drawn from the embedded tokenizer's
+range, and the last 8 completion tokens stand for the answer (`missing_answer="last_tokens"`), so every completion is
+scored: the worst case for the scorer's cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, Qwen3Config
+
+from examples.tiny_kit import build_tokenizer
+from hf_flowcredit import FlowGRPOConfig, FlowGRPOTrainer
+
+
+@dataclass(frozen=True)
+class Preset:
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    vocab_size: int | None  # None: the embedded tokenizer's vocabulary
+    batch_size: int
+    prompt_length: int
+    completion_lengths: tuple[int, ...]
+
+
+PRESETS = {
+    # The demo's configuration: tiny Qwen3 (as examples/demo_sft.py), 16 completions of ~30 tokens after ~45.
+    "cpu-tiny": Preset(128, 4, 4, 2, 512, None, 16, 45, (32,)),
+    # Qwen3-0.6B shapes (28 layers, hidden 1024, GQA 16/8, vocab 151936), sequences of 1-4K tokens.
+    "gpu-0.6b": Preset(1024, 28, 16, 8, 3072, 151936, 8, 512, (512, 1536, 3584)),
+}
+
+
+def build_model(preset: Preset, tokenizer, device: str, dtype: torch.dtype):
+    config = Qwen3Config(
+        hidden_size=preset.hidden_size,
+        num_hidden_layers=preset.num_layers,
+        num_attention_heads=preset.num_heads,
+        num_key_value_heads=preset.num_kv_heads,
+        head_dim=preset.hidden_size // preset.num_heads,
+        intermediate_size=preset.intermediate_size,
+        vocab_size=preset.vocab_size or len(tokenizer),
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype)
+    return model.to(device)
+
+
+def synthetic_batch(tokenizer, preset: Preset, completion_length: int, device: str, seed: int = 0) -> dict:
+    """A generation batch in TRL's layout: left-padded prompts, right-padded completions, per-row advantages."""
+    generator = torch.Generator().manual_seed(seed)
+    low, high = len(tokenizer.all_special_ids), len(tokenizer)  # ordinary tokens only
+    batch = preset.batch_size
+    prompt_ids = torch.randint(low, high, (batch, preset.prompt_length), generator=generator)
+    completion_ids = torch.randint(low, high, (batch, completion_length), generator=generator)
+    lengths = torch.randint(completion_length // 2, completion_length + 1, (batch,), generator=generator)
+    completion_mask = (torch.arange(completion_length)[None] < lengths[:, None]).long()
+    completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
+    output = {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": torch.ones_like(prompt_ids),
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": torch.randn(batch, generator=generator),
+    }
+    output = {key: value.to(device) for key, value in output.items()}
+    output["num_items_in_batch"] = completion_mask.sum().to(device)
+    return output
+
+
+def _timed(run, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    run()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def time_step_parts(trainer, optimizer, batch: dict, device: str, repeats: int) -> dict[str, float]:
+    """Median seconds of each part of a step on `batch`: sampling, policy update, FlowTracer token weights."""
+    completion_length = batch["completion_ids"].shape[1]
+    tokenizer = trainer.processing_class
+
+    def generate():
+        with torch.no_grad():
+            trainer.model.generate(
+                input_ids=batch["prompt_ids"],
+                attention_mask=batch["prompt_mask"],
+                min_new_tokens=completion_length,
+                max_new_tokens=completion_length,
+                do_sample=True,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+
+    def update():
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def weights():
+        trainer._completion_token_weights(batch)
+
+    times = {"generate": [], "update": [], "weights": []}
+    for _ in range(repeats + 1):  # the first round warms up and is dropped
+        for name, run in (("generate", generate), ("update", update), ("weights", weights)):
+            times[name].append(_timed(run, device))
+    return {name: statistics.median(values[1:]) for name, values in times.items()}
+
+
+def measure(preset_name: str, device: str, repeats: int, scorer: str) -> list[dict]:
+    preset = PRESETS[preset_name]
+    tokenizer = build_tokenizer()
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    model = build_model(preset, tokenizer, device, dtype)
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = FlowGRPOConfig(
+            output_dir=output_dir,
+            token_scorer=scorer,
+            missing_answer="last_tokens",
+            per_device_train_batch_size=preset.batch_size,
+            num_generations=preset.batch_size,
+            max_completion_length=max(preset.completion_lengths),
+            report_to="none",
+            use_cpu=device == "cpu",
+            bf16=dtype == torch.bfloat16,
+            save_strategy="no",
+        )
+        trainer = FlowGRPOTrainer(
+            model=model,
+            reward_funcs=lambda completions, **kwargs: [0.0] * len(completions),
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": ["unused"] * preset.batch_size}),
+            processing_class=tokenizer,
+        )
+    trainer.current_gradient_accumulation_steps = 1  # set by `train()`; read by TRL's loss
+    trainer.model.train()
+    optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=1e-6)
+    rows = []
+    for completion_length in preset.completion_lengths:
+        batch = synthetic_batch(tokenizer, preset, completion_length, device)
+        median = time_step_parts(trainer, optimizer, batch, device, repeats)
+        grpo = median["generate"] + median["update"]
+        rows.append(
+            {
+                "preset": preset_name,
+                "scorer": scorer,
+                "tokens": preset.prompt_length + completion_length,
+                **median,
+                "grpo_step": grpo,
+                "flowgrpo_step": grpo + median["weights"],
+                "ratio": (grpo + median["weights"]) / grpo,
+                "ratio_without_generate": (median["update"] + median["weights"]) / median["update"],
+            }
+        )
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = [
+        "| preset | scorer | prompt+completion tokens | generate (s) | update (s) | token weights (s) "
+        "| GRPO step (s) | FlowGRPO step (s) | ratio | ratio if sampling were free |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['preset']} | {r['scorer']} | {r['tokens']} | {r['generate']:.3f} | {r['update']:.3f} "
+            f"| {r['weights']:.3f} | {r['grpo_step']:.3f} | {r['flowgrpo_step']:.3f} | {r['ratio']:.3f}x "
+            f"| {r['ratio_without_generate']:.3f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=list(PRESETS), default="cpu-tiny")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--scorers", nargs="+", default=["flow"], help="Token scorers to time (e.g. flow entropy).")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but no CUDA device is visible.")
+    machine = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"{platform.processor() or 'CPU'}, {torch.get_num_threads()} threads"
+    )
+    print(f"# FlowGRPO step-time overhead ({args.preset}, {machine}, torch {torch.__version__})\n")
+    rows = [row for scorer in args.scorers for row in measure(args.preset, args.device, args.repeats, scorer)]
+    print(format_rows(rows))
+
+
+if __name__ == "__main__":
+    main()
