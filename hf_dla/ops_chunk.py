@@ -132,20 +132,32 @@ def _chunk_multistate(
         state = q.new_zeros(batch, heads, num_slots, key_dim, value_dim)
     else:
         state = initial_state.float()
+
+    def per_chunk(x, dim):  # unbind once: indexing inside the loop would make backward O(N^2)
+        return [None] * num_chunks if x is None else x.unbind(dim)
+
     outputs = []
-    for n in range(num_chunks):
-        read = torch.einsum("bhck,bhskv->bhcsv", query_old[:, :, n], state)
-        if weight_old is None:
-            outputs.append(o_intra[:, :, n] + read.sum(3))
+    for query_n, intra_n, weight_n, carry_n, decay_n, move_n, new_n in zip(
+        query_old.unbind(2),
+        o_intra.unbind(2),
+        per_chunk(weight_old, 2),
+        per_chunk(carry, 2),
+        gamma[..., -1].unbind(2),
+        per_chunk(to_end_slot, 1),
+        new_tokens.unbind(2),
+    ):
+        read = torch.einsum("bhck,bhskv->bhcsv", query_n, state)
+        if weight_n is None:
+            outputs.append(intra_n + read.sum(3))
         else:
-            outputs.append(o_intra[:, :, n] + torch.einsum("bhcs,bhcsv->bhcv", weight_old[:, :, n], read))
-        if carry is None:
-            state = gamma[:, :, n, -1, None, None, None] * state
+            outputs.append(intra_n + torch.einsum("bhcs,bhcsv->bhcv", weight_n, read))
+        if carry_n is None:
+            state = decay_n[..., None, None, None] * state
         else:
-            state = torch.einsum("bhij,bhsiv->bhsjv", carry[:, :, n], state)
-        if to_end_slot is not None:
-            state = torch.einsum("bse,bhskv->bhekv", to_end_slot[:, n], state)
-        state = state + new_tokens[:, :, n]
+            state = torch.einsum("bhij,bhsiv->bhsjv", carry_n, state)
+        if move_n is not None:
+            state = torch.einsum("bse,bhskv->bhekv", move_n, state)
+        state = state + new_n
     out = torch.stack(outputs, dim=2)  # (B, H, N, C, V)
     out = out.movedim(1, 3).reshape(batch, num_chunks * chunk, heads, value_dim)[:, :seq_len]
     return out.to(out_dtype), (state if output_final_state else None)
