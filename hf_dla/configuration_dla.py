@@ -22,7 +22,7 @@ class DLAConfig(PreTrainedConfig):
         `"vanilla"` (one state: the backbone), `"loglinear"` (Fenwick levels, `max_states` levels hold
         `2 ** (max_states - 1)` tokens) or `"dla"` (dynamic merging, at most `max_states` slots).
     max_states (`int`, defaults to 16):
-        Number of memory slots (lambda indices) for `loglinear` and `dla`; at least 2.
+        Number of memory slots (lambda indices) for `loglinear` and `dla`; at least 2 (ignored by `vanilla`).
     merge_threshold (`float`, defaults to 0.5):
         DLA opens a new slot when the drift `1 - cos(key, newest slot summary)` exceeds it; in `[0, 2)`.
     backend (`str`, defaults to `"chunk"`):
@@ -95,7 +95,7 @@ class DLAConfig(PreTrainedConfig):
         ):
             if value not in choices:
                 raise ValueError(f"DLAConfig.{field}={value!r} is unknown; choose one of {choices}.")
-        if self.max_states < 2:
+        if self.memory != "vanilla" and self.max_states < 2:
             raise ValueError(
                 f"DLAConfig.max_states={self.max_states} must be at least 2 (multi-state memory); "
                 "use memory='vanilla' for a single state."

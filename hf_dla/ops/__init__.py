@@ -7,7 +7,10 @@ Every backend exposes two functions with the SAME signature, one per backbone:
     {backend}_gated_delta_rule(...same...) -> (o, final_state)
 
 with backend in ``naive`` (per-token recurrence: the ground truth and the decoding step),
-``chunk`` (chunked PyTorch: the CPU training path) and ``triton`` (GPU kernels, ``hf_dla.ops.triton``).
+``chunk`` (chunked PyTorch: the CPU training path) and ``triton`` (GPU kernels). ``chunk_*`` (and the
+``triton_*`` functions that ``hf_dla.ops.triton`` must export: ``triton_mamba2``, ``triton_gated_delta_rule``)
+also take a keyword ``chunk_size``; the model passes ``config.chunk_size``. `get_multistate_op(backend, mixer)`
+returns the function the model uses; decoding one token from a cache always uses the naive step.
 
 Shapes (B batch, T tokens, H heads, K key dim, V value dim, S memory slots):
 
