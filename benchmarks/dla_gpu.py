@@ -1,0 +1,187 @@
+"""Forward + backward throughput and peak memory of the Triton multi-state ops on a GPU.
+
+For each mixer (Mamba-2, Gated DeltaNet), memory mode (vanilla, loglinear, dla) and sequence length, one
+layer's op (`hf_dla.ops.triton`) runs forward + backward on random inputs at a Mamba-2-780M-like layer shape
+(48 heads, key dim 128, value dim 64, bf16 inputs). The slot maps come from the real memory plans
+(`hf_dla.memory_plans`), timed on their own ("plan ms": the dla plan is a sequential PyTorch scan). The
+"x vanilla" column is the op time over vanilla mode's for the same mixer and length, measured in the same
+run. When `fla` is importable its vanilla kernels (`chunk_simple_gla` for Mamba-2, `chunk_gated_delta_rule`)
+are timed on the same inputs as a reference.
+
+    python -m benchmarks.dla_gpu                        # CUDA, T = 2K .. 16K, about 5 minutes on one H100
+    python -m benchmarks.dla_gpu --seq_lens 2048 4096
+    python -m benchmarks.dla_gpu --tiny                 # tiny shape; on a CPU through Triton's interpreter
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+MIXERS = ("mamba2", "gated_deltanet")
+MEMORIES = ("vanilla", "loglinear", "dla")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq_lens", type=int, nargs="+", default=[2048, 4096, 8192, 16384])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--heads", type=int, default=48, help="Mamba-2 780M: d_model 1536, expand 2, head dim 64")
+    parser.add_argument("--key_dim", type=int, default=128, help="Mamba-2 state size")
+    parser.add_argument("--value_dim", type=int, default=64, help="Mamba-2 head dim")
+    parser.add_argument("--max_states", type=int, default=8, help="dla slots (loglinear uses ceil(log2 T) + 1)")
+    parser.add_argument("--merge_threshold", type=float, default=0.5)
+    parser.add_argument("--chunk_size", type=int, default=64)
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per row (best is reported)")
+    parser.add_argument("--tiny", action="store_true", help="tiny shape (runs on a CPU in Triton's interpreter)")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.seq_lens, args.heads, args.key_dim, args.value_dim = [32], 2, 16, 16
+        args.max_states, args.chunk_size, args.dtype, args.repeats = 4, 16, "float32", 1
+    return args
+
+
+def make_inputs(args, seq_len, mixer, num_slots, device, seed=0):
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    shape = (args.batch, seq_len, args.heads)
+    q = torch.randn(*shape, args.key_dim, generator=generator)
+    k = torch.randn(*shape, args.key_dim, generator=generator)
+    if mixer == "gated_deltanet":
+        q, k = F.normalize(q, dim=-1) * args.key_dim**-0.5, F.normalize(k, dim=-1)
+    else:
+        q, k = q * args.key_dim**-0.5, k * args.key_dim**-0.5
+    v = torch.randn(*shape, args.value_dim, generator=generator)
+    log_decay = -0.1 * torch.rand(*shape, generator=generator)
+    beta = torch.rand(*shape, generator=generator)
+    lam = torch.rand(*shape, num_slots, generator=generator) + 0.5
+    dtype = getattr(torch, args.dtype)
+    return [x.to(device=device, dtype=dtype) for x in (q, k, v, log_decay, beta, lam)]
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_forward_backward(run, inputs, device, repeats):
+    """Best wall time (s) of forward + backward over `repeats` runs (after a warm-up run that compiles the
+    kernels, on CUDA), and the peak memory (MiB, CUDA only) above what was allocated before the run."""
+    warmup = int(device.type == "cuda")
+    best, peak = math.inf, None
+    for attempt in range(repeats + warmup):
+        leaves = [x.detach().requires_grad_() for x in inputs]
+        synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        start = time.perf_counter()
+        out = run(*leaves)
+        out.float().square().mean().backward()
+        synchronize(device)
+        if attempt >= warmup:
+            best = min(best, time.perf_counter() - start)
+        if device.type == "cuda":
+            peak = (torch.cuda.max_memory_allocated() - before) / 2**20
+        del out, leaves
+    return best, peak
+
+
+def plan_slot_map(args, memory, keys):
+    """The memory plan's slot map over `keys`, and the plan's wall time (s)."""
+    from hf_dla.memory_plans import build_memory_plan
+
+    if memory == "vanilla":
+        return None, 1, 0.0
+    num_slots = args.max_states if memory == "dla" else math.ceil(math.log2(keys.shape[1])) + 1
+    plan = build_memory_plan(memory, num_slots, args.merge_threshold)
+    valid = torch.ones(keys.shape[:2], dtype=torch.bool, device=keys.device)
+    state = plan.init_state(keys.shape[0], keys.shape[2] * keys.shape[3], keys.device)
+    synchronize(keys.device)
+    start = time.perf_counter()
+    slot_map = plan(keys, valid, state).slot_map
+    synchronize(keys.device)
+    return slot_map, num_slots, time.perf_counter() - start
+
+
+def fla_reference(mixer):
+    """fla's single-state kernel for the mixer as a (q, k, v, log_decay, beta) -> o function, or None."""
+    try:
+        if mixer == "mamba2":
+            from fla.ops.simple_gla import chunk_simple_gla
+
+            return lambda q, k, v, g, beta: chunk_simple_gla(q=q, k=k, v=v * beta[..., None], g=g, scale=1.0)[0]
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+        return lambda q, k, v, g, beta: chunk_gated_delta_rule(q=q, k=k, v=v, g=g, beta=beta, scale=1.0)[0]
+    except ImportError:
+        return None
+
+
+def run_benchmark(args) -> list[dict]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are decorated (first import)
+    from hf_dla.ops.triton import interpreter_active, triton_gated_delta_rule, triton_mamba2
+
+    if device.type == "cpu" and not interpreter_active():
+        raise RuntimeError("No CUDA device and the Triton kernels were not built for the interpreter.")
+    ops = {"mamba2": triton_mamba2, "gated_deltanet": triton_gated_delta_rule}
+    rows = []
+    for seq_len in args.seq_lens:
+        plan_keys = make_inputs(args, seq_len, "gated_deltanet", 1, device)[1]
+        for memory in MEMORIES:
+            slot_map, num_slots, plan_seconds = plan_slot_map(args, memory, plan_keys)
+            for mixer in MIXERS:
+                inputs = make_inputs(args, seq_len, mixer, num_slots, device)
+
+                def run(q, k, v, log_decay, beta, lam, op=ops[mixer], slot_map=slot_map):
+                    return op(q, k, v, log_decay, beta, slot_map, lam, chunk_size=args.chunk_size)[0]
+
+                seconds, peak = time_forward_backward(run, inputs, device, args.repeats)
+                rows.append(dict(mixer=mixer, memory=memory, seq_len=seq_len, slots=num_slots,
+                                 plan_ms=1e3 * plan_seconds, ms=1e3 * seconds, peak=peak))  # fmt: skip
+                reference = fla_reference(mixer) if memory == "vanilla" and device.type == "cuda" else None
+                if reference is not None:
+                    seconds, peak = time_forward_backward(reference, inputs[:5], device, args.repeats)
+                    rows.append(dict(mixer=mixer, memory="fla (vanilla)", seq_len=seq_len, slots=1,
+                                     plan_ms=0.0, ms=1e3 * seconds, peak=peak))  # fmt: skip
+    return rows
+
+
+def format_table(rows, batch) -> str:
+    vanilla = {(r["mixer"], r["seq_len"]): r["ms"] for r in rows if r["memory"] == "vanilla"}
+    lines = [
+        "| mixer | memory | T | slots | plan ms | fwd+bwd ms | tokens/s | x vanilla | peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        tokens_per_s = batch * r["seq_len"] / (r["ms"] / 1e3)
+        ratio = r["ms"] / vanilla[r["mixer"], r["seq_len"]]
+        peak = "n/a (CPU)" if r["peak"] is None else f"{r['peak']:.0f}"
+        lines.append(
+            f"| {r['mixer']} | {r['memory']} | {r['seq_len']} | {r['slots']} | {r['plan_ms']:.1f} | {r['ms']:.1f} "
+            f"| {tokens_per_s:,.0f} | {ratio:.2f} | {peak} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> str:
+    args = parse_args(argv)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (Triton interpreter)"
+    start = time.perf_counter()
+    table = format_table(run_benchmark(args), args.batch)
+    print(f"hf_dla Triton ops, forward + backward, {device}, batch {args.batch}, {args.heads} heads, "
+          f"K={args.key_dim}, V={args.value_dim}, chunk {args.chunk_size}, {args.dtype}")  # fmt: skip
+    print(table)
+    print(f"total {time.perf_counter() - start:.0f} s")
+    return table
+
+
+if __name__ == "__main__":
+    main()

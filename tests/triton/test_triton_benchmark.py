@@ -1,0 +1,19 @@
+"""`benchmarks/dla_gpu.py` runs end to end on a tiny shape (Triton interpreter on the CPU), so it cannot rot."""
+
+import pytest
+
+pytest.importorskip("triton", reason="the Triton backend needs the `triton` package (pip install '.[triton]')")
+
+from benchmarks import dla_gpu  # noqa: E402
+
+
+def test_gpu_benchmark_tiny_run_prints_every_row(capsys):
+    table = dla_gpu.main(["--tiny"])
+    rows = [line.split("|")[1:-1] for line in table.splitlines()[2:]]
+    assert {(r[0].strip(), r[1].strip()) for r in rows} == {(m, s) for m in dla_gpu.MIXERS for s in dla_gpu.MEMORIES}
+    for _, memory, seq_len, slots, _, ms, tokens_per_s, ratio, _ in rows:
+        assert int(seq_len) == 32 and float(ms) > 0 and float(tokens_per_s.replace(",", "")) > 0
+        assert int(slots) == {"vanilla": 1, "loglinear": 6, "dla": 4}[memory.strip()]
+        if memory.strip() == "vanilla":
+            assert float(ratio) == 1.0
+    assert table in capsys.readouterr().out
