@@ -28,8 +28,8 @@ class TinySFTSettings:
     task: str = "arithmetic"
     seed: int = 0
     n_train: int = 6000
-    num_train_epochs: float = 2.0
-    learning_rate: float = 2e-3
+    num_train_epochs: float = 4.0
+    learning_rate: float = 3e-3
     batch_size: int = 32
     hidden_size: int = 128
     num_layers: int = 4
