@@ -21,6 +21,7 @@ import argparse
 import gc
 import platform
 import re
+import sys
 import time
 from functools import partial
 
@@ -74,6 +75,11 @@ def flow_masks(length: int) -> tuple[torch.Tensor, torch.Tensor]:
     return sources, sinks
 
 
+def _progress(record: dict) -> dict:
+    print(record, file=sys.stderr, flush=True)
+    return record
+
+
 def benchmark(lengths, dense_max: int, capture_max: int, repeats: int) -> list[dict]:
     records = []
     model = None
@@ -92,7 +98,7 @@ def benchmark(lengths, dense_max: int, capture_max: int, repeats: int) -> list[d
             if run is not None:
                 seconds, mib = measure(run, reps)
                 if not warm_up:
-                    records.append({"what": name, "T": length, "seconds": seconds, "peak_mib": mib})
+                    records.append(_progress({"what": name, "T": length, "seconds": seconds, "peak_mib": mib}))
         del attn, runs  # free the T x T input before the capture runs
         if length <= capture_max:
             if model is None:
@@ -105,7 +111,9 @@ def benchmark(lengths, dense_max: int, capture_max: int, repeats: int) -> list[d
             )
             seconds, mib = measure(partial(capture_attention, model, input_ids), reps)
             if not warm_up:
-                records.append({"what": "capture_attention", "T": length, "seconds": seconds, "peak_mib": mib})
+                records.append(
+                    _progress({"what": "capture_attention", "T": length, "seconds": seconds, "peak_mib": mib})
+                )
     return records
 
 

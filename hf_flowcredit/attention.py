@@ -98,16 +98,16 @@ def _add_head_averaged_probabilities(
     for start in range(0, length, chunk):
         end = min(length, start + chunk)
         queries = query[:, :, start:end].float().reshape(batch, kv_heads, group, end - start, head_dim)
-        scores = (queries @ keys) * scaling  # [B, H_kv, group, chunk, T]
+        scores = (queries @ keys).mul_(scaling)  # [B, H_kv, group, chunk, T]; in place from here: one chunk's worth
         if attention_mask is None:
             allowed = (positions[None, :] <= positions[start:end, None])[None, None, None]
         elif attention_mask.dtype == torch.bool:
             allowed = attention_mask[:, :, None, start:end]
         else:  # an additive float mask
-            scores = scores + attention_mask[:, :, None, start:end].float()
+            scores.add_(attention_mask[:, :, None, start:end].float())
             allowed = torch.isfinite(scores)
-        scores = scores.masked_fill(~allowed, float("-inf"))
-        probabilities = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # fully masked (padding) queries: no weight
+        scores.masked_fill_(~allowed, float("-inf"))
+        probabilities = torch.softmax(scores, dim=-1).nan_to_num_(0.0)  # fully masked (padding) queries: no weight
         capture.accumulator[:, start:end] += probabilities.sum(dim=(1, 2)) * weight
 
 

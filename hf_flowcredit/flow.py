@@ -21,6 +21,7 @@ Two implementations with the same signature, in the style of fla's naive/chunk o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -81,7 +82,8 @@ def _edge_rows(
     if attn_rows.shape[-1] < end:
         raise ValueError(f"attention rows {start}..{end - 1} have only {attn_rows.shape[-1]} columns, need {end}.")
     attn_rows = attn_rows[..., :end]
-    if not (torch.isfinite(attn_rows).all() and (attn_rows >= 0).all()):
+    low, high = torch.aminmax(attn_rows)  # NaN propagates into both, so one check catches NaN, inf and negatives
+    if not (low >= 0 and high < math.inf):
         raise ValueError(
             f"attention rows {start}..{end - 1} contain NaN, inf or negative values; attention must be "
             "finite probabilities (check the model's dtype, e.g. fp16 overflow)."
@@ -89,12 +91,12 @@ def _edge_rows(
     queries = torch.arange(start, end, device=attn_rows.device)
     keys = torch.arange(end, device=attn_rows.device)
     keep = (keys[None, :] < queries[:, None])[None] & valid[:, None, :end] & valid[:, start:end, None]
-    edges = torch.where(keep, attn_rows, attn_rows.new_zeros(()))
+    edges = torch.where(keep, attn_rows, attn_rows.new_zeros(()))  # a fresh tensor: the rest works in place
     if renormalize:
         row_sums = edges.sum(-1, keepdim=True)
-        edges = edges / torch.where(row_sums > 0, row_sums, torch.ones_like(row_sums))
-    edges = edges.masked_fill(source_mask[:, start:end, None], 0.0)  # nothing flows into a source
-    return edges.masked_fill(sink_mask[:, None, :end], 0.0)  # nothing flows out of a sink
+        edges.div_(torch.where(row_sums > 0, row_sums, torch.ones_like(row_sums)))
+    edges.masked_fill_(source_mask[:, start:end, None], 0.0)  # nothing flows into a source
+    return edges.masked_fill_(sink_mask[:, None, :end], 0.0)  # nothing flows out of a sink
 
 
 def _solve_unit_lower(edges: torch.Tensor, rhs: torch.Tensor, *, transpose: bool = False) -> torch.Tensor:
@@ -118,7 +120,7 @@ def flow_throughput_dense(
     renormalize: bool = True,
 ) -> torch.Tensor:
     """Reference implementation of `flow_throughput`: materialises the `[B, T, T]` edge matrix. See `flow_throughput`."""
-    if not isinstance(attn, torch.Tensor) or attn.dim() != 3 or attn.shape[1] != attn.shape[2]:
+    if not isinstance(attn, torch.Tensor) or attn.dim() != 3 or attn.shape[1] != attn.shape[2] or attn.shape[1] == 0:
         shape = tuple(attn.shape) if isinstance(attn, torch.Tensor) else type(attn).__name__
         raise ValueError(f"attn must be a [B, T, T] tensor, got shape {shape}.")
     _float_dtype(attn.dtype)
@@ -170,9 +172,9 @@ def flow_throughput_blockwise(
     `start..end-1` as `[B, end - start, T]`; it is called twice per block (once for `F`, once for `G`).
     `block_size` defaults to about 16M slab elements (64 MiB in float32), clamped to 32..1024 rows.
     """
-    batch, length = source_mask.shape if source_mask.dim() == 2 else (None, None)
-    if batch is None:
-        raise ValueError(f"source_mask must be [B, T], got shape {tuple(source_mask.shape)}.")
+    if source_mask.dim() != 2 or source_mask.shape[1] == 0:
+        raise ValueError(f"source_mask must be [B, T] with T > 0, got shape {tuple(source_mask.shape)}.")
+    batch, length = source_mask.shape
     rows = _as_row_source(attn, (batch, length))
     valid = _validate_masks(source_mask, sink_mask, attention_mask, (batch, length), source_mask.device)
     if block_size is None:
