@@ -43,8 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--task", default="arithmetic", choices=["arithmetic", "countdown"])
     parser.add_argument("--methods", nargs="+", default=list(METHOD_SCORERS), choices=list(METHOD_SCORERS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--max_steps", type=int, default=16, help="Optimizer steps per run (the same for all).")
-    parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--max_steps", type=int, default=24, help="Optimizer steps per run (the same for all).")
+    parser.add_argument("--learning_rate", type=float, default=3e-5)
     parser.add_argument("--num_generations", type=int, default=8)
     parser.add_argument("--per_device_train_batch_size", type=int, default=16)
     parser.add_argument("--steps_per_generation", type=int, default=4)
@@ -158,15 +158,18 @@ def plot_learning_curves(runs: list[dict], methods: list[str], path: str) -> Non
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for method in methods:
-        curves = [_logged(run["log"], "reward") for run in runs if run["method"] == method]
+        # TRL logs the reward once per generation batch, at the step that sampled it.
+        curves = [
+            [(e["step"], e["reward"]) for e in run["log"] if "reward" in e] for run in runs if run["method"] == method
+        ]
         length = min(len(c) for c in curves)
-        stacked = torch.tensor([c[:length] for c in curves])
-        steps = range(1, length + 1)
-        ax.plot(steps, stacked.mean(0), label=method)
-        ax.fill_between(steps, stacked.min(0).values, stacked.max(0).values, alpha=0.15)
-    ax.set_xlabel("optimizer step")
+        steps = [step for step, _ in curves[0][:length]]
+        stacked = torch.tensor([[reward for _, reward in c[:length]] for c in curves])
+        ax.plot(steps, stacked.mean(0), marker="o", label=method)
+        ax.fill_between(steps, stacked.min(0).values, stacked.max(0).values, alpha=0.12)
+    ax.set_xlabel("optimizer step (a generation batch is sampled every few steps)")
     ax.set_ylabel("training reward (batch mean)")
-    ax.set_title("GRPO token scorers from one SFT warm start (mean, min-max over seeds)")
+    ax.set_title("Training reward per token scorer (mean over seeds, band: min-max)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -261,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {
         "args": vars(args),
         "baseline_accuracy": baseline,
-        "runs": [{k: v for k, v in run.items() if k != "log"} for run in runs],
+        "runs": runs,
         "intervention": intervention,
         "step_time_ratio_to_grpo": ratios,
         "total_seconds": total_seconds,
