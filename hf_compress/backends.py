@@ -179,8 +179,11 @@ class OpenAIBackend(TeacherBackend):
         request_timeout: float = 600.0,
         extra_body: dict | None = None,
     ):
-        import openai
-
+        try:
+            import openai
+        except ImportError as error:
+            raise ImportError("The openai backend needs the `openai` client: "
+                              "`pip install 'hf-efficient-reasoning[openai]'`.") from error
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}.")
         self.model_name = model

@@ -141,7 +141,17 @@ def build(
     if push_to_hub:
         for variant, split in built.items():
             split.push_to_hub(push_to_hub, config_name=variant, split="train", **push_kwargs)
+        _push_card_text(push_to_hub, dataset_card(built, pipeline_records(dataset)), push_kwargs.get("token"))
     return built
+
+
+def _push_card_text(repo_id: str, card: str, token: str | None) -> None:
+    """Replace the text of the card `datasets` pushed, keeping its metadata (the `configs` it lists)."""
+    from huggingface_hub import DatasetCard
+
+    pushed = DatasetCard.load(repo_id, token=token)
+    pushed.text = card.split("---\n", 2)[2]  # our body, without our own metadata header
+    pushed.push_to_hub(repo_id, token=token)
 
 
 def load_variants(folder: str) -> DatasetDict:
