@@ -12,15 +12,8 @@ so a pathological expression can never hang the caller.
 from __future__ import annotations
 
 import ast
-import atexit
 import functools
-import importlib
-import json
-import logging
 import re
-import selectors
-import subprocess
-import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -30,6 +23,7 @@ from datasets import Dataset
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 from math_verify import verify as math_verify_equal
 
+from .helper_process import HelperProcess
 from .stages import require_columns, run_stage
 
 TASKS = ("auto", "math", "countdown")
@@ -98,62 +92,6 @@ def _math_verify_match(gold: str, prediction: str, timeout_seconds: int | None) 
         return False, False
     predicted = parse(prediction, _EXTRACTION, parsing_timeout=timeout_seconds)
     return True, bool(predicted) and math_verify_equal(gold_parsed, predicted, timeout_seconds=timeout_seconds)
-
-
-class HelperProcess:
-    """A child Python process that runs `module:function` calls sent as JSON lines. A call that overruns its
-    deadline kills the child (a thread could not be stopped) and the next call starts a fresh one."""
-
-    def __init__(self):
-        self._process = None
-        self._lock = threading.Lock()
-        atexit.register(self.close)
-
-    def _start(self):
-        command = [sys.executable, "-c", "from hf_compress.verify import serve_calls; serve_calls()"]
-        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._process.stdout, selectors.EVENT_READ)
-
-    def call(self, target: str, args: list, timeout: float):
-        with self._lock:
-            if self._process is None or self._process.poll() is not None:
-                self._start()
-            self._process.stdin.write(json.dumps([target, args]) + "\n")
-            self._process.stdin.flush()
-            if not self._selector.select(timeout):
-                self.close()
-                raise TimeoutError(f"{target} did not finish within {timeout}s")
-            line = self._process.stdout.readline()
-            if not line:
-                self.close()
-                raise RuntimeError(f"The helper process running {target} died (exit code {self._process.returncode}).")
-            ok, value = json.loads(line)
-            if not ok:
-                raise RuntimeError(f"{target} failed in the helper process: {value}")
-            return value
-
-    def close(self):
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait()
-            self._process = None
-
-
-def serve_calls():
-    """The helper process's loop: answer each JSON line `[target, args]` with `[ok, result or error]`."""
-    answers = sys.stdout
-    sys.stdout = sys.stderr  # stray prints must not corrupt the answers
-    logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns that its alarms are off: they are ours
-    for line in sys.stdin:
-        target, args = json.loads(line)
-        module_name, _, function_name = target.partition(":")
-        try:
-            answer = [True, getattr(importlib.import_module(module_name), function_name)(*args)]
-        except Exception as error:  # reported to the caller, which raises it
-            answer = [False, f"{type(error).__name__}: {error}"]
-        answers.write(json.dumps(answer) + "\n")
-        answers.flush()
 
 
 _HELPER = HelperProcess()
