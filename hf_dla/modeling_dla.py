@@ -189,6 +189,9 @@ class DLAMixerBase(nn.Module):
             else DLAMemoryReadWeights(config.hidden_size, config.num_heads, config.num_slots)
         )
         self.op = get_multistate_op(config.backend, config.mixer)
+        if config.backend == "triton" and config.memory == "dla":  # the dla plan's token scan as a Triton kernel
+            triton_plan = importlib.import_module("hf_dla.ops.triton").TritonDynamicPlan
+            self.plan = triton_plan(config.max_states, config.merge_threshold)
         self.step_op = get_multistate_op("naive", config.mixer)
         self.chunk_kwargs = {} if config.backend == "naive" else {"chunk_size": config.chunk_size}
 

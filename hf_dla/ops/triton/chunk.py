@@ -44,6 +44,15 @@ def interpreter_active() -> bool:
     return isinstance(kernels.chunk_prep_fwd_kernel, InterpretedFunction)
 
 
+def check_device(device: torch.device) -> None:
+    """The kernels take CUDA tensors, or CPU tensors in Triton's interpreter."""
+    if device.type != "cuda" and not (device.type == "cpu" and interpreter_active()):
+        raise RuntimeError(
+            f"triton ops run on CUDA tensors; got {device.type} tensors. Use backend='chunk' on the CPU "
+            "(or set TRITON_INTERPRET=1 before importing triton to run the kernels in the slow interpreter)."
+        )
+
+
 def _check_triton_inputs(q, k, v, log_decay, beta, slot_map, lam, initial_state, chunk_size) -> None:
     features = {"q": q, "k": k, "v": v, "log_decay": log_decay, "beta": beta}
     if lam is not None:
@@ -61,12 +70,7 @@ def _check_triton_inputs(q, k, v, log_decay, beta, slot_map, lam, initial_state,
     devices = {name: x.device for name, x in tensors.items() if x is not None}
     if len(set(devices.values())) > 1:
         raise ValueError(f"triton ops need every input on one device; got {devices}.")
-    device = q.device
-    if device.type != "cuda" and not (device.type == "cpu" and interpreter_active()):
-        raise RuntimeError(
-            f"triton ops run on CUDA tensors; got {device.type} tensors. Use backend='chunk' on the CPU "
-            "(or set TRITON_INTERPRET=1 before importing triton to run the kernels in the slow interpreter)."
-        )
+    check_device(q.device)
     key_dim, value_dim = q.shape[-1], v.shape[-1]
     if max(key_dim, value_dim) > MAX_HEAD_DIM:
         raise ValueError(
