@@ -80,12 +80,16 @@ class TransformersBackend(TeacherBackend):
     """A local causal LM, sampled with batched `generate` over left-padded chat prompts."""
 
     def __init__(self, model, tokenizer=None, *, batch_size: int = 16, device: str | None = None, dtype="auto"):
+        """`model` is a path / Hub id (loaded with `dtype`, on `device` or the GPU if there is one) or a model
+        object (used where it is, unless `device` is given)."""
+        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if isinstance(model, str):
             self.model_name = model
             tokenizer = tokenizer if tokenizer is not None else model
             model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
+            device = device or ("cuda" if torch.cuda.is_available() else None)
         else:
             self.model_name = getattr(model, "name_or_path", "") or type(model).__name__
             if tokenizer is None:
@@ -202,9 +206,6 @@ class OpenAIBackend(TeacherBackend):
             openai.InternalServerError,
         )
 
-    def describe(self):
-        return {**super().describe(), "base_url": self.base_url}
-
     def generate(self, conversations, sampling, seed):
         # Conversation i is seeded with seed + i (the contract of `generate`), sample j of it with a distinct seed.
         jobs = [(c, (seed + i) * sampling.n + j) for i, c in enumerate(conversations) for j in range(sampling.n)]
@@ -287,7 +288,7 @@ class BackendConfig:
     model: str | None = field(default=None, metadata={"help": "Model path or id (served model name for openai)."})
     tokenizer: str | None = field(default=None, metadata={"help": "transformers: tokenizer path (default: model)."})
     batch_size: int = field(default=16, metadata={"help": "transformers: prompts per generate call."})
-    device: str | None = field(default=None, metadata={"help": "transformers: device to run on (default: as loaded)."})
+    device: str | None = field(default=None, metadata={"help": "transformers: device (default: cuda if available)."})
     base_url: str | None = field(default=None, metadata={"help": "openai: server URL, e.g. http://localhost:8000/v1."})
     api_key: str | None = field(default=None, metadata={"help": "openai: API key (default: $OPENAI_API_KEY)."})
     max_concurrency: int = field(default=16, metadata={"help": "openai: requests in flight at once."})

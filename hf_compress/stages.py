@@ -163,6 +163,7 @@ def run_stage(
     if record is not None:
         check_same_run(record, stage, fingerprint, arguments, output_dir)
         logger.info("%s: %s already holds this result; skipping.", stage, output_dir)
+        shutil.rmtree(shard_dir, ignore_errors=True)  # left behind if a run was killed right after saving
         return load_from_disk(output_dir)
     if os.path.exists(output_dir) and not os.path.exists(shard_dir) and os.listdir(output_dir):
         raise StageMismatchError(f"{output_dir} exists and is not a {stage} output folder; choose an empty folder.")
