@@ -284,3 +284,13 @@ def test_bfloat16_weights_and_gradient_checkpointing(make_config):
     model.train().activation_checkpointing_enable()
     model(ids, labels=ids).loss.backward()
     assert all(p.grad is not None for p in model.model.layers[0].mixer.parameters())
+
+
+def test_beam_search_with_the_cache_equals_beam_search_without(make_config):
+    model = build(make_config, mixer="mamba2", memory="dla", max_states=4)
+    ids = torch.randint(3, 64, (2, 6))
+    kwargs = dict(max_new_tokens=8, num_beams=3, output_scores=True, return_dict_in_generate=True)
+    cached = model.generate(ids, **kwargs)  # DLACache.reorder_cache moves slots and plan states with the beams
+    recomputed = model.generate(ids, use_cache=False, **kwargs)
+    assert torch.equal(cached.sequences, recomputed.sequences)
+    torch.testing.assert_close(cached.sequences_scores, recomputed.sequences_scores, atol=1e-4, rtol=1e-4)
