@@ -3,9 +3,10 @@
 For each mixer (Mamba-2, Gated DeltaNet), memory mode (vanilla, loglinear, dla) and sequence length, one
 layer's op (`hf_dla.ops.triton`) runs forward + backward on random inputs at a Mamba-2-780M-like layer shape
 (48 heads, key dim 128, value dim 64, bf16 inputs). The slot maps come from the real memory plans
-(`hf_dla.memory_plans`), timed on their own ("plan ms": the dla plan is a sequential PyTorch scan). The
-"x vanilla" column is the op time over vanilla mode's for the same mixer and length, measured in the same
-run. When `fla` is importable its vanilla kernels (`chunk_simple_gla` for Mamba-2, `chunk_gated_delta_rule`)
+(`hf_dla.memory_plans`; for dla the Triton scan `TritonDynamicPlan` that `backend="triton"` uses), timed
+on their own ("plan ms"). The "x vanilla" column is op + plan time over vanilla mode's op time for the same
+mixer and length, measured in the same run. A second table times the dla plan in PyTorch (the baseline)
+against the Triton scan on the same keys and checks that both give the same slot maps. When `fla` is importable its vanilla kernels (`chunk_simple_gla` for Mamba-2, `chunk_gated_delta_rule`)
 are timed on the same inputs as a reference.
 
     python -m benchmarks.dla_gpu                        # CUDA, T = 2K .. 16K, about 5 minutes on one H100
@@ -92,14 +93,21 @@ def time_forward_backward(run, inputs, device, repeats):
     return best, peak
 
 
-def plan_slot_map(args, memory, keys):
-    """The memory plan's slot map over `keys`, and the plan's wall time (s)."""
+def plan_slot_map(args, memory, keys, pytorch_plan=False):
+    """The memory plan's slot map over `keys`, its number of slots and the plan's wall time (s). The dla plan
+    is `TritonDynamicPlan` (what `backend="triton"` uses) unless `pytorch_plan`."""
     from hf_dla.memory_plans import build_memory_plan
+    from hf_dla.ops.triton import TritonDynamicPlan
 
     if memory == "vanilla":
         return None, 1, 0.0
     num_slots = args.max_states if memory == "dla" else math.ceil(math.log2(keys.shape[1])) + 1
-    plan = build_memory_plan(memory, num_slots, args.merge_threshold)
+    if memory == "dla" and not pytorch_plan:
+        plan = TritonDynamicPlan(num_slots, args.merge_threshold)
+    else:
+        plan = build_memory_plan(memory, num_slots, args.merge_threshold)
+    plan(keys[:, :2], torch.ones(keys.shape[0], 2, dtype=torch.bool, device=keys.device),
+         plan.init_state(keys.shape[0], keys.shape[2] * keys.shape[3], keys.device))  # fmt: skip  # warm-up
     valid = torch.ones(keys.shape[:2], dtype=torch.bool, device=keys.device)
     state = plan.init_state(keys.shape[0], keys.shape[2] * keys.shape[3], keys.device)
     synchronize(keys.device)
@@ -132,11 +140,18 @@ def run_benchmark(args) -> list[dict]:
     if device.type == "cpu" and not interpreter_active():
         raise RuntimeError("No CUDA device and the Triton kernels were not built for the interpreter.")
     ops = {"mamba2": triton_mamba2, "gated_deltanet": triton_gated_delta_rule}
-    rows = []
+    rows, plan_rows = [], []
     for seq_len in args.seq_lens:
         plan_keys = make_inputs(args, seq_len, "gated_deltanet", 1, device)[1]
+        pytorch_map, _, pytorch_seconds = plan_slot_map(args, "dla", plan_keys, pytorch_plan=True)
+        triton_map, _, triton_seconds = plan_slot_map(args, "dla", plan_keys)
+        plan_rows.append(dict(seq_len=seq_len, pytorch_ms=1e3 * pytorch_seconds, triton_ms=1e3 * triton_seconds,
+                              same=bool(torch.equal(pytorch_map, triton_map))))  # fmt: skip
         for memory in MEMORIES:
-            slot_map, num_slots, plan_seconds = plan_slot_map(args, memory, plan_keys)
+            if memory == "dla":
+                slot_map, num_slots, plan_seconds = triton_map, args.max_states, triton_seconds
+            else:
+                slot_map, num_slots, plan_seconds = plan_slot_map(args, memory, plan_keys)
             for mixer in MIXERS:
                 inputs = make_inputs(args, seq_len, mixer, num_slots, device)
 
@@ -151,10 +166,12 @@ def run_benchmark(args) -> list[dict]:
                     seconds, peak = time_forward_backward(reference, inputs[:5], device, args.repeats)
                     rows.append(dict(mixer=mixer, memory="fla (vanilla)", seq_len=seq_len, slots=1,
                                      plan_ms=0.0, ms=1e3 * seconds, peak=peak))  # fmt: skip
-    return rows
+    return rows, plan_rows
 
 
 def format_table(rows, batch) -> str:
+    """One row per (mixer, memory, T). tokens/s counts the op's forward + backward; "x vanilla" divides
+    op + plan time by vanilla's op time (same mixer and T)."""
     vanilla = {(r["mixer"], r["seq_len"]): r["ms"] for r in rows if r["memory"] == "vanilla"}
     lines = [
         "| mixer | memory | T | slots | plan ms | fwd+bwd ms | tokens/s | x vanilla | peak MiB |",
@@ -162,7 +179,7 @@ def format_table(rows, batch) -> str:
     ]
     for r in rows:
         tokens_per_s = batch * r["seq_len"] / (r["ms"] / 1e3)
-        ratio = r["ms"] / vanilla[r["mixer"], r["seq_len"]]
+        ratio = (r["ms"] + r["plan_ms"]) / vanilla[r["mixer"], r["seq_len"]]
         peak = "n/a (CPU)" if r["peak"] is None else f"{r['peak']:.0f}"
         lines.append(
             f"| {r['mixer']} | {r['memory']} | {r['seq_len']} | {r['slots']} | {r['plan_ms']:.1f} | {r['ms']:.1f} "
@@ -171,14 +188,30 @@ def format_table(rows, batch) -> str:
     return "\n".join(lines)
 
 
+def format_plan_table(plan_rows) -> str:
+    lines = [
+        "| T | dla plan, PyTorch ms | dla plan, Triton ms | speed-up | same slot maps |",
+        "|---|---|---|---|---|",
+    ]
+    for r in plan_rows:
+        speedup = r["pytorch_ms"] / max(r["triton_ms"], 1e-9)
+        lines.append(
+            f"| {r['seq_len']} | {r['pytorch_ms']:.1f} | {r['triton_ms']:.1f} | {speedup:.1f} | {r['same']} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> str:
     args = parse_args(argv)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (Triton interpreter)"
     start = time.perf_counter()
-    table = format_table(run_benchmark(args), args.batch)
+    rows, plan_rows = run_benchmark(args)
+    table = format_table(rows, args.batch)
     print(f"hf_dla Triton ops, forward + backward, {device}, batch {args.batch}, {args.heads} heads, "
           f"K={args.key_dim}, V={args.value_dim}, chunk {args.chunk_size}, {args.dtype}")  # fmt: skip
     print(table)
+    print(f"\ndla memory plan over (B, T, {args.heads} heads x {args.key_dim}) keys, max_states {args.max_states}")
+    print(format_plan_table(plan_rows))
     print(f"total {time.perf_counter() - start:.0f} s")
     return table
 

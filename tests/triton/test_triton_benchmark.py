@@ -16,4 +16,7 @@ def test_gpu_benchmark_tiny_run_prints_every_row(capsys):
         assert int(slots) == {"vanilla": 1, "loglinear": 6, "dla": 4}[memory.strip()]
         if memory.strip() == "vanilla":
             assert float(ratio) == 1.0
-    assert table in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert table in printed
+    plan_row = printed.split("same slot maps |")[1].splitlines()[2]  # the dla plan table: PyTorch vs Triton scan
+    assert plan_row.startswith("| 32 |") and plan_row.endswith("| True |")
