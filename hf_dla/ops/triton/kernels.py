@@ -18,8 +18,8 @@ laid out ``(B, H, N, C, D)`` contiguous (N chunks of C tokens) and everything is
    every chunk start are stored (``(B, H, N + 1, S, K, V)``) for the backward, which runs the chunks in
    reverse with the slot gradients double-buffered in global memory.
 
-Programs that share a V block accumulate their (C, K), (K, K) and (C, S) gradients in a per-block slice
-that the caller sums, so no atomics are needed.
+The V-column blocks of one (batch, head) each write their partial (C, K), (K, K) and (C, S) gradients to a
+slice of their own, which the caller sums, so no atomics are needed.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def chunk_prep_fwd_kernel(
     q_ptr, k_ptr, g_ptr, beta_ptr, a_ptr, qo_ptr, wk_ptr, m_ptr, t_ptr,
     K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, DELTA: tl.constexpr,
 ):  # fmt: skip
-    chunk = tl.program_id(0)
+    chunk = tl.program_id(0).to(tl.int64)  # int64 offsets: long sequences overflow int32
     rc, rk = tl.arange(0, C), tl.arange(0, BK)
     ck = chunk * C * K + rc[:, None] * K + rk[None, :]
     ck_mask = (rk < K)[None, :]
@@ -89,7 +89,7 @@ def chunk_prep_bwd_kernel(
     dq_ptr, dk_ptr, dg_ptr, dbeta_ptr,
     K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, DELTA: tl.constexpr,
 ):  # fmt: skip
-    chunk = tl.program_id(0)
+    chunk = tl.program_id(0).to(tl.int64)  # int64 offsets: long sequences overflow int32
     rc, rk = tl.arange(0, C), tl.arange(0, BK)
     ck = chunk * C * K + rc[:, None] * K + rk[None, :]
     ck_mask = (rk < K)[None, :]
@@ -178,7 +178,7 @@ def intra_attention_fwd_kernel(
     a_ptr, wt_ptr, v_ptr, o_ptr,
     V: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
 ):  # fmt: skip
-    chunk = tl.program_id(0)
+    chunk = tl.program_id(0).to(tl.int64)  # int64 offsets: long sequences overflow int32
     rc, rv = tl.arange(0, C), tl.arange(0, BV)
     cc = chunk * C * C + rc[:, None] * C + rc[None, :]
     cv = chunk * C * V + rc[:, None] * V + rv[None, :]
@@ -195,7 +195,7 @@ def intra_attention_bwd_kernel(
     a_ptr, wt_ptr, v_ptr, do_ptr, da_ptr, dwt_ptr, dv_ptr,
     V: tl.constexpr, C: tl.constexpr, BV: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
 ):  # fmt: skip
-    chunk = tl.program_id(0)
+    chunk = tl.program_id(0).to(tl.int64)  # int64 offsets: long sequences overflow int32
     rc, rv = tl.arange(0, C), tl.arange(0, BV)
     cc = chunk * C * C + rc[:, None] * C + rc[None, :]
     cv = chunk * C * V + rc[:, None] * V + rv[None, :]
@@ -224,7 +224,7 @@ def slot_recurrence_fwd_kernel(
     N, S, NUM_HEADS,
     K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DELTA: tl.constexpr,
 ):  # fmt: skip
-    block, bh = tl.program_id(0), tl.program_id(1)
+    block, bh = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
     batch = bh // NUM_HEADS
     rc, rk, cols = tl.arange(0, C), tl.arange(0, BK), block * BV + tl.arange(0, BV)
     ck_mask = (rk < K)[None, :]
@@ -280,7 +280,7 @@ def slot_recurrence_bwd_kernel(
 ):  # fmt: skip
     """dh_ptr: (B, H, 2, S, K, V), parity (N % 2) holding the final-state gradient on entry; parity 0 holds
     the initial-state gradient on exit. Per-block gradients go to slice ``block`` of dqo/dwk/dcarry/dw."""
-    block, bh = tl.program_id(0), tl.program_id(1)
+    block, bh = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
     batch = bh // NUM_HEADS
     rc, rk, cols = tl.arange(0, C), tl.arange(0, BK), block * BV + tl.arange(0, BV)
     ck_mask = (rk < K)[None, :]

@@ -57,7 +57,7 @@ def dla_plan_kernel(
 ):  # fmt: skip
     """One program per sequence. State tensors are read and overwritten in place (recency order), except the
     summaries: `summary_ptr` (B, S, D) holds the physical buffers and `buffer_ptr` (B, S) the table."""
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)
     rs = tl.arange(0, BS)
     live = rs < S
     seen = tl.load(seen_ptr + b)
