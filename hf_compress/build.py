@@ -23,6 +23,7 @@ from .stages import (
     dataset_folder,
     load_tokenizer,
     pipeline_records,
+    prepare_output_folder,
     quiet_datasets_progress,
     read_stage_record,
     require_columns,
@@ -122,7 +123,9 @@ def build(
                  "columns": [problem_column, answer_column, completion_column]}
     fingerprint = dataset_fingerprint(dataset, {"stage": "build", **arguments})
 
-    if output_dir is not None and not overwrite and (record := read_stage_record(output_dir)) is not None:
+    if output_dir is not None:
+        prepare_output_folder(output_dir, "build", overwrite)
+    if output_dir is not None and (record := read_stage_record(output_dir)) is not None:
         check_same_run(record, "build", fingerprint, arguments, output_dir)
         built = load_variants(output_dir)
     else:

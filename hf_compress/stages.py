@@ -114,6 +114,17 @@ def check_same_run(record: dict, stage: str, fingerprint: str, arguments: dict, 
     )
 
 
+def prepare_output_folder(output_dir: str, stage: str, overwrite: bool) -> None:
+    """Refuse a folder that holds anything but stage results; with `overwrite`, empty a stage folder."""
+    if not os.path.isdir(output_dir) or not os.listdir(output_dir):
+        return
+    is_stage_folder = read_stage_record(output_dir) is not None or os.path.isdir(os.path.join(output_dir, SHARDS_DIR))
+    if not is_stage_folder:
+        raise StageMismatchError(f"{output_dir} exists and is not a {stage} output folder; choose an empty folder.")
+    if overwrite:
+        shutil.rmtree(output_dir)
+
+
 @contextlib.contextmanager
 def quiet_datasets_progress():
     """Inner `Dataset.map` bars would interleave with the stage's own progress bar."""
@@ -157,16 +168,13 @@ def run_stage(
             return finalize(concatenate_datasets(parts))[0]
 
     shard_dir = os.path.join(output_dir, SHARDS_DIR)
-    if overwrite and os.path.exists(output_dir):
-        shutil.rmtree(output_dir)
+    prepare_output_folder(output_dir, stage, overwrite)
     record = read_stage_record(output_dir)
     if record is not None:
         check_same_run(record, stage, fingerprint, arguments, output_dir)
         logger.info("%s: %s already holds this result; skipping.", stage, output_dir)
         shutil.rmtree(shard_dir, ignore_errors=True)  # left behind if a run was killed right after saving
         return load_from_disk(output_dir)
-    if os.path.exists(output_dir) and not os.path.exists(shard_dir) and os.listdir(output_dir):
-        raise StageMismatchError(f"{output_dir} exists and is not a {stage} output folder; choose an empty folder.")
     os.makedirs(shard_dir, exist_ok=True)
     shard_record = {"stage": stage, "fingerprint": fingerprint, "arguments": arguments, "num_shards": num_shards}
     _start_or_resume_shards(shard_dir, shard_record, output_dir)

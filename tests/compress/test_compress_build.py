@@ -72,6 +72,8 @@ def test_build_is_cached_and_refuses_other_arguments(compressed_folder, tokenize
     assert os.path.getmtime(os.path.join(output, "hf_compress_stage.json")) == stamp
     with pytest.raises(StageMismatchError, match=r"\['variants'\]"):
         build(load_from_disk(compressed_folder), tokenizer, variants=["raw"], output_dir=output)
+    build(load_from_disk(compressed_folder), tokenizer, variants=["raw"], output_dir=output, overwrite=True)
+    assert sorted(os.listdir(output)) == ["README.md", "dataset_dict.json", "hf_compress_stage.json", "raw"]
 
 
 def test_truncate_keeping_answer(tokenizer):

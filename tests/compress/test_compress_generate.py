@@ -135,3 +135,12 @@ def test_transformers_teacher_resumed_output_equals_in_memory_run(tmp_path):
     on_disk = generate(problems(6), backend, sampling, output_dir=str(tmp_path / "g"), shard_size=4, batch_size=2)
     assert as_rows(on_disk) == as_rows(in_memory)
     assert all(1 <= t <= 6 for t in on_disk["num_tokens"])
+
+
+def test_a_folder_of_other_files_is_never_written_into_or_deleted(tmp_path, unreachable_url):
+    (tmp_path / "notes.txt").write_text("mine")
+    backend = OpenAIBackend("teacher", base_url=unreachable_url)
+    for overwrite in (False, True):
+        with pytest.raises(StageMismatchError, match="not a generate output folder"):
+            generate(problems(2), backend, output_dir=str(tmp_path), overwrite=overwrite)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
