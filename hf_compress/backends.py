@@ -31,6 +31,8 @@ class SamplingConfig:
     n: int = field(default=1, metadata={"help": "Number of samples per problem."})
     temperature: float = field(default=0.0, metadata={"help": "Sampling temperature; 0 decodes greedily."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling probability mass."})
+    top_k: int | None = field(default=None, metadata={"help": "Top-k sampling; 0 turns it off, None keeps the "
+                                                               "model's default (Qwen3 ships top_k=20)."})
     max_new_tokens: int = field(default=1024, metadata={"help": "Per-request cap on generated tokens."})
     seed: int = field(default=0, metadata={"help": "Base seed; each shard and sample derives its own from it."})
 
@@ -129,6 +131,8 @@ class TransformersBackend(TeacherBackend):
         inputs = inputs.to(self.model.device)
         do_sample = sampling.temperature > 0
         sample_kwargs = dict(temperature=sampling.temperature, top_p=sampling.top_p) if do_sample else {}
+        if do_sample and sampling.top_k is not None:
+            sample_kwargs["top_k"] = sampling.top_k
         with torch.no_grad():
             output = self.model.generate(
                 **inputs,
@@ -223,7 +227,8 @@ class OpenAIBackend(TeacherBackend):
                     top_p=sampling.top_p,
                     max_tokens=sampling.max_new_tokens,
                     seed=seed,
-                    extra_body=self.extra_body,
+                    # top_k is not an OpenAI parameter; vLLM, SGLang and TGI servers read it from the body.
+                    extra_body={**self.extra_body, **({"top_k": sampling.top_k} if sampling.top_k is not None else {})},
                 )
                 break
             except self._retryable as error:
@@ -272,6 +277,7 @@ class VLLMBackend(TeacherBackend):
             top_p=sampling.top_p,
             max_tokens=sampling.max_new_tokens,
             seed=seed,
+            **({"top_k": sampling.top_k or -1} if sampling.top_k is not None else {}),  # vLLM: -1 turns it off
         )
         outputs = self.llm.chat(conversations, params, use_tqdm=False)
         return [

@@ -29,6 +29,7 @@ class ServerBehaviour:
     empty_answers: bool = False
     requests: int = 0
     served: int = 0
+    last_body: dict | None = None
 
     def reset(self):
         self.__init__()
@@ -67,6 +68,7 @@ def make_app(behaviour: ServerBehaviour) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(body: dict):
         behaviour.requests += 1
+        behaviour.last_body = body
         await asyncio.sleep(behaviour.delay_seconds)
         failing = behaviour.fail_after is not None and behaviour.served >= behaviour.fail_after
         if failing or behaviour.fail_next > 0:

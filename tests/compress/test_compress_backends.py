@@ -55,6 +55,14 @@ def test_transformers_samples_n_per_problem_reproducibly(tiny_teacher):
     assert len({t for g in texts for t in g}) > 3  # sampling, not the same greedy answer n times
 
 
+def test_transformers_top_k_one_sampling_is_greedy(tiny_teacher):
+    model, tokenizer = tiny_teacher
+    backend = TransformersBackend(model, tokenizer, batch_size=3)
+    greedy = backend.generate(conversations(), SamplingConfig(max_new_tokens=8), seed=0)
+    top_1 = backend.generate(conversations(), SamplingConfig(temperature=1.5, top_k=1, max_new_tokens=8), seed=1)
+    assert [g[0].text for g in top_1] == [g[0].text for g in greedy]
+
+
 def test_transformers_backend_counts_the_end_of_turn_token(tiny_teacher):
     model, tokenizer = tiny_teacher
     backend = TransformersBackend(model, tokenizer)
@@ -77,6 +85,10 @@ def test_openai_backend_against_a_real_server(teacher_server):
     assert ["\\boxed{14}" in g.text for g in results[1]] == [True, False]
     assert "\\boxed{15}" in results[1][1].text
     assert teacher_server.behaviour.requests == 6  # one request per sample: exact per-trace usage
+    assert "top_k" not in teacher_server.behaviour.last_body  # None keeps the server's default
+    backend.generate(conversations(PROBLEMS[:1]), SamplingConfig(temperature=0.6, top_p=0.95, top_k=20), seed=0)
+    sent = teacher_server.behaviour.last_body
+    assert (sent["temperature"], sent["top_p"], sent["top_k"], sent["seed"]) == (0.6, 0.95, 20, 0)
 
 
 def test_openai_backend_token_cap_and_concurrency(teacher_server):
