@@ -146,11 +146,11 @@ def _chunk_multistate(
         per_chunk(to_end_slot, 1),
         new_tokens.unbind(2),
     ):
-        read = torch.einsum("bhck,bhskv->bhcsv", query_n, state)
         if weight_n is None:
-            outputs.append(intra_n + read.sum(3))
-        else:
-            outputs.append(intra_n + torch.einsum("bhcs,bhcsv->bhcv", weight_n, read))
+            outputs.append(intra_n + query_n @ state.sum(2))
+        else:  # sum_s w[c, s] q_c^T h_s as one matmul over the (slot, key) pairs
+            weighted_query = (weight_n[..., :, None] * query_n[..., None, :]).flatten(-2)
+            outputs.append(intra_n + weighted_query @ state.flatten(2, 3))
         if carry_n is None:
             state = decay_n[..., None, None, None] * state
         else:
