@@ -57,9 +57,11 @@ def test_token_by_token_decoding_equals_full_forward(mixer, memory, make_config)
     ids = torch.randint(3, 64, (2, 24))
     with torch.no_grad():
         full = model(ids).logits
-        out = model(ids[:, :9], use_cache=True)  # chunked prefill, then the naive step
+        out = model(ids[:, :9], use_cache=True)  # chunked prefill
         logits, cache = [out.logits], out.cache
-        for t in range(9, ids.shape[1]):
+        out = model(ids[:, 9:14], cache=cache, use_cache=True)  # chunked continuation from the cache
+        logits.append(out.logits)
+        for t in range(14, ids.shape[1]):  # the naive step
             out = model(ids[:, t : t + 1], cache=cache, use_cache=True)
             logits.append(out.logits)
     torch.testing.assert_close(torch.cat(logits, 1), full, atol=1e-4, rtol=1e-4)
