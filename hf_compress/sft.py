@@ -256,7 +256,10 @@ class MaskReport:
 
 
 def check_assistant_masks(
-    dataset: Dataset, tokenizer: PreTrainedTokenizerBase, chat_template: str | None = None
+    dataset: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    chat_template: str | None = None,
+    num_proc: int | None = None,
 ) -> MaskReport:
     """Check that every example has a non-empty assistant mask and that no prompt token is in the loss."""
     if "messages" not in dataset.column_names:
@@ -268,6 +271,7 @@ def check_assistant_masks(
         _mask_facts,
         fn_kwargs={"tokenizer": tokenizer, "chat_template": chat_template},
         remove_columns=dataset.column_names,
+        num_proc=num_proc,
         desc="Checking assistant masks",
     )
     empty = [i for i, n in enumerate(facts["n_loss_tokens"]) if n == 0]
@@ -377,7 +381,7 @@ def build_sft_trainer(
         model, tokenizer = apply_chat_template_path(model, tokenizer, training_args.chat_template_path)
         updates["chat_template_path"] = None
     chat_template = prepare_chat_template(tokenizer, use_embedded_chat_template)
-    report = check_assistant_masks(train_dataset, tokenizer, chat_template)
+    report = check_assistant_masks(train_dataset, tokenizer, chat_template, training_args.dataset_num_proc)
     check_no_token_dropped(report, training_args)
     stop_token = end_of_turn_token(tokenizer, chat_template)
     if stop_token != tokenizer.eos_token:
