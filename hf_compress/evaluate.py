@@ -99,6 +99,8 @@ def greedy_generate(
     Prompts are sorted by length so that a batch holds little padding; padding is on the left.
     """
     prompts = list(prompts)  # a `datasets` Column is not a list of conversations to `apply_chat_template`
+    if tokenizer.pad_token is None:  # base-model tokenizers often have none; padding positions are masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
     stop_ids = _stop_token_ids(model, tokenizer)
     rendered = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, return_dict=True)
     lengths = [len(ids) for ids in rendered["input_ids"]]
