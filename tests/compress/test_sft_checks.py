@@ -71,6 +71,8 @@ def test_template_without_generation_markers_fails_and_offers_the_embedded_one(t
         prepare_chat_template(tokenizer)
     assert prepare_chat_template(tokenizer, use_embedded=True) is None
     assert tokenizer.chat_template == EMBEDDED_CHAT_TEMPLATE
+    report = check_assistant_masks(messages_dataset(4), tokenizer)
+    assert 0 < report.n_loss_tokens < report.n_tokens
 
 
 def test_missing_template_fails_and_offers_the_embedded_one(tokenizer):
