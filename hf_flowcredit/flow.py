@@ -68,35 +68,28 @@ def _float_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
-def _edge_rows(
-    attn_rows: torch.Tensor,
-    start: int,
-    source_mask: torch.Tensor,
-    sink_mask: torch.Tensor,
-    valid: torch.Tensor,
-    renormalize: bool,
-) -> torch.Tensor:
-    """Rows `start .. start + n - 1` of the edge matrix `A`, shape [B, n, start + n] (later columns are all zero)."""
-    batch, n = attn_rows.shape[:2]
-    end = start + n
-    if attn_rows.shape[-1] < end:
-        raise ValueError(f"attention rows {start}..{end - 1} have only {attn_rows.shape[-1]} columns, need {end}.")
-    attn_rows = attn_rows[..., :end]
+def _check_values(attn_rows: torch.Tensor, start: int) -> None:
     low, high = torch.aminmax(attn_rows)  # NaN propagates into both, so one check catches NaN, inf and negatives
     if not (low >= 0 and high < math.inf):
         raise ValueError(
-            f"attention rows {start}..{end - 1} contain NaN, inf or negative values; attention must be "
-            "finite probabilities (check the model's dtype, e.g. fp16 overflow)."
+            f"attention rows {start}..{start + attn_rows.shape[1] - 1} contain NaN, inf or negative values; "
+            "attention must be finite probabilities (check the model's dtype, e.g. fp16 overflow)."
         )
-    queries = torch.arange(start, end, device=attn_rows.device)
-    keys = torch.arange(end, device=attn_rows.device)
-    keep = (keys[None, :] < queries[:, None])[None] & valid[:, None, :end] & valid[:, start:end, None]
-    edges = torch.where(keep, attn_rows, attn_rows.new_zeros(()))  # a fresh tensor: the rest works in place
+
+
+def _edges(
+    attn: torch.Tensor, source_mask: torch.Tensor, sink_mask: torch.Tensor, valid: torch.Tensor, renormalize: bool
+) -> torch.Tensor:
+    """The edge matrix `A` [B, T, T], exactly as the module docstring defines it."""
+    _check_values(attn, 0)
+    keep = torch.ones(attn.shape[-2:], dtype=torch.bool, device=attn.device).tril(-1)[None]  # key before query
+    keep = keep & valid[:, None, :] & valid[:, :, None]  # padding has no edges
+    edges = torch.where(keep, attn, attn.new_zeros(()))  # a fresh tensor: the rest works in place
     if renormalize:
         row_sums = edges.sum(-1, keepdim=True)
         edges.div_(torch.where(row_sums > 0, row_sums, torch.ones_like(row_sums)))
-    edges.masked_fill_(source_mask[:, start:end, None], 0.0)  # nothing flows into a source
-    return edges.masked_fill_(sink_mask[:, None, :end], 0.0)  # nothing flows out of a sink
+    edges.masked_fill_(source_mask[:, :, None], 0.0)  # nothing flows into a source
+    return edges.masked_fill_(sink_mask[:, None, :], 0.0)  # nothing flows out of a sink
 
 
 def _solve_unit_lower(edges: torch.Tensor, rhs: torch.Tensor, *, transpose: bool = False) -> torch.Tensor:
@@ -125,7 +118,7 @@ def flow_throughput_dense(
         raise ValueError(f"attn must be a [B, T, T] tensor, got shape {shape}.")
     _float_dtype(attn.dtype)
     valid = _validate_masks(source_mask, sink_mask, attention_mask, tuple(attn.shape[:2]), attn.device)
-    edges = _edge_rows(attn, 0, source_mask, sink_mask, valid, renormalize)
+    edges = _edges(attn, source_mask, sink_mask, valid, renormalize)
     forward = _solve_unit_lower(edges, source_mask.to(attn.dtype))
     backward = _solve_unit_lower(edges, sink_mask.to(attn.dtype), transpose=True)
     return (forward * backward).masked_fill(_empty_rows(source_mask, sink_mask)[:, None], 0.0)
@@ -151,6 +144,10 @@ def _checked_rows(rows: AttentionRows, start: int, end: int, batch: int, dtype: 
         shape = tuple(block.shape) if isinstance(block, torch.Tensor) else type(block).__name__
         raise ValueError(
             f"attention rows {start}..{end - 1} must have shape [{batch}, {end - start}, T], got {shape}."
+        )
+    if block.shape[-1] < end:
+        raise ValueError(
+            f"attention rows {start}..{end - 1} have only {block.shape[-1]} columns, need at least {end}."
         )
     if dtype is not None and block.dtype != dtype:
         raise TypeError(f"attention rows {start}..{end - 1} are {block.dtype} but earlier rows were {dtype}.")
@@ -182,32 +179,48 @@ def flow_throughput_blockwise(
     if not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}.")
     starts = list(range(0, length, block_size))
-    dtype = None
+    block_rows = _checked_rows(rows, 0, min(length, block_size), batch, None)
+    dtype, device = _float_dtype(block_rows.dtype), block_rows.device
+
+    def vector(mask: torch.Tensor) -> torch.Tensor:
+        return mask.to(dtype=dtype, device=device)
+
+    # A = diag(row_scale) . strict_tril(attn) . diag(flows_out): every mask and the renormalisation act on
+    # vectors, so a slab is only ever read (by one matrix product), never copied; only the diagonal block is built.
+    real, flows_out = vector(valid), vector(valid & ~sink_mask)
+    row_scale = torch.zeros_like(real)  # filled block by block in the forward pass, reused in the backward pass
+
+    def diagonal_block(strict_lower: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        return row_scale[:, start:end, None] * strict_lower * flows_out[:, None, start:end]
 
     # Forward substitution: F[J] = 1_Q[J] + A[J, :start] F[:start] + A[J, J] F[J], block by block.
-    forward = None
+    forward = torch.zeros_like(real)
     for start in starts:
         end = min(length, start + block_size)
-        block = _checked_rows(rows, start, end, batch, dtype)
-        dtype = _float_dtype(block.dtype)
-        if forward is None:
-            forward = torch.zeros(batch, length, dtype=dtype, device=block.device)
-        edges = _edge_rows(block, start, source_mask, sink_mask, valid, renormalize)
-        rhs = source_mask[:, start:end].to(dtype) + (edges[..., :start] @ forward[:, :start, None]).squeeze(-1)
-        forward[:, start:end] = _solve_unit_lower(edges[..., start:], rhs)
+        if start > 0:  # the first slab was fetched above, to learn the dtype
+            block_rows = _checked_rows(rows, start, end, batch, dtype)
+        _check_values(block_rows, start)  # all of the rows as given: a column slice would cost a copy
+        past = block_rows[..., :start]
+        # One pass over the slab gives both the row sums and the flow arriving from earlier blocks.
+        from_past = past @ torch.stack([real[:, :start], (flows_out * forward)[:, :start]], dim=-1)
+        strict_lower = block_rows[..., start:end].tril(-1)
+        row_sums = from_past[..., 0] + (strict_lower @ real[:, start:end, None])[..., 0]
+        scale = torch.where(row_sums > 0, 1.0 / row_sums, 1.0) if renormalize else torch.ones_like(row_sums)
+        row_scale[:, start:end] = scale * real[:, start:end] * vector(~source_mask[:, start:end])
+        rhs = vector(source_mask[:, start:end]) + row_scale[:, start:end] * from_past[..., 1]
+        forward[:, start:end] = _solve_unit_lower(diagonal_block(strict_lower, start, end), rhs)
 
-    # Backward substitution with a running column accumulator, so row slabs are all it needs:
+    # Backward substitution with a running accumulator of what later rows send back, so row slabs are all it needs:
     # G[J] = 1_R[J] + A[J, J]^T G[J] + sum over later rows j of A[j, J]^T G[j].
-    backward = torch.zeros_like(forward)
-    later_contributions = torch.zeros_like(forward)
+    backward, from_later = torch.zeros_like(real), torch.zeros_like(real)
     for start in reversed(starts):
         end = min(length, start + block_size)
-        edges = _edge_rows(
-            _checked_rows(rows, start, end, batch, dtype), start, source_mask, sink_mask, valid, renormalize
-        )
-        rhs = sink_mask[:, start:end].to(dtype) + later_contributions[:, start:end]
-        backward[:, start:end] = _solve_unit_lower(edges[..., start:], rhs, transpose=True)
-        later_contributions[:, :start] += (backward[:, None, start:end] @ edges[..., :start]).squeeze(1)
+        block_rows = _checked_rows(rows, start, end, batch, dtype)
+        rhs = vector(sink_mask[:, start:end]) + flows_out[:, start:end] * from_later[:, start:end]
+        strict_lower = block_rows[..., start:end].tril(-1)
+        backward[:, start:end] = _solve_unit_lower(diagonal_block(strict_lower, start, end), rhs, transpose=True)
+        sent_back = (row_scale[:, start:end] * backward[:, start:end])[:, None, :] @ block_rows[..., :start]
+        from_later[:, :start] += sent_back[:, 0]
 
     return (forward * backward).masked_fill(_empty_rows(source_mask, sink_mask)[:, None], 0.0)
 
@@ -227,7 +240,7 @@ def flow_throughput(
     Args:
         attn: `[B, T, T]` float32/float64 aggregated attention, `attn[b, j, i]` = attention of query j to key i
             (for example `capture_attention(...)`), or a callable `rows(start, end) -> [B, end - start, T]`
-            (blockwise only). Must be finite and non-negative.
+            (blockwise only). Every value given, future positions included, must be finite and non-negative.
         source_mask: bool `[B, T]`, the flow sources (prompt tokens).
         sink_mask: bool `[B, T]`, the flow sinks (answer tokens); disjoint from `source_mask`.
         attention_mask: `[B, T]`, 1 for real tokens, 0 for padding. Padding has no edges and scores 0, so left- and
