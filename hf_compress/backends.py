@@ -58,8 +58,9 @@ class Generation:
 
 
 class TeacherBackend(ABC):
-    """A source of chat completions. Subclasses set `model_name` (recorded with every trace)."""
+    """A source of chat completions. Subclasses set `kind` and `model_name` (recorded with every trace)."""
 
+    kind: str
     model_name: str
 
     @abstractmethod
@@ -70,7 +71,7 @@ class TeacherBackend(ABC):
 
     def describe(self) -> dict:
         """What identifies this backend's outputs, for the stage cache (no secrets)."""
-        return {"backend": type(self).__name__, "model": self.model_name}
+        return {"backend": self.kind, "model": self.model_name}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -80,6 +81,8 @@ class TeacherBackend(ABC):
 
 class TransformersBackend(TeacherBackend):
     """A local causal LM, sampled with batched `generate` over left-padded chat prompts."""
+
+    kind = "transformers"
 
     def __init__(self, model, tokenizer=None, *, batch_size: int = 16, device: str | None = None, dtype="auto"):
         """`model` is a path / Hub id (loaded with `dtype`, on `device` or the GPU if there is one) or a model
@@ -175,6 +178,8 @@ class OpenAIBackend(TeacherBackend):
     finish reasons are exact per trace. Requests run concurrently; transient failures (connection errors,
     timeouts, 429 and 5xx answers) are retried with exponential backoff and jitter."""
 
+    kind = "openai"
+
     def __init__(
         self,
         model: str,
@@ -258,6 +263,8 @@ class OpenAIBackend(TeacherBackend):
 class VLLMBackend(TeacherBackend):
     """vLLM's offline `LLM.chat` engine; only available when `vllm` is installed (`pip install .[vllm]`)."""
 
+    kind = "vllm"
+
     def __init__(self, model: str, **llm_kwargs):
         try:
             import vllm
@@ -302,11 +309,22 @@ class BackendConfig:
     backoff_seconds: float = field(default=1.0, metadata={"help": "openai: first retry delay, doubled each time."})
     request_timeout: float = field(default=600.0, metadata={"help": "openai: seconds before a request times out."})
 
-    def build(self) -> TeacherBackend:
+    def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"Unknown backend {self.backend!r}; choose one of {BACKENDS}.")
         if not self.model:
             raise ValueError(f"The {self.backend} backend needs a model (--model).")
+
+    @property
+    def model_name(self) -> str:
+        return self.model
+
+    def describe(self) -> dict:
+        """What the built backend's `describe()` will say, known without loading the model."""
+        extra = {"batch_size": self.batch_size} if self.backend == "transformers" else {}
+        return {"backend": self.backend, "model": self.model, **extra}
+
+    def build(self) -> TeacherBackend:
         if self.backend == "transformers":
             return TransformersBackend(self.model, self.tokenizer, batch_size=self.batch_size, device=self.device)
         if self.backend == "openai":
@@ -320,3 +338,9 @@ class BackendConfig:
                 request_timeout=self.request_timeout,
             )
         return VLLMBackend(self.model)
+
+
+def resolve_backend(backend: TeacherBackend | BackendConfig) -> TeacherBackend:
+    """The backend itself, or the one a `BackendConfig` builds (stages build it only when work remains,
+    so a cached or finished stage never loads the model)."""
+    return backend.build() if isinstance(backend, BackendConfig) else backend

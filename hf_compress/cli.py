@@ -95,7 +95,7 @@ def _run_generate(args):
 
     return generate(
         load_input(args.input, args.split),
-        dataclass_from_args(BackendConfig, args).build(),
+        dataclass_from_args(BackendConfig, args),  # built only if generation remains to be done
         dataclass_from_args(SamplingConfig, args),
         output_dir=args.output,
         problem_column=args.problem_column,
@@ -171,8 +171,7 @@ def _run_compress(args):
         raise ValueError("compress counts tokens: pass --tokenizer (or --model, whose tokenizer is then used).")
     if args.compressor == "llm":
         sampling = SamplingConfig(n=1, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
-        compressor = LLMCompressor(dataclass_from_args(BackendConfig, args).build(), args.prompt_version,
-                                   sampling=sampling)
+        compressor = LLMCompressor(dataclass_from_args(BackendConfig, args), args.prompt_version, sampling=sampling)
     else:
         compressor = ExtractiveCompressor()
     return compress(

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 
 from datasets import Dataset
 
-from .backends import SamplingConfig, TeacherBackend
+from .backends import BackendConfig, SamplingConfig, TeacherBackend, resolve_backend
 from .stages import load_tokenizer, require_columns, run_stage
 from .verify import answer_span, check_texts, resolve_task
 
@@ -65,11 +65,12 @@ class ExtractiveCompressor(Compressor):
 
 class LLMCompressor(Compressor):
     """A teacher backend prompted with `COMPRESSION_PROMPTS[prompt_version]` (or a template of your own with
-    `{problem}` and `{trace}` placeholders, recorded by its `prompt_version` name)."""
+    `{problem}` and `{trace}` placeholders, recorded by its `prompt_version` name). A `BackendConfig` is built
+    into its backend on the first rewrite, so a cached compress stage never loads the model."""
 
     def __init__(
         self,
-        backend: TeacherBackend,
+        backend: TeacherBackend | BackendConfig,
         prompt_version: str = "v1",
         *,
         template: str | None = None,
@@ -91,6 +92,7 @@ class LLMCompressor(Compressor):
         conversations = [
             [{"role": "user", "content": self.template.format(problem=p, trace=t)}] for p, t in zip(problems, traces)
         ]
+        self.backend = resolve_backend(self.backend)
         return [g[0].text.strip() for g in self.backend.generate(conversations, self.sampling, seed=seed)]
 
 

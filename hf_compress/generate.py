@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 from datasets import Dataset
 
-from .backends import SamplingConfig, TeacherBackend
+from .backends import BackendConfig, SamplingConfig, TeacherBackend, resolve_backend
 from .stages import require_columns, run_stage
 
 GENERATED_COLUMNS = ("sample_index", "generation", "num_tokens", "finish_reason", "teacher")
@@ -17,7 +19,7 @@ def build_conversation(problem: str, system_prompt: str | None = None, prompt_te
 
 def generate(
     dataset: Dataset,
-    backend: TeacherBackend,
+    backend: TeacherBackend | BackendConfig,
     sampling: SamplingConfig | None = None,
     *,
     output_dir: str | None = None,
@@ -35,7 +37,8 @@ def generate(
     With `output_dir`, problems are processed in shards of `shard_size` saved as they finish: a killed run
     restarted with the same arguments resumes after the last finished shard, and its result equals an
     uninterrupted run's (each batch's seed derives from `sampling.seed` and its position in the dataset).
-    `batch_size` problems go to the backend per call (the backend may split them further).
+    `batch_size` problems go to the backend per call (the backend may split them further). A `BackendConfig`
+    is built into its backend only if some shard remains to be generated.
     """
     sampling = sampling or SamplingConfig()
     require_columns(dataset, [problem_column, answer_column], "generate")
@@ -45,12 +48,14 @@ def generate(
     if "{problem}" not in prompt_template:
         raise ValueError(f"prompt_template must contain '{{problem}}', got {prompt_template!r}.")
 
+    teacher = functools.cache(lambda: resolve_backend(backend))
+
     def process_shard(shard: Dataset, shard_index: int, progress) -> Dataset:
         def generate_batch(batch: dict, indices: list[int]) -> dict:
             conversations = [build_conversation(p, system_prompt, prompt_template) for p in batch[problem_column]]
             # The seed depends only on where the batch sits in the dataset, so a resumed run samples as an
             # uninterrupted one would.
-            per_problem = backend.generate(conversations, sampling, seed=sampling.seed + shard_index * shard_size + indices[0])
+            per_problem = teacher().generate(conversations, sampling, seed=sampling.seed + shard_index * shard_size + indices[0])
             progress.update(len(conversations))
             rows = {column: [] for column in [*batch, *GENERATED_COLUMNS]}
             for i, generations in enumerate(per_problem):
@@ -61,7 +66,7 @@ def generate(
                     rows["generation"].append(g.text)
                     rows["num_tokens"].append(g.num_tokens)
                     rows["finish_reason"].append(g.finish_reason)
-                    rows["teacher"].append(backend.model_name)
+                    rows["teacher"].append(teacher().model_name)
             return rows
 
         return shard.map(

@@ -1,6 +1,7 @@
 """The generate stage: shards, resume after a killed process, cache, clear errors."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +12,13 @@ import pytest
 from datasets import Dataset, load_from_disk
 
 from examples.tiny_kit import build_tokenizer, make_task_dataset, tiny_causal_lm
-from hf_compress.backends import OpenAIBackend, SamplingConfig, TeacherUnavailableError, TransformersBackend
+from hf_compress.backends import (
+    BackendConfig,
+    OpenAIBackend,
+    SamplingConfig,
+    TeacherUnavailableError,
+    TransformersBackend,
+)
 from hf_compress.generate import generate
 from hf_compress.stages import SHARDS_DIR, STAGE_FILE, StageMismatchError
 
@@ -82,7 +89,7 @@ RESUMABLE_RUN = textwrap.dedent(
     """
     import sys
     from datasets import load_from_disk
-    from hf_compress.backends import OpenAIBackend, SamplingConfig
+    from hf_compress.backends import BackendConfig, OpenAIBackend, SamplingConfig
     from hf_compress.generate import generate
 
     problems_dir, base_url, output_dir = sys.argv[1:]
@@ -144,3 +151,17 @@ def test_a_folder_of_other_files_is_never_written_into_or_deleted(tmp_path, unre
         with pytest.raises(StageMismatchError, match="not a generate output folder"):
             generate(problems(2), backend, output_dir=str(tmp_path), overwrite=overwrite)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_finished_stage_never_loads_the_teacher(tmp_path):
+    tokenizer = build_tokenizer()
+    model_dir = str(tmp_path / "teacher")
+    tiny_causal_lm("qwen3", tokenizer, hidden_size=32, num_layers=1).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    config = BackendConfig(backend="transformers", model=model_dir, batch_size=4)
+    assert config.describe() == config.build().describe()  # one cache key, built or not
+    sampling = SamplingConfig(max_new_tokens=4)
+    first = generate(problems(3), config, sampling, output_dir=str(tmp_path / "g"))
+    shutil.rmtree(model_dir)  # a cached rerun must not need the model at all
+    again = generate(problems(3), config, sampling, output_dir=str(tmp_path / "g"))
+    assert as_rows(again) == as_rows(first) and set(again["teacher"]) == {model_dir}
