@@ -12,6 +12,7 @@ are timed on the same inputs as a reference.
     python -m benchmarks.dla_gpu                        # CUDA, T = 2K .. 16K, about 5 minutes on one H100
     python -m benchmarks.dla_gpu --seq_lens 2048 4096
     python -m benchmarks.dla_gpu --tiny                 # tiny shape; on a CPU through Triton's interpreter
+    python -m benchmarks.dla_gpu --tiny --check         # + parity with hf_dla.ops.naive (CUDA runs check by default)
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+if not torch.cuda.is_available():  # Triton's CPU interpreter must be on before triton is imported (hf_dla imports it)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 MIXERS = ("mamba2", "gated_deltanet")
 MEMORIES = ("vanilla", "loglinear", "dla")
@@ -41,6 +45,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row (best is reported)")
     parser.add_argument("--tiny", action="store_true", help="tiny shape (runs on a CPU in Triton's interpreter)")
+    parser.add_argument(
+        "--check", action=argparse.BooleanOptionalAction, default=None,
+        help="first hold the kernels against hf_dla.ops.naive on this device (default: on with CUDA)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.tiny:
         args.seq_lens, args.heads, args.key_dim, args.value_dim = [32], 2, 16, 16
@@ -131,15 +139,59 @@ def fla_reference(mixer):
         return None
 
 
-def run_benchmark(args) -> list[dict]:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu":
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are decorated (first import)
+def triton_ops(device):
     from hf_dla.ops.triton import interpreter_active, triton_gated_delta_rule, triton_mamba2
 
     if device.type == "cpu" and not interpreter_active():
         raise RuntimeError("No CUDA device and the Triton kernels were not built for the interpreter.")
-    ops = {"mamba2": triton_mamba2, "gated_deltanet": triton_gated_delta_rule}
+    return {"mamba2": triton_mamba2, "gated_deltanet": triton_gated_delta_rule}
+
+
+def check_against_naive(device, seq_len=128, chunk_size=16) -> list[dict]:
+    """Max |triton - naive| over outputs, final states and the gradients of every input, float32, on a small
+    shape (B=2, H=2, K=V=32), slot maps from the memory plans; `ok` is torch's allclose at 1e-3."""
+    from hf_dla.ops.naive import naive_gated_delta_rule, naive_mamba2
+
+    naive = {"mamba2": naive_mamba2, "gated_deltanet": naive_gated_delta_rule}
+    ops = triton_ops(device)
+    small = argparse.Namespace(batch=2, heads=2, key_dim=32, value_dim=32, max_states=4, merge_threshold=0.5,
+                               dtype="float32")  # fmt: skip
+    rows = []
+    for memory in MEMORIES:
+        keys = make_inputs(small, seq_len, "gated_deltanet", 1, device, seed=1)[1]
+        slot_map, num_slots, _ = plan_slot_map(small, memory, keys)
+        for mixer, op in ops.items():
+            inputs = make_inputs(small, seq_len, mixer, num_slots, device, seed=2)
+            state = torch.randn(small.batch, small.heads, num_slots, small.key_dim, small.value_dim, device=device)
+            results = []
+            for run, kwargs in ((naive[mixer], {}), (op, {"chunk_size": chunk_size})):
+                leaves = [x.detach().requires_grad_() for x in [*inputs, state]]
+                out, final = run(*leaves[:5], slot_map, leaves[5], leaves[6], **kwargs)
+                (out.square().mean() + final.square().mean()).backward()
+                results.append([out, final, *(x.grad for x in leaves)])
+            pairs = list(zip(*results))
+            rows.append(dict(
+                mixer=mixer, memory=memory,
+                out=max((a - b).abs().max().item() for a, b in pairs[:2]),
+                grad=max((a - b).abs().max().item() for a, b in pairs[2:]),
+                ok=all(torch.allclose(a, b, atol=1e-3, rtol=1e-3) for a, b in pairs),
+            ))  # fmt: skip
+    return rows
+
+
+def format_check_table(rows, device_name) -> str:
+    lines = [
+        f"Triton vs naive on {device_name} (B=2, T=128, H=2, K=V=32, chunk 16, float32)",
+        "| mixer | memory | max err outputs + state | max err gradients | allclose 1e-3 |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['mixer']} | {r['memory']} | {r['out']:.1e} | {r['grad']:.1e} | {r['ok']} |" for r in rows]
+    return "\n".join(lines)
+
+
+def run_benchmark(args) -> list[dict]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ops = triton_ops(device)
     rows, plan_rows = [], []
     for seq_len in args.seq_lens:
         plan_keys = make_inputs(args, seq_len, "gated_deltanet", 1, device)[1]
@@ -205,6 +257,9 @@ def main(argv=None) -> str:
     args = parse_args(argv)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (Triton interpreter)"
     start = time.perf_counter()
+    if args.check or (args.check is None and torch.cuda.is_available()):
+        check_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        print(format_check_table(check_against_naive(check_device), device), flush=True)
     rows, plan_rows = run_benchmark(args)
     table = format_table(rows, args.batch)
     print(f"hf_dla Triton ops, forward + backward, {device}, batch {args.batch}, {args.heads} heads, "

@@ -20,3 +20,10 @@ def test_gpu_benchmark_tiny_run_prints_every_row(capsys):
     assert table in printed
     plan_row = printed.split("same slot maps |")[1].splitlines()[2]  # the dla plan table: PyTorch vs Triton scan
     assert plan_row.startswith("| 32 |") and plan_row.endswith("| True |")
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_parity_check_passes_in_the_interpreter():
+    rows = dla_gpu.check_against_naive(dla_gpu.torch.device("cpu"), seq_len=48)
+    assert {(r["mixer"], r["memory"]) for r in rows} == {(m, s) for m in dla_gpu.MIXERS for s in dla_gpu.MEMORIES}
+    assert all(r["ok"] for r in rows), dla_gpu.format_check_table(rows, "CPU")
