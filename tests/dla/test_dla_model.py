@@ -296,3 +296,20 @@ def test_beam_search_with_the_cache_equals_beam_search_without(make_config):
     recomputed = model.generate(ids, use_cache=False, **kwargs)
     assert torch.equal(cached.sequences, recomputed.sequences)
     torch.testing.assert_close(cached.sequences_scores, recomputed.sequences_scores, atol=1e-4, rtol=1e-4)
+
+
+def test_transformers_trainer_trains_a_dla_model(make_config, tmp_path):
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    model = build(make_config, mixer="gated_deltanet", memory="dla").train()
+    rows = torch.randint(3, 64, (4, 16)).repeat(4, 1).tolist()
+    dataset = Dataset.from_dict({"input_ids": rows, "labels": rows})
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=5, per_device_train_batch_size=4, learning_rate=3e-3,
+        logging_steps=1, report_to=[], use_cpu=True, save_strategy="no", seed=0,
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=arguments, train_dataset=dataset)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 5 and losses[-1] < losses[0]
