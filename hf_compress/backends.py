@@ -218,8 +218,11 @@ class OpenAIBackend(TeacherBackend):
     def generate(self, conversations, sampling, seed):
         # Conversation i is seeded with seed + i (the contract of `generate`), sample j of it with a distinct seed.
         jobs = [(c, (seed + i) * sampling.n + j) for i, c in enumerate(conversations) for j in range(sampling.n)]
-        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+        pool = ThreadPoolExecutor(max_workers=self.max_concurrency)
+        try:
             flat = list(pool.map(lambda job: self._complete(job[0], sampling, job[1]), jobs))
+        finally:
+            pool.shutdown(cancel_futures=True)  # after a failure, requests not yet sent are dropped
         return [flat[i * sampling.n : (i + 1) * sampling.n] for i in range(len(conversations))]
 
     def _complete(self, conversation, sampling, seed) -> Generation:
