@@ -166,13 +166,15 @@ def capture_attention(
     attention_mask: torch.Tensor | None = None,
     layers: str | int | Sequence[int] = "middle",
     *,
+    position_ids: torch.LongTensor | None = None,
     query_chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Head- and layer-averaged attention probabilities `[B, T, T]` (fp32) of a causal LM on `input_ids`.
 
     `attn[b, j, i]` is the attention of query token j to key token i, averaged over all query heads and over the
     selected `layers` (see `resolve_layers`; default "middle": up to 5 evenly spaced layers of the middle third).
-    Rows of padding queries are zero. One no-grad forward in eval mode, stopped after the last selected layer.
+    Rows of padding queries are zero. One no-grad forward in eval mode, stopped after the last selected layer;
+    `position_ids` is passed to it as is (default: the model's own, as in `model(input_ids, attention_mask)`).
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}.")
@@ -196,7 +198,7 @@ def capture_attention(
     stopped = False
     try:
         with torch.no_grad(), eval_mode(model), _attn_implementation(model, CAPTURE_ATTN_IMPLEMENTATION):
-            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     except _StopForward:
         stopped = True
     finally:

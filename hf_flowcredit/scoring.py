@@ -4,9 +4,11 @@ A scorer is called as `scorer(model, batch)` on a `ScoringBatch` (prompt + compl
 float32 `[B, T]` scores, zero outside the completion. `select_weights` turns any scorer's scores into per-token
 advantage weights with the same rule (DESIGN.md section 1.4), so baselines and flow are compared like for like.
 
-Every model-based scorer runs one sequence at a time on its real tokens only (padding cut off), in eval mode:
-scores do not depend on how the batch was padded, and memory stays at one sequence's worth. All but `gradient` run
-under `torch.no_grad()`.
+Model-based scorers run in eval mode on groups of consecutive rows, cut to the columns where the group has real
+tokens, with position ids that count real tokens only (as generation does): scores do not depend on how the batch
+was padded. A group holds as many rows as keep its `[rows, T, T]` attention (or `[rows, T, vocab]` logits) under
+`BATCH_ELEMENTS` (2^26, 256 MiB in fp32); a long sequence gets a forward of its own. All but `gradient` run under
+`torch.no_grad()`.
 
     >>> scorer = get_scorer("flow", layers="middle")
     >>> scores = scorer(model, batch)                      # [B, T], 0 outside batch.completion_mask
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -39,6 +41,10 @@ __all__ = [
     "get_scorer",
     "select_weights",
 ]
+
+
+# Largest [rows, T, T] attention or [rows, T, vocab] logits that the model-based scorers batch in one forward.
+BATCH_ELEMENTS = 2**26
 
 
 @dataclass
@@ -80,12 +86,28 @@ class ScoringBatch:
             if value is not None and tuple(value.shape) != shape[:1]:
                 raise ValueError(f"{name} must have shape [B] = [{shape[0]}], got {tuple(value.shape)}.")
 
-    def sequences(self) -> Iterator[tuple[int, slice]]:
-        """(row, span of its real tokens): the per-sequence work units of the model-based scorers."""
-        for row in range(self.input_ids.shape[0]):
+    def groups(
+        self, elements_per_row: Callable[[int], int], rows: Sequence[int] | None = None
+    ) -> Iterator[tuple[torch.Tensor, slice]]:
+        """Work units of the model-based scorers: (row indices, span of columns where any of them is real).
+
+        Consecutive rows (of `rows`, default all) join a group while `len(group) * elements_per_row(span length)`
+        stays within `BATCH_ELEMENTS`. Rows without any real token are skipped.
+        """
+        group, span = [], None
+        for row in range(self.input_ids.shape[0]) if rows is None else rows:
             real = self.attention_mask[row].nonzero().flatten()
-            if len(real):
-                yield row, slice(int(real[0]), int(real[-1]) + 1)
+            if not len(real):
+                continue
+            row_span = (int(real[0]), int(real[-1]) + 1)
+            merged = row_span if span is None else (min(span[0], row_span[0]), max(span[1], row_span[1]))
+            if group and (len(group) + 1) * elements_per_row(merged[1] - merged[0]) > BATCH_ELEMENTS:
+                yield torch.tensor(group, device=self.input_ids.device), slice(*span)
+                group, merged = [], row_span
+            group.append(row)
+            span = merged
+        if group:
+            yield torch.tensor(group, device=self.input_ids.device), slice(*span)
 
 
 class TokenScorer(Protocol):
@@ -98,6 +120,22 @@ class TokenScorer(Protocol):
 
 def _zeros(batch: ScoringBatch) -> torch.Tensor:
     return torch.zeros(batch.input_ids.shape, dtype=torch.float32, device=batch.input_ids.device)
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.LongTensor:
+    """Position ids counting real tokens only, so left padding does not shift them (as in generation)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def _capture(model, batch: ScoringBatch, rows: torch.Tensor, span: slice, layers) -> torch.Tensor:
+    attention_mask = batch.attention_mask[rows, span]
+    return capture_attention(
+        model, batch.input_ids[rows, span], attention_mask, layers, position_ids=_positions(attention_mask)
+    )
+
+
+def _square(length: int) -> int:
+    return length * length
 
 
 @dataclass
@@ -115,20 +153,16 @@ class FlowScorer:
 
     def __call__(self, model, batch: ScoringBatch) -> torch.Tensor:
         scores = _zeros(batch)
-        for row, span in batch.sequences():
-            if not batch.answer_mask[row, span].any() or not batch.prompt_mask[row, span].any():
-                continue
-            attention_mask = batch.attention_mask[row : row + 1, span]
-            attn = capture_attention(model, batch.input_ids[row : row + 1, span], attention_mask, self.layers)
-            throughput = flow_throughput(
-                attn,
-                batch.prompt_mask[row : row + 1, span],
-                batch.answer_mask[row : row + 1, span],
-                attention_mask=attention_mask,
+        with_flow = (batch.answer_mask.any(-1) & batch.prompt_mask.any(-1)).nonzero().flatten().tolist()
+        for rows, span in batch.groups(_square, with_flow):
+            scores[rows, span] = flow_throughput(
+                _capture(model, batch, rows, span, self.layers),
+                batch.prompt_mask[rows, span],
+                batch.answer_mask[rows, span],
+                attention_mask=batch.attention_mask[rows, span],
                 renormalize=self.renormalize,
                 block_size=self.block_size,
             )
-            scores[row, span] = throughput[0]
         return scores * batch.completion_mask
 
 
@@ -141,11 +175,8 @@ class AttentionScorer:
 
     def __call__(self, model, batch: ScoringBatch) -> torch.Tensor:
         scores = _zeros(batch)
-        for row, span in batch.sequences():
-            attn = capture_attention(
-                model, batch.input_ids[row : row + 1, span], batch.attention_mask[row : row + 1, span], self.layers
-            )
-            scores[row, span] = attn[0].tril(-1).sum(0)
+        for rows, span in batch.groups(_square):
+            scores[rows, span] = _capture(model, batch, rows, span, self.layers).tril(-1).sum(1)
         return scores * batch.completion_mask
 
 
@@ -161,11 +192,15 @@ class RandomScorer:
         return scores * batch.completion_mask
 
 
-def _next_token_log_probs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, inputs_embeds=None):
-    """log p(. | x_<t) for t = 1..T-1 of one sequence, float32 [T-1, V]."""
-    inputs = {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": input_ids}
-    logits = model(**inputs, attention_mask=attention_mask, use_cache=False).logits[0, :-1]
-    return torch.log_softmax(logits.float(), dim=-1)
+def _next_token_log_probs(model, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
+    """log p(. | x_<t) for t = 1..T-1, float32 [rows, T-1, V]; `inputs` are `input_ids` or `inputs_embeds`."""
+    logits = model(**inputs, attention_mask=attention_mask, position_ids=_positions(attention_mask), use_cache=False)
+    return torch.log_softmax(logits.logits[:, :-1].float(), dim=-1)
+
+
+def _logits_size(model) -> Callable[[int], int]:
+    vocab_size = model.config.get_text_config().vocab_size
+    return lambda length: length * vocab_size
 
 
 @dataclass
@@ -177,11 +212,11 @@ class EntropyScorer:
     def __call__(self, model, batch: ScoringBatch) -> torch.Tensor:
         scores = _zeros(batch)
         with torch.no_grad(), eval_mode(model):
-            for row, span in batch.sequences():
+            for rows, span in batch.groups(_logits_size(model)):
                 log_probs = _next_token_log_probs(
-                    model, batch.input_ids[row : row + 1, span], batch.attention_mask[row : row + 1, span]
+                    model, batch.attention_mask[rows, span], input_ids=batch.input_ids[rows, span]
                 )
-                scores[row, span.start + 1 : span.stop] = -(log_probs.exp() * log_probs).sum(-1)
+                scores[rows, span.start + 1 : span.stop] = -(log_probs.exp() * log_probs).sum(-1)
         return scores * batch.completion_mask
 
 
@@ -201,16 +236,15 @@ class GradientScorer:
         scores = _zeros(batch)
         embeddings = model.get_input_embeddings()
         with torch.enable_grad(), eval_mode(model):
-            for row, span in batch.sequences():
-                input_ids = batch.input_ids[row : row + 1, span]
+            for rows, span in batch.groups(_logits_size(model)):
+                input_ids = batch.input_ids[rows, span]
                 inputs_embeds = embeddings(input_ids).detach().requires_grad_(True)
-                log_probs = _next_token_log_probs(
-                    model, input_ids, batch.attention_mask[row : row + 1, span], inputs_embeds=inputs_embeds
-                )
-                token_log_probs = log_probs.gather(-1, input_ids[0, 1:, None]).squeeze(-1)
-                objective = (token_log_probs * batch.completion_mask[row, span][1:]).sum()
+                log_probs = _next_token_log_probs(model, batch.attention_mask[rows, span], inputs_embeds=inputs_embeds)
+                token_log_probs = log_probs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+                # Rows do not interact, so one backward of the summed objective gives every row's own gradient.
+                objective = (token_log_probs * batch.completion_mask[rows, span][:, 1:]).sum()
                 (gradient,) = torch.autograd.grad(objective, inputs_embeds)
-                scores[row, span] = gradient[0].float().norm(dim=-1)
+                scores[rows, span] = gradient.float().norm(dim=-1)
         return scores * batch.completion_mask
 
 

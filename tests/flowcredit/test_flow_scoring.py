@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from examples.tiny_kit import build_tokenizer, tiny_causal_lm
+from hf_flowcredit import scoring
 from hf_flowcredit.answer import answer_token_mask
 from hf_flowcredit.attention import capture_attention
 from hf_flowcredit.flow import flow_throughput
@@ -78,6 +79,18 @@ def test_model_scores_do_not_depend_on_padding(tokenizer, model, name):
     scorer = get_scorer(name)
     narrow_scores, wide_scores = scorer(model, narrow), scorer(model, wide)
     torch.testing.assert_close(wide_scores[:, 3:-2], narrow_scores, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gpt2"])
+def test_batched_rows_score_as_one_row_at_a_time(tokenizer, arch, monkeypatch):
+    model = tiny_causal_lm(arch, tokenizer, hidden_size=64, num_layers=4, seed=1)  # GPT-2: absolute positions
+    batch = make_batch(tokenizer, extra_left=2)
+    assert len(list(batch.groups(lambda length: length * length))) == 1  # the whole batch in one forward
+    together = {name: get_scorer(name)(model, batch) for name in ("flow", "attention", "entropy", "gradient")}
+    monkeypatch.setattr(scoring, "BATCH_ELEMENTS", 1)  # now every row gets a forward of its own
+    assert len(list(batch.groups(lambda length: length * length))) == 4
+    for name, scores in together.items():
+        torch.testing.assert_close(get_scorer(name)(model, batch), scores, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_flow_scores_are_the_throughput_from_prompt_to_answer(tokenizer, model):
