@@ -191,22 +191,23 @@ class DynamicPlan(MemoryPlan):
         sums = list((state.summary[b, :live].double() * state.tokens[b, :live, None].double()).cpu().numpy())
         start = state.start[b, :live].tolist()
         seen = int(state.seen[b])
-        for t in np.flatnonzero(valid):
+        key_norms = np.einsum("td,td->t", kappa, kappa).tolist()
+        newest_norm = float(sums[0] @ sums[0]) if sums else 0.0  # |key sum of the newest slot|^2, kept current
+        for t in np.flatnonzero(valid).tolist():
             key = kappa[t]
+            overlap = float(key @ sums[0]) if tokens else 0.0
             if tokens:
-                newest = sums[0]
-                cosine = float(key @ newest) / max(math.sqrt(float(key @ key) * float(newest @ newest)), 1e-12)
-                token_drift = 1.0 - cosine
+                token_drift = 1.0 - overlap / max(math.sqrt(key_norms[t] * newest_norm), 1e-12)
             else:
                 token_drift = 1.0  # the first token always opens a slot
             if not tokens or token_drift > self.merge_threshold:
                 step_codes[t] = 1
                 if len(tokens) == self.num_slots:
-                    density = [
-                        (information[r] + information[r + 1]) / (tokens[r] + tokens[r + 1])
-                        for r in range(len(tokens) - 1)
-                    ]
-                    pair = min(range(len(density)), key=lambda r: (density[r], -r))  # ties: oldest pair
+                    pair, lowest = 0, math.inf
+                    for r in range(len(tokens) - 2, -1, -1):  # from the oldest pair: ties keep the oldest
+                        density = (information[r] + information[r + 1]) / (tokens[r] + tokens[r + 1])
+                        if density < lowest:
+                            pair, lowest = r, density
                     tokens[pair] += tokens.pop(pair + 1)
                     information[pair] += information.pop(pair + 1)
                     sums[pair] = sums[pair] + sums.pop(pair + 1)
@@ -216,8 +217,10 @@ class DynamicPlan(MemoryPlan):
                 information.insert(0, 0.0)
                 sums.insert(0, np.zeros_like(key))
                 start.insert(0, seen)
+                overlap, newest_norm = 0.0, 0.0
             tokens[0] += 1.0
-            sums[0] = sums[0] + key
+            np.add(sums[0], key, out=sums[0])
+            newest_norm += 2.0 * overlap + key_norms[t]
             information[0] += token_drift
             drift_out[t] = token_drift
             seen += 1
