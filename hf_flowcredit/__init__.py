@@ -9,6 +9,7 @@ from .answer import answer_token_mask, find_answer_span
 from .attention import capture_attention, resolve_layers
 from .flow import flow_throughput, flow_throughput_blockwise, flow_throughput_dense
 from .scoring import SCORERS, ScoringBatch, TokenScorer, get_scorer, select_weights
+from .viz import render_html, render_png, token_strings
 
 __all__ = [
     "SCORERS",
@@ -21,8 +22,11 @@ __all__ = [
     "flow_throughput_blockwise",
     "flow_throughput_dense",
     "get_scorer",
+    "render_html",
+    "render_png",
     "resolve_layers",
     "select_weights",
+    "token_strings",
 ]
 # --- end of core library block ---
 

@@ -63,7 +63,7 @@ def _as_tensors(attn, roles):
     return torch.tensor([attn], dtype=torch.float64), masks["source"], masks["sink"], (~masks["pad"]).long()
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)  # the same graphs on every run
 @given(small_graphs(), st.sampled_from(IMPLEMENTATIONS), st.integers(1, 4))
 def test_matches_brute_force_path_enumeration(graph, implementation, block_size):
     attn, roles, renormalize = graph
