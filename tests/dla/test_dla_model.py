@@ -3,6 +3,7 @@ full forward, constant cache memory, generate with left padding, save / load (al
 the memory report, and clear errors on bad settings."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -195,8 +196,9 @@ def test_saved_folder_loads_with_trust_remote_code_without_hf_dla(make_config, t
         """
     )
     # -I: isolated mode, so neither the working directory nor PYTHONPATH can provide hf_dla
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote-code transformers_modules" in result.stdout
