@@ -29,8 +29,20 @@ def test_dispatch_selects_the_triton_ops():
 
 def test_mixed_dtypes_are_rejected():
     q, k, v, log_decay, beta = small_inputs()
-    with pytest.raises(ValueError, match="one floating dtype.*'q': torch.float64"):
+    with pytest.raises(ValueError, match="q, k, v in one floating dtype.*'q': torch.float64"):
         triton_mamba2(q.double(), k, v, log_decay, beta)
+    with pytest.raises(ValueError, match="log_decay, beta, lam in that dtype or float32.*'beta': torch.float16"):
+        triton_mamba2(q.bfloat16(), k.bfloat16(), v.bfloat16(), log_decay, beta.half())
+
+
+def test_bfloat16_features_with_float32_gates_match_the_chunk_backend():
+    """What the mixers pass in a bf16 model: bf16 q, k, v and a float32 log-decay."""
+    q, k, v, log_decay, beta = small_inputs()
+    inputs = [q.bfloat16(), k.bfloat16(), v.bfloat16(), log_decay, beta.bfloat16()]
+    expected, _ = chunk_gated_delta_rule(*inputs, chunk_size=16)
+    actual, _ = triton_gated_delta_rule(*inputs, chunk_size=16)
+    assert actual.dtype == torch.bfloat16
+    torch.testing.assert_close(actual, expected)
 
 
 def test_initial_state_must_be_float32():

@@ -14,7 +14,8 @@ cumulative log-decay, composes the slot maps inside each chunk (integer work sha
 gathers the lambda weights. All kernel math is float32; the output is cast to the dtype of ``v``.
 
 Inputs: CUDA tensors, or CPU tensors when Triton runs in interpreter mode (``TRITON_INTERPRET=1`` set
-before Triton is imported; slow, for tests). Non-contiguous inputs are fine (they are copied into the chunk
+before Triton is imported; slow, for tests); q, k, v in one dtype, the gates (log_decay, beta, lam) in that dtype
+or float32 (the mixers keep the log-decay in float32). Non-contiguous inputs are fine (they are copied into the chunk
 layout). Key and value head dims up to 128, chunk sizes 16, 32 or 64. Anything else raises a ValueError
 that names the fix (usually ``backend="chunk"``).
 """
@@ -54,19 +55,20 @@ def check_device(device: torch.device) -> None:
 
 
 def _check_triton_inputs(q, k, v, log_decay, beta, slot_map, lam, initial_state, chunk_size) -> None:
-    features = {"q": q, "k": k, "v": v, "log_decay": log_decay, "beta": beta}
-    if lam is not None:
-        features["lam"] = lam
-    dtypes = {name: x.dtype for name, x in features.items()}
-    if len(set(dtypes.values())) > 1 or not q.dtype.is_floating_point:
+    features = {"q": q, "k": k, "v": v}
+    gates = {"log_decay": log_decay, "beta": beta, **({} if lam is None else {"lam": lam})}
+    dtypes = {name: x.dtype for name, x in {**features, **gates}.items()}
+    gate_dtypes_ok = all(x.dtype in (q.dtype, torch.float32) for x in gates.values())
+    if len({x.dtype for x in features.values()}) > 1 or not q.dtype.is_floating_point or not gate_dtypes_ok:
         raise ValueError(
-            f"triton ops need q, k, v, log_decay, beta (and lam) in one floating dtype; got {dtypes}. Cast them to one dtype."
+            "triton ops need q, k, v in one floating dtype and log_decay, beta, lam in that dtype or float32; "
+            f"got {dtypes}. Cast them."
         )
     if initial_state is not None and initial_state.dtype != torch.float32:
         raise ValueError(
             f"initial_state must be float32 (the state layout of every backend); got {initial_state.dtype}."
         )
-    tensors = {**features, "slot_map": slot_map, "initial_state": initial_state}
+    tensors = {**features, **gates, "slot_map": slot_map, "initial_state": initial_state}
     devices = {name: x.device for name, x in tensors.items() if x is not None}
     if len(set(devices.values())) > 1:
         raise ValueError(f"triton ops need every input on one device; got {devices}.")
