@@ -106,7 +106,7 @@ def _chunk_multistate(
     if slot_map is None:  # one slot: the read weight depends on the step only
         weight_old = None if lam is None else to_chunks(lam)  # (B, H, N, C, 1)
         o_intra = attn @ v if lam is None else weight_old * (attn @ v)
-        new_tokens = (write_keys.transpose(-1, -2) @ v)[:, :, :, None]  # (B, H, N, 1, K, V)
+        token_end = None
         to_end_slot = None
     else:
         slot_map = _pad_time(slot_map, pad)
@@ -126,7 +126,6 @@ def _chunk_multistate(
         end_index = index[:, :, -1]  # (B, N, S + C)
         to_end_slot = F.one_hot(end_index[..., :num_slots], num_slots).float()  # (B, N, S_old, S_new)
         token_end = F.one_hot(end_index[..., num_slots:], num_slots).float()  # (B, N, C, S_new)
-        new_tokens = torch.einsum("bnce,bhnck,bhncv->bhnekv", token_end, write_keys, v)
 
     if initial_state is None:
         state = q.new_zeros(batch, heads, num_slots, key_dim, value_dim)
@@ -137,14 +136,16 @@ def _chunk_multistate(
         return [None] * num_chunks if x is None else x.unbind(dim)
 
     outputs = []
-    for query_n, intra_n, weight_n, carry_n, decay_n, move_n, new_n in zip(
+    for query_n, intra_n, weight_n, carry_n, decay_n, move_n, keys_n, values_n, end_n in zip(
         query_old.unbind(2),
         o_intra.unbind(2),
         per_chunk(weight_old, 2),
         per_chunk(carry, 2),
         gamma[..., -1].unbind(2),
         per_chunk(to_end_slot, 1),
-        new_tokens.unbind(2),
+        write_keys.unbind(2),
+        v.unbind(2),
+        per_chunk(token_end, 1),
     ):
         if weight_n is None:
             outputs.append(intra_n + query_n @ state.sum(2))
@@ -157,7 +158,11 @@ def _chunk_multistate(
             state = torch.einsum("bhij,bhsiv->bhsjv", carry_n, state)
         if move_n is not None:
             state = torch.einsum("bse,bhskv->bhekv", move_n, state)
-        state = state + new_n
+        # The chunk's own tokens, each in the slot it ends the chunk in (built per chunk: (S, K, V) each).
+        if end_n is None:
+            state = state + (keys_n.transpose(-1, -2) @ values_n)[:, :, None]
+        else:
+            state = state + torch.einsum("bce,bhck,bhcv->bhekv", end_n, keys_n, values_n)
     out = torch.stack(outputs, dim=2)  # (B, H, N, C, V)
     out = out.movedim(1, 3).reshape(batch, num_chunks * chunk, heads, value_dim)[:, :seq_len]
     return out.to(out_dtype), (state if output_final_state else None)
