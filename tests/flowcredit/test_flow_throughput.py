@@ -225,3 +225,13 @@ def test_options_are_checked():
         flow_throughput(lambda start, end: attn[:, start:end], sources, sinks, implementation="dense")
     with pytest.raises(ValueError, match="rows 0..11"):
         flow_throughput_blockwise(lambda start, end: attn[:, :3], sources, sinks, block_size=12)
+
+
+@pytest.mark.slow
+def test_blockwise_agrees_with_dense_on_a_long_float32_sequence():
+    length = 6000
+    attn = _random_attention(1, length, dtype=torch.float32, seed=5)
+    sources, sinks = _roles(1, length, 700, (length - 16, length))
+    dense = flow_throughput_dense(attn, sources, sinks)
+    blockwise = flow_throughput_blockwise(lambda start, end: attn[:, start:end], sources, sinks)
+    assert ((dense - blockwise).abs().max() / dense.abs().max()).item() < 1e-5
