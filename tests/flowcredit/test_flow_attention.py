@@ -71,6 +71,17 @@ def test_query_chunking_does_not_change_the_result(tokenizer):
         torch.testing.assert_close(chunked, whole, atol=1e-7, rtol=1e-6)
 
 
+def test_probabilities_exist_one_query_chunk_at_a_time(tokenizer, monkeypatch):
+    model = tiny_causal_lm("qwen3", tokenizer, hidden_size=64, num_layers=3)
+    input_ids, attention_mask = _padded_batch(len(tokenizer))
+    sizes, softmax = [], torch.softmax
+    monkeypatch.setattr(torch, "softmax", lambda scores, dim: sizes.append(scores.numel()) or softmax(scores, dim))
+    capture_attention(model, input_ids, attention_mask, layers="all", query_chunk_size=4)
+    batch, length, heads = 3, 14, 4
+    assert len(sizes) == 3 * 4  # 3 layers x ceil(14 / 4) chunks
+    assert max(sizes) == batch * heads * 4 * length  # never B x H x T x T
+
+
 def test_dropout_is_off_and_training_mode_comes_back(tokenizer):
     model = tiny_causal_lm("gpt2", tokenizer, hidden_size=64, num_layers=2).train()  # GPT-2 has attention dropout
     input_ids, attention_mask = _padded_batch(len(tokenizer))
