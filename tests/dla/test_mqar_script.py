@@ -1,0 +1,104 @@
+"""The MQAR comparison script (examples/dla_mqar.py): metric, live-state counting, settings check, a tiny run."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import EvalPrediction, TrainingArguments
+
+from examples.dla_mqar import (
+    RetrievalTaskArguments,
+    TinyDLAArguments,
+    check_settings,
+    live_states_per_layer,
+    recall_accuracy,
+    results_table,
+    run_comparison,
+    tiny_dla_config,
+)
+from hf_dla import DLAForCausalLM, LogLinearPlan
+
+TINY_MODEL = TinyDLAArguments(
+    hidden_size=16, num_hidden_layers=2, num_heads=2, state_size=8, intermediate_size=32, max_states=6, chunk_size=8
+)
+
+
+def test_recall_accuracy_scores_the_previous_position_at_answers_only():
+    labels = np.array([[-100, -100, 7, -100, 9], [-100, 5, -100, -100, -100]])
+    # position t predicts the label at t + 1: answers 7 (pos 1), 9 (pos 3), 5 (pos 0)
+    predictions = np.array([[0, 7, 0, 1, 0], [4, 0, 0, 0, 0]])
+    assert recall_accuracy(EvalPrediction(predictions=predictions, label_ids=labels)) == {"accuracy": 1 / 3}
+    predictions[1, 0] = 5
+    predictions[0, 3] = 9
+    assert recall_accuracy(EvalPrediction(predictions=predictions, label_ids=labels)) == {"accuracy": 1.0}
+
+
+def test_loglinear_live_states_match_the_fenwick_plan():
+    """Replay the plan's slot maps to count occupied levels per token; compare with the popcount formula."""
+    length = 40
+    plan = LogLinearPlan(num_levels=7)
+    keys = torch.randn(1, length, 1, 4)
+    valid = torch.ones(1, length, dtype=torch.bool)
+    slot_map = plan(keys, valid, plan.init_state(1, 4, keys.device)).slot_map[0]
+    occupied, counts = set(), []
+    for t in range(length):
+        occupied = {int(slot_map[t, s]) for s in occupied} | {0}
+        counts.append(len(occupied))
+    model = DLAForCausalLM(tiny_dla_config(TINY_MODEL, "mamba2", "loglinear", vocab_size=16))
+    per_layer = live_states_per_layer(model, torch.zeros(1, length, dtype=torch.long))
+    assert per_layer == pytest.approx([np.mean(counts)] * 2)
+
+
+def test_dla_live_states_are_bounded_and_end_at_the_plan_count():
+    torch.manual_seed(0)
+    model = DLAForCausalLM(tiny_dla_config(TINY_MODEL, "gated_deltanet", "dla", vocab_size=16))
+    input_ids = torch.randint(0, 16, (3, 24))
+    per_layer = live_states_per_layer(model, input_ids)
+    assert len(per_layer) == 2 and all(1.0 <= x <= TINY_MODEL.max_states for x in per_layer)
+    records = []
+    model.model(input_ids=input_ids, use_cache=False, memory_trace=records)
+    trace = records[0]["trace"]
+    final = trace["opened"].long().sum(1) - (trace["merged"] >= 0).long().sum(1)
+    assert torch.equal(final, records[0]["state"].count)
+
+
+def test_check_settings_names_the_loglinear_level_constraint():
+    task = RetrievalTaskArguments(eval_seq_lens=[32, 256])
+    with pytest.raises(ValueError, match="set --max_states 9"):
+        check_settings(task, TinyDLAArguments(max_states=8))
+    check_settings(task, TinyDLAArguments(max_states=9))
+    check_settings(
+        RetrievalTaskArguments(eval_seq_lens=[256], memories=["vanilla", "dla"]), TinyDLAArguments(max_states=2)
+    )
+
+
+def test_tiny_comparison_runs_end_to_end(tmp_path):
+    task = RetrievalTaskArguments(
+        mixers=["gated_deltanet"],
+        memories=["vanilla", "dla"],
+        vocab_size=16,
+        train_seq_len=16,
+        train_num_kv_pairs=[2],
+        num_train_examples=16,
+        eval_seq_lens=[16, 32],
+        eval_num_kv_pairs=[2, 4],
+        num_eval_examples=4,
+        num_memory_examples=2,
+    )
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=8,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    rows, models = run_comparison(task, TINY_MODEL, args)
+    assert set(models) == {("gated_deltanet", "vanilla"), ("gated_deltanet", "dla")}
+    assert [r["setting"] for r in rows] == ["T16_N2", "T16_N4", "T32_N2", "T32_N4"] * 2
+    assert all(0.0 <= r["accuracy"] <= 1.0 and np.isfinite(r["eval_loss"]) for r in rows)
+    vanilla, dla = rows[0], rows[4]
+    assert vanilla["max_states"] == 1 and dla["max_states"] == 6
+    assert dla["num_parameters"] > vanilla["num_parameters"]  # the read weights
+    table = results_table(rows)
+    assert table.count("\n") == 3 and "| gated_deltanet | dla |" in table
