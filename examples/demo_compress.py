@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> None:
         for variant, folder in zip(VARIANTS, folders):
             print(f"[demo_compress] student {init}/{variant}")
             train_and_evaluate(init, variant, built, test, settings, teacher_dir, folder)
-        table, _ = write_report(load_runs(folders), os.path.join(args.output_dir, init))
+        title = f"Students {'from scratch' if init == 'scratch' else 'initialised from the teacher'}"
+        table, _ = write_report(load_runs(folders), os.path.join(args.output_dir, init), title=title)
         tables[init] = markdown_table(table)
     print(write_demo_report(args.output_dir, settings, stage_stats, teacher, tables, time.time() - start))
 

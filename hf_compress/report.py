@@ -108,12 +108,17 @@ def plot_accuracy_vs_tokens(table: Dataset, path: str, title: str = "Accuracy ag
     plt.close(fig)
 
 
-def write_report(rows: list[dict[str, Any]], output_dir: str, baseline: str = BASELINE) -> tuple[Dataset, str]:
+def write_report(
+    rows: list[dict[str, Any]],
+    output_dir: str,
+    baseline: str = BASELINE,
+    title: str = "Accuracy against training tokens",
+) -> tuple[Dataset, str]:
     """Write `report.md`, `comparison.json` and the PNG plot; return the table and its markdown."""
     os.makedirs(output_dir, exist_ok=True)
     table = comparison_table(rows, baseline)
     markdown = markdown_table(table)
-    plot_accuracy_vs_tokens(table, os.path.join(output_dir, PLOT_FILE))
+    plot_accuracy_vs_tokens(table, os.path.join(output_dir, PLOT_FILE), title)
     table.to_json(os.path.join(output_dir, TABLE_FILE), lines=False, indent=2)
     with open(os.path.join(output_dir, REPORT_FILE), "w") as f:
         f.write(f"# Compress-Distill comparison\n\nRatios in parentheses are relative to `{baseline}`.\n\n")
