@@ -70,7 +70,9 @@ def make_inputs(args, seq_len, mixer, num_slots, device, seed=0):
     beta = torch.rand(*shape, generator=generator)
     lam = torch.rand(*shape, num_slots, generator=generator) + 0.5
     dtype = getattr(torch, args.dtype)
-    return [x.to(device=device, dtype=dtype) for x in (q, k, v, log_decay, beta, lam)]
+    features = [x.to(device=device, dtype=dtype) for x in (q, k, v, log_decay, beta, lam)]
+    features[3] = log_decay.to(device)  # the mixers keep the log-decay in float32
+    return features
 
 
 def synchronize(device):
@@ -147,31 +149,37 @@ def triton_ops(device):
     return {"mamba2": triton_mamba2, "gated_deltanet": triton_gated_delta_rule}
 
 
-def check_against_naive(device, seq_len=128, chunk_size=16) -> list[dict]:
-    """Max |triton - naive| over outputs, final states and the gradients of every input, float32, on a small
-    shape (B=2, H=2, K=V=32), slot maps from the memory plans; `ok` is torch's allclose at 1e-3."""
+def check_against_naive(device, args) -> list[dict]:
+    """Max |triton - naive| over outputs and final states, and over the gradients of every input, float32,
+    at the benchmark's head dims and chunk size (B=2, H=2, T = 4 chunks, so that the kernels are the ones the
+    timing compiles), slot maps from the memory plans; `ok` is torch's allclose at atol = rtol = 1e-3."""
     from hf_dla.ops.naive import naive_gated_delta_rule, naive_mamba2
 
     naive = {"mamba2": naive_mamba2, "gated_deltanet": naive_gated_delta_rule}
     ops = triton_ops(device)
-    small = argparse.Namespace(batch=2, heads=2, key_dim=32, value_dim=32, max_states=4, merge_threshold=0.5,
-                               dtype="float32")  # fmt: skip
+    small = argparse.Namespace(**{**vars(args), "batch": 2, "heads": 2, "dtype": "float32"})
+    seq_len = 4 * args.chunk_size
+    generator = torch.Generator().manual_seed(3)
     rows = []
     for memory in MEMORIES:
         keys = make_inputs(small, seq_len, "gated_deltanet", 1, device, seed=1)[1]
         slot_map, num_slots, _ = plan_slot_map(small, memory, keys)
         for mixer, op in ops.items():
             inputs = make_inputs(small, seq_len, mixer, num_slots, device, seed=2)
-            state = torch.randn(small.batch, small.heads, num_slots, small.key_dim, small.value_dim, device=device)
+            state_shape = (small.batch, small.heads, num_slots, small.key_dim, small.value_dim)
+            inputs.append(torch.randn(*state_shape, generator=generator).to(device))
+            # A loss with weights of order one, so that every gradient entry is of order one too.
+            out_weight = torch.randn(small.batch, seq_len, small.heads, small.value_dim, generator=generator)
+            state_weight = torch.randn(*state_shape, generator=generator)
             results = []
-            for run, kwargs in ((naive[mixer], {}), (op, {"chunk_size": chunk_size})):
-                leaves = [x.detach().requires_grad_() for x in [*inputs, state]]
+            for run, kwargs in ((naive[mixer], {}), (op, {"chunk_size": args.chunk_size})):
+                leaves = [x.detach().requires_grad_() for x in inputs]
                 out, final = run(*leaves[:5], slot_map, leaves[5], leaves[6], **kwargs)
-                (out.square().mean() + final.square().mean()).backward()
+                ((out * out_weight.to(device)).sum() + (final * state_weight.to(device)).sum()).backward()
                 results.append([out, final, *(x.grad for x in leaves)])
             pairs = list(zip(*results))
             rows.append(dict(
-                mixer=mixer, memory=memory,
+                mixer=mixer, memory=memory, seq_len=seq_len,
                 out=max((a - b).abs().max().item() for a, b in pairs[:2]),
                 grad=max((a - b).abs().max().item() for a, b in pairs[2:]),
                 ok=all(torch.allclose(a, b, atol=1e-3, rtol=1e-3) for a, b in pairs),
@@ -179,9 +187,10 @@ def check_against_naive(device, seq_len=128, chunk_size=16) -> list[dict]:
     return rows
 
 
-def format_check_table(rows, device_name) -> str:
+def format_check_table(rows, device_name, args) -> str:
     lines = [
-        f"Triton vs naive on {device_name} (B=2, T=128, H=2, K=V=32, chunk 16, float32)",
+        f"Triton vs naive on {device_name} (B=2, T={rows[0]['seq_len']}, H=2, K={args.key_dim}, V={args.value_dim}, "
+        f"chunk {args.chunk_size}, float32)",
         "| mixer | memory | max err outputs + state | max err gradients | allclose 1e-3 |",
         "|---|---|---|---|---|",
     ]
@@ -259,7 +268,7 @@ def main(argv=None) -> str:
     start = time.perf_counter()
     if args.check or (args.check is None and torch.cuda.is_available()):
         check_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        print(format_check_table(check_against_naive(check_device), device), flush=True)
+        print(format_check_table(check_against_naive(check_device, args), device, args), flush=True)
     rows, plan_rows = run_benchmark(args)
     table = format_table(rows, args.batch)
     print(f"hf_dla Triton ops, forward + backward, {device}, batch {args.batch}, {args.heads} heads, "

@@ -24,6 +24,7 @@ def test_gpu_benchmark_tiny_run_prints_every_row(capsys):
 
 @pytest.mark.slow
 def test_gpu_benchmark_parity_check_passes_in_the_interpreter():
-    rows = dla_gpu.check_against_naive(dla_gpu.torch.device("cpu"), seq_len=48)
+    args = dla_gpu.parse_args(["--tiny"])
+    rows = dla_gpu.check_against_naive(dla_gpu.torch.device("cpu"), args)
     assert {(r["mixer"], r["memory"]) for r in rows} == {(m, s) for m in dla_gpu.MIXERS for s in dla_gpu.MEMORIES}
-    assert all(r["ok"] for r in rows), dla_gpu.format_check_table(rows, "CPU")
+    assert all(r["ok"] for r in rows), dla_gpu.format_check_table(rows, "CPU", args)
