@@ -1,6 +1,7 @@
 """`hf-compress sft`, `eval` and `report` chained from the command line on a tiny student."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -9,7 +10,7 @@ from datasets import DatasetDict
 from examples.tiny_kit import build_tokenizer, make_task_dataset, tiny_causal_lm
 from hf_compress.cli import main
 
-TINY_RECIPE = "examples/recipes/sft_tiny_student.yaml"
+TINY_RECIPE = str(Path(__file__).parents[2] / "examples" / "recipes" / "sft_tiny_student.yaml")
 
 
 def messages(n: int, seed: int = 0):
