@@ -10,11 +10,12 @@ import textwrap
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, Mamba2Config
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, Mamba2Config, Qwen3NextConfig
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextGatedDeltaNet
 
 import hf_dla
-from hf_dla.modeling_dla import DLAMamba2Mixer, get_multistate_op
+from hf_dla.modeling_dla import DLAGatedDeltaNetMixer, DLAMamba2Mixer, get_multistate_op
 
 MIXERS = ["mamba2", "gated_deltanet"]
 MEMORIES = ["vanilla", "loglinear", "dla"]
@@ -49,6 +50,35 @@ def test_vanilla_mamba2_mixer_equals_transformers_mamba2_mixer(make_config):
     hidden = torch.randn(2, 21, 32)
     with torch.no_grad():
         torch.testing.assert_close(mine(hidden), reference(hidden), atol=1e-5, rtol=1e-5)
+
+
+def test_vanilla_gated_deltanet_mixer_equals_transformers_qwen3_next_layer(make_config):
+    heads, hidden = 2, 32
+    config = make_config(mixer="gated_deltanet", memory="vanilla", num_heads=heads, head_dim=32, state_size=16)
+    torch.manual_seed(0)
+    mine = DLAGatedDeltaNetMixer(config, layer_idx=0).eval()
+    for parameter in mine.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    reference_config = Qwen3NextConfig(
+        hidden_size=hidden, linear_num_key_heads=heads, linear_num_value_heads=heads, linear_key_head_dim=16,
+        linear_value_head_dim=32, linear_conv_kernel_dim=4, rms_norm_eps=config.rms_norm_eps, num_hidden_layers=1,
+        vocab_size=10, num_attention_heads=2, num_key_value_heads=2, layer_types=["linear_attention"],
+    )  # fmt: skip
+    reference = Qwen3NextGatedDeltaNet(reference_config, layer_idx=0).eval()
+
+    def per_head(weight, rows):
+        return weight.view(heads, rows, hidden)
+
+    with torch.no_grad():  # Qwen3-Next fuses the projections head by head: [q_h, k_h, v_h, z_h] and [b_h, a_h]
+        qkvz = [(mine.q_proj, 16), (mine.k_proj, 16), (mine.v_proj, 32), (mine.g_proj, 32)]
+        reference.in_proj_qkvz.weight.copy_(torch.cat([per_head(p.weight, n) for p, n in qkvz], 1).flatten(0, 1))
+        ba = [per_head(mine.b_proj.weight, 1), per_head(mine.a_proj.weight, 1)]
+        reference.in_proj_ba.weight.copy_(torch.cat(ba, 1).flatten(0, 1))
+        for name in ("conv1d.weight", "dt_bias", "A_log", "out_proj.weight"):
+            reference.get_parameter(name).copy_(mine.get_parameter(name))
+        mine.norm.weight.copy_(reference.norm.weight.repeat(heads))  # theirs is shared by the heads
+        hidden_states = torch.randn(2, 21, hidden)
+        torch.testing.assert_close(mine(hidden_states), reference(hidden_states), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("mixer", MIXERS)
