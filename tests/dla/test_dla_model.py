@@ -76,6 +76,7 @@ def test_vanilla_gated_deltanet_mixer_equals_transformers_qwen3_next_layer(make_
         reference.in_proj_ba.weight.copy_(torch.cat(ba, 1).flatten(0, 1))
         for name in ("conv1d.weight", "dt_bias", "A_log", "out_proj.weight"):
             reference.get_parameter(name).copy_(mine.get_parameter(name))
+        reference.norm.weight.normal_()
         mine.norm.weight.copy_(reference.norm.weight.repeat(heads))  # theirs is shared by the heads
         hidden_states = torch.randn(2, 21, hidden)
         torch.testing.assert_close(mine(hidden_states), reference(hidden_states), atol=1e-4, rtol=1e-4)
