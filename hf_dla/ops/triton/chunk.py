@@ -22,6 +22,8 @@ that names the fix (usually ``backend="chunk"``).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 from triton.runtime.interpreter import InterpretedFunction
@@ -52,6 +54,11 @@ def check_device(device: torch.device) -> None:
             f"triton ops run on CUDA tensors; got {device.type} tensors. Use backend='chunk' on the CPU "
             "(or set TRITON_INTERPRET=1 before importing triton to run the kernels in the slow interpreter)."
         )
+
+
+def launch_device(device: torch.device):
+    """Triton launches on the current CUDA device: make it the inputs' one (tensors on cuda:1, say)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _check_triton_inputs(q, k, v, log_decay, beta, slot_map, lam, initial_state, chunk_size) -> None:
@@ -234,20 +241,21 @@ def _triton_multistate(q, k, v, log_decay, beta, slot_map, lam, initial_state, o
 
     q_c, k_c, v_c, log_decay_c, beta_c = (to_chunks(x) for x in (q, k, v, log_decay, beta))
     g = log_decay_c.cumsum(-1).contiguous()
-    prep = ChunkPrep.apply(q_c, k_c, g, beta_c, delta)
-    attn, query_old, write_keys = prep[:3]
-    carry = prep[3] if delta else g[..., -1].exp().contiguous()
     old_weights, token_weights, step_scale, end_old, end_tok = _slot_weights(
         slot_map, lam, batch, heads, num_chunks, chunk_size, num_slots, pad, to_chunks, q.device
     )
-    out = IntraAttention.apply(attn, token_weights, v_c)
-    if step_scale is not None:
-        out = out * step_scale
     if initial_state is None:
         initial_state = v_c.new_zeros(batch, heads, num_slots, key_dim, value_dim)
-    out_inter, final_state = SlotRecurrence.apply(
-        query_old, write_keys, carry, v_c, old_weights, end_old, end_tok, initial_state.contiguous(), delta
-    )
+    with launch_device(q.device):
+        prep = ChunkPrep.apply(q_c, k_c, g, beta_c, delta)
+        attn, query_old, write_keys = prep[:3]
+        carry = prep[3] if delta else g[..., -1].exp().contiguous()
+        out = IntraAttention.apply(attn, token_weights, v_c)
+        out_inter, final_state = SlotRecurrence.apply(
+            query_old, write_keys, carry, v_c, old_weights, end_old, end_tok, initial_state.contiguous(), delta
+        )
+    if step_scale is not None:
+        out = out * step_scale
     out = (out + out_inter).movedim(1, 3).reshape(batch, num_chunks * chunk_size, heads, value_dim)[:, :seq_len]
     return out.to(v.dtype), (final_state if output_final_state else None)
 

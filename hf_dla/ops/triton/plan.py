@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ...memory_plans import _NO_START, DynamicPlan, PlanOutput, PlanState
-from .chunk import check_device
+from .chunk import check_device, launch_device
 
 SUMMARY_BLOCK = 256  # summary columns per pass
 NO_START = tl.constexpr(_NO_START)  # kernels only read constexpr globals
@@ -145,12 +145,13 @@ class TritonDynamicPlan(DynamicPlan):
         drift = torch.empty(batch, seq_len, device=device)
         opened = torch.empty(batch, seq_len, dtype=torch.int8, device=device)
         merged = torch.empty(batch, seq_len, dtype=torch.long, device=device)
-        dla_plan_kernel[(batch,)](
-            kappa, valid.to(torch.int8).contiguous(), seen, count, tokens, information, start, summary, buffer,
-            slot_map, drift, opened, merged,
-            seq_len, kappa.shape[-1], slots, float(self.merge_threshold),
-            BS=triton.next_power_of_2(slots), BD=min(SUMMARY_BLOCK, triton.next_power_of_2(max(kappa.shape[-1], 1))),
-        )  # fmt: skip
+        with launch_device(device):
+            dla_plan_kernel[(batch,)](
+                kappa, valid.to(torch.int8).contiguous(), seen, count, tokens, information, start, summary, buffer,
+                slot_map, drift, opened, merged,
+                seq_len, kappa.shape[-1], slots, float(self.merge_threshold),
+                BS=triton.next_power_of_2(slots), BD=min(SUMMARY_BLOCK, triton.next_power_of_2(max(kappa.shape[-1], 1))),
+            )  # fmt: skip
         summary = summary.gather(1, buffer.long()[..., None].expand_as(summary))  # back to recency order
         trace = {"drift": drift, "opened": opened.bool(), "merged": merged}
         return PlanOutput(slot_map, PlanState(seen, count, tokens, information, summary, start), trace)
