@@ -45,5 +45,7 @@ The sum of the slots is exactly the single-state backbone state, so ``lam == 1``
 from __future__ import annotations
 
 from ..modeling_dla import get_multistate_op  # dispatch lives beside the model (remote code)
+from .chunk import chunk_gated_delta_rule, chunk_mamba2
+from .naive import naive_gated_delta_rule, naive_mamba2
 
-__all__ = ["get_multistate_op"]
+__all__ = ["chunk_gated_delta_rule", "chunk_mamba2", "get_multistate_op", "naive_gated_delta_rule", "naive_mamba2"]
