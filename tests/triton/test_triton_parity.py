@@ -113,3 +113,14 @@ def test_chunked_prefill_then_continue_equals_one_pass():
     )
     torch.testing.assert_close(torch.cat([first, second], 1), whole, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(final_state, whole_state, atol=1e-4, rtol=1e-4)
+
+
+def test_inference_keeps_two_chunk_states_and_gives_the_same_result():
+    """Without gradients the slot recurrence keeps two chunk starts in turn instead of all of them."""
+    inputs, slot_map = make_case("gated_deltanet", "dla", 40, 16, 16)
+    q, k, v, log_decay, beta, lam, state = inputs
+    with torch.no_grad():
+        out, final_state = triton_gated_delta_rule(q, k, v, log_decay, beta, slot_map, lam, state, chunk_size=16)
+    expected = outputs_and_grads(naive_gated_delta_rule, inputs, slot_map)
+    torch.testing.assert_close(out, expected["o"].detach(), atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(final_state, expected["final_state"].detach(), atol=1e-3, rtol=1e-3)

@@ -160,19 +160,20 @@ class SlotRecurrence(torch.autograd.Function):
     def forward(ctx, query_old, write_keys, carry, v, old_weights, end_old, end_tok, initial_state, delta: bool):
         batch, heads, num_chunks, chunk, key_dim = query_old.shape
         value_dim, num_slots = v.shape[-1], old_weights.shape[-1]
-        states = v.new_empty(batch, heads, num_chunks + 1, num_slots, key_dim, value_dim)
+        kept_chunks = num_chunks + 1 if any(ctx.needs_input_grad) else 2  # inference keeps two chunk starts
+        states = v.new_empty(batch, heads, kept_chunks, num_slots, key_dim, value_dim)
         states[:, :, 0] = initial_state
         out = torch.empty_like(v)
         value_block = min(VALUE_BLOCK, _tile(value_dim))
         grid = (triton.cdiv(value_dim, value_block), batch * heads)
         kernels.slot_recurrence_fwd_kernel[grid](
             query_old, write_keys, carry, v, old_weights, end_old, end_tok, states, out,
-            num_chunks, num_slots, heads,
+            num_chunks, num_slots, heads, kept_chunks,
             K=key_dim, V=value_dim, C=chunk, BK=_tile(key_dim), BV=value_block, DELTA=delta,
         )  # fmt: skip
         ctx.delta, ctx.value_block = delta, value_block
         ctx.save_for_backward(query_old, write_keys, carry, v, old_weights, end_old, end_tok, states)
-        return out, states[:, :, -1].clone()
+        return out, states[:, :, num_chunks % kept_chunks].clone()
 
     @staticmethod
     def backward(ctx, d_out, d_final_state):

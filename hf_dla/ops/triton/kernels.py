@@ -16,7 +16,8 @@ laid out ``(B, H, N, C, D)`` contiguous (N chunks of C tokens) and everything is
    slot state through ``QO`` with the lambda weights of the old slots, carries the slots (``M^T h``),
    moves / merges them to their end slots and writes the chunk's tokens into theirs. The slot states of
    every chunk start are stored (``(B, H, N + 1, S, K, V)``) for the backward, which runs the chunks in
-   reverse with the slot gradients double-buffered in global memory.
+   reverse with the slot gradients double-buffered in global memory. Without gradients only two chunk
+   starts are kept, in turn.
 
 The V-column blocks of one (batch, head) each write their partial (C, K), (K, K) and (C, S) gradients to a
 slice of their own, which the caller sums, so no atomics are needed.
@@ -221,7 +222,7 @@ def _state_offsets(slot, rk, cols, K: tl.constexpr, V: tl.constexpr):
 @triton.jit
 def slot_recurrence_fwd_kernel(
     qo_ptr, wk_ptr, carry_ptr, v_ptr, w_ptr, end_old_ptr, end_tok_ptr, h_ptr, o_ptr,
-    N, S, NUM_HEADS,
+    N, S, NUM_HEADS, KEPT_CHUNKS,
     K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DELTA: tl.constexpr,
 ):  # fmt: skip
     block, bh = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
@@ -234,7 +235,9 @@ def slot_recurrence_fwd_kernel(
         chunk = bh * N + n
         ck = chunk * C * K + rc[:, None] * K + rk[None, :]
         cv = chunk * C * V + rc[:, None] * V + cols[None, :]
-        first_slot = (bh * (N + 1) + n) * S  # slots at the chunk start; the next chunk's follow
+        # Slots at the chunk start and at the next one's: all N + 1 kept for the backward, else two in turn.
+        first_slot = (bh * KEPT_CHUNKS + n % KEPT_CHUNKS) * S
+        next_slot = (bh * KEPT_CHUNKS + (n + 1) % KEPT_CHUNKS) * S
         query_old = tl.load(qo_ptr + ck, mask=ck_mask, other=0.0)
         v = tl.load(v_ptr + cv, mask=cv_mask, other=0.0)
         # Read every slot with its lambda weight.
@@ -250,7 +253,7 @@ def slot_recurrence_fwd_kernel(
         for e in range(S):
             keys_e = tl.where((end_tok == e)[:, None], write_keys, 0.0)
             new = tl.dot(tl.trans(keys_e), v, input_precision=DOT)
-            tl.store(h_ptr + _state_offsets(first_slot + S + e, rk, cols, K, V), new, mask=kv_mask)
+            tl.store(h_ptr + _state_offsets(next_slot + e, rk, cols, K, V), new, mask=kv_mask)
         tl.debug_barrier()
         # Old slots are carried over the chunk and added into their end slots (moves and merges).
         if DELTA:
@@ -266,7 +269,7 @@ def slot_recurrence_fwd_kernel(
             else:
                 h = decay * h
             end = tl.load(end_old_ptr + (batch * N + n) * S + s)
-            target = h_ptr + _state_offsets(first_slot + S + end, rk, cols, K, V)
+            target = h_ptr + _state_offsets(next_slot + end, rk, cols, K, V)
             tl.store(target, tl.load(target, mask=kv_mask, other=0.0) + h, mask=kv_mask)
             tl.debug_barrier()
 
