@@ -68,6 +68,13 @@ def test_cpu_tensors_without_the_interpreter_are_rejected(monkeypatch):
         triton_mamba2(*small_inputs())
 
 
+def test_interpreter_switched_on_too_late_is_named(monkeypatch):
+    """Kernels decorated for the interpreter but Triton's library (tl.sum, ...) not: a clear error."""
+    monkeypatch.setattr(triton_chunk.triton.language, "sum", object())
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1 was set after triton was imported"):
+        triton_mamba2(*small_inputs())
+
+
 def test_non_contiguous_inputs_give_the_contiguous_result():
     q, k, v, log_decay, beta = small_inputs()
     # Same values, transposed storage: (B, H, T, D) tensors viewed as (B, T, H, D).

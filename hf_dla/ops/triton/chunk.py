@@ -54,6 +54,11 @@ def check_device(device: torch.device) -> None:
             f"triton ops run on CUDA tensors; got {device.type} tensors. Use backend='chunk' on the CPU "
             "(or set TRITON_INTERPRET=1 before importing triton to run the kernels in the slow interpreter)."
         )
+    if device.type == "cpu" and not isinstance(triton.language.sum, InterpretedFunction):
+        raise RuntimeError(
+            "TRITON_INTERPRET=1 was set after triton was imported (importing hf_dla imports it, through torch), "
+            "so Triton's own library is not interpreted. Set it before the first import."
+        )
 
 
 def launch_device(device: torch.device):
