@@ -35,6 +35,9 @@ from . import kernels
 MAX_HEAD_DIM = 128
 CHUNK_SIZES = (16, 32, 64)
 VALUE_BLOCK = 32  # V columns per program of the slot recurrence (more programs in flight on a GPU)
+# Kernels that store slot data and load it back later in the same program run without software pipelining,
+# which could prefetch a load above the store (and barrier) it must follow.
+SEQUENTIAL = 1
 
 
 def _tile(dim: int) -> int:
@@ -174,7 +177,7 @@ class SlotRecurrence(torch.autograd.Function):
         kernels.slot_recurrence_fwd_kernel[grid](
             query_old, write_keys, carry, v, old_weights, end_old, end_tok, states, out,
             num_chunks, num_slots, heads, kept_chunks,
-            K=key_dim, V=value_dim, C=chunk, BK=_tile(key_dim), BV=value_block, DELTA=delta,
+            K=key_dim, V=value_dim, C=chunk, BK=_tile(key_dim), BV=value_block, DELTA=delta, num_stages=SEQUENTIAL,
         )  # fmt: skip
         ctx.delta, ctx.value_block = delta, value_block
         ctx.save_for_backward(query_old, write_keys, carry, v, old_weights, end_old, end_tok, states)
@@ -198,6 +201,7 @@ class SlotRecurrence(torch.autograd.Function):
             d_query_old, d_write_keys, d_carry, dv, d_weights,
             num_chunks, num_slots, heads, batch * heads,
             K=key_dim, V=value_dim, C=chunk, BK=_tile(key_dim), BV=ctx.value_block, DELTA=ctx.delta,
+            num_stages=SEQUENTIAL,
         )  # fmt: skip
         return (
             d_query_old.sum(0), d_write_keys.sum(0), d_carry.sum(0), dv, d_weights.sum(0),

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ...memory_plans import _NO_START, DynamicPlan, PlanOutput, PlanState
-from .chunk import check_device, launch_device
+from .chunk import SEQUENTIAL, check_device, launch_device
 
 SUMMARY_BLOCK = 256  # summary columns per pass
 NO_START = tl.constexpr(_NO_START)  # kernels only read constexpr globals
@@ -151,6 +151,7 @@ class TritonDynamicPlan(DynamicPlan):
                 slot_map, drift, opened, merged,
                 seq_len, kappa.shape[-1], slots, float(self.merge_threshold),
                 BS=triton.next_power_of_2(slots), BD=min(SUMMARY_BLOCK, triton.next_power_of_2(max(kappa.shape[-1], 1))),
+                num_stages=SEQUENTIAL,
             )  # fmt: skip
         summary = summary.gather(1, buffer.long()[..., None].expand_as(summary))  # back to recency order
         trace = {"drift": drift, "opened": opened.bool(), "merged": merged}
