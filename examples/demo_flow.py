@@ -89,6 +89,9 @@ def run_method(method: str, seed: int, model_dir: str, train, test, args: argpar
         save_strategy="no",
         report_to="none",
         use_cpu=True,
+        # TRL turns bf16 autocast on by default, on the CPU too: slower here, and the trained model's patched forward
+        # would keep running in bf16 at evaluation (measured: 0.185 -> 0.17 held-out accuracy with unchanged weights).
+        bf16=False,
         seed=seed,
         disable_tqdm=True,
         dataloader_num_workers=0,
@@ -180,20 +183,25 @@ def plot_learning_curves(runs: list[dict], methods: list[str], path: str) -> Non
 
 
 def verdict(runs: list[dict], methods: list[str]) -> str:
-    """One honest sentence comparing FlowGRPO with GRPO: a gain counts only if it exceeds the seed spread."""
+    """One honest sentence comparing FlowGRPO with GRPO: a difference counts only beyond two standard errors."""
     if "flow" not in methods or "grpo" not in methods:
         return ""
     flow = [r["accuracy"] for r in runs if r["method"] == "flow"]
     grpo = [r["accuracy"] for r in runs if r["method"] == "grpo"]
     gap = round(statistics.mean(flow) - statistics.mean(grpo), 3) + 0.0  # no "-0.000"
-    noise = max(statistics.stdev(flow) if len(flow) > 1 else 0.0, statistics.stdev(grpo) if len(grpo) > 1 else 0.0)
-    if abs(gap) <= noise:
+    if len(flow) < 2 or len(grpo) < 2:
+        return f"FlowGRPO vs GRPO: {gap:+.3f} held-out accuracy (one seed each: no error estimate)."
+    standard_error = (statistics.variance(flow) / len(flow) + statistics.variance(grpo) / len(grpo)) ** 0.5
+    if abs(gap) <= 2 * standard_error:
         return (
-            f"FlowGRPO vs GRPO: {gap:+.3f} held-out accuracy, within the seed spread ({noise:.3f}): no measurable "
-            "difference at this scale and budget."
+            f"FlowGRPO vs GRPO: {gap:+.3f} held-out accuracy, within two standard errors ({2 * standard_error:.3f}): "
+            "no measurable difference at this scale and budget."
         )
     direction = "better" if gap > 0 else "worse"
-    return f"FlowGRPO vs GRPO: {gap:+.3f} held-out accuracy ({direction}), larger than the seed spread ({noise:.3f})."
+    return (
+        f"FlowGRPO vs GRPO: {gap:+.3f} held-out accuracy ({direction}), beyond two standard errors "
+        f"({2 * standard_error:.3f}) of {len(flow)} seeds each: suggestive only at this scale."
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
