@@ -107,14 +107,11 @@ def _recipe_field_names() -> set[str]:
 def check_recipe_fields(recipe: dict[str, Any], source: str = "recipe") -> None:
     """Raise on fields that no recipe dataclass knows, with the closest valid names as suggestions."""
     known = _recipe_field_names()
-    unknown = sorted(set(recipe) - known)
-    if unknown:
-        hints = [
-            f"{name!r} (did you mean {difflib.get_close_matches(name, known, n=1)[0]!r}?)"
-            if difflib.get_close_matches(name, known, n=1)
-            else repr(name)
-            for name in unknown
-        ]
+    hints = []
+    for name in sorted(set(recipe) - known):
+        close = difflib.get_close_matches(name, known, n=1)
+        hints.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+    if hints:
         raise ValueError(
             f"Unknown field(s) in {source}: {', '.join(hints)}. A recipe holds fields of `trl.SFTConfig`, "
             "`trl.ModelConfig` and `hf_compress.sft.CompressSFTArguments`."
@@ -127,11 +124,10 @@ def bf16_supported() -> bool:
 
 def _with_hardware_precision(recipe: dict[str, Any]) -> dict[str, Any]:
     """bf16 on when the hardware has it, off otherwise (SFTConfig would default it on, and fail on a CPU)."""
-    recipe = dict(recipe)
+    wanted = bool(recipe.get("bf16", not recipe.get("fp16", False)))
     if recipe.get("bf16") and not bf16_supported():
         logger.warning("The recipe asks for bf16 but this hardware does not support it: training in fp32.")
-    recipe["bf16"] = bool(recipe.get("bf16", True)) and bf16_supported()
-    return recipe
+    return {**recipe, "bf16": wanted and bf16_supported()}
 
 
 def parse_recipe(
@@ -157,7 +153,7 @@ def parse_sft_cli(argv: list[str] | None = None) -> tuple[CompressSFTArguments, 
         path = argv[argv.index("--config") + 1]
         with open(path) as f:
             recipe = yaml.safe_load(f) or {}
-        check_recipe_fields(recipe, path)
+        check_recipe_fields({k: v for k, v in recipe.items() if k != "env"}, path)  # `env`: TrlParser's own key
     if "--bf16" not in argv:
         argv += ["--bf16", str(_with_hardware_precision(recipe)["bf16"])]
     return TrlParser(RECIPE_TYPES).parse_args_and_config(argv)
@@ -229,7 +225,8 @@ def _mask_facts(example: dict, tokenizer, chat_template: str | None) -> dict:
     """Per example: token counts and how many loss tokens fall outside the assistant turns.
 
     Assistant turn k spans from the end of `messages[:k]` rendered with the generation prompt to the end of
-    `messages[:k+1]`: every masked token must lie in such a span.
+    `messages[:k+1]` (exact for prefix-preserving templates, as TRL requires): every masked token must lie in
+    such a span.
     """
     messages = example["messages"]
     rendered = _render(tokenizer, messages, chat_template, return_assistant_tokens_mask=True)
@@ -249,6 +246,8 @@ def _mask_facts(example: dict, tokenizer, chat_template: str | None) -> dict:
 
 @dataclass
 class MaskReport:
+    """Token counts of the checked data: all tokens, tokens in the loss, and the longest example."""
+
     n_examples: int
     n_tokens: int
     n_loss_tokens: int
@@ -376,6 +375,8 @@ def build_sft_trainer(
         model, tokenizer = load_student(model_args)
     elif tokenizer is None:
         raise ValueError("Pass the tokenizer together with the model.")
+    if not training_args.assistant_only_loss:
+        logger.warning("Compress-Distill trains on the assistant turn only: setting assistant_only_loss=True.")
     updates: dict[str, Any] = {"assistant_only_loss": True}
     if training_args.chat_template_path is not None:
         model, tokenizer = apply_chat_template_path(model, tokenizer, training_args.chat_template_path)
