@@ -178,3 +178,16 @@ def test_bfd_split_keeps_every_token_of_long_examples(tmp_path, tokenizer):
     assert max(len(ids) for ids in trainer.train_dataset["input_ids"]) <= 24
     assert sum(len(ids) for ids in trainer.train_dataset["input_ids"]) == report.n_tokens
     assert sum(t != -100 for row in trainer.train_dataset["labels"] for t in row) == report.n_loss_tokens
+
+
+def test_multi_turn_conversations_train_every_assistant_turn_only(tokenizer):
+    turns = [
+        {"role": "user", "content": "Compute 2 + 3 from left to right."},
+        {"role": "assistant", "content": "2 + 3 = 5. The answer is \\boxed{5}."},
+        {"role": "user", "content": "Compute 5 * 2 from left to right."},
+        {"role": "assistant", "content": "5 * 2 = 10. The answer is \\boxed{10}."},
+    ]
+    report = check_assistant_masks(Dataset.from_list([{"messages": turns}]), tokenizer)
+    # Each assistant turn trains its content and its <|im_end|>.
+    expected = sum(len(tokenizer(t["content"] + "<|im_end|>")["input_ids"]) for t in turns if t["role"] == "assistant")
+    assert report.n_loss_tokens == expected
