@@ -74,10 +74,8 @@ class FlowGRPOTrainer(GRPOTrainer):
         answer_mask, missing = answer_token_mask(
             completion_texts, completion_ids, self._tokenizer, answer_format=self.args.answer_format
         )
-        answer_mask, missing = (
-            answer_mask.to(completion_mask.device) & completion_mask,
-            missing.to(completion_mask.device),
-        )
+        answer_mask = answer_mask.to(completion_mask.device) & completion_mask
+        missing = missing.to(completion_mask.device)
         missing |= ~answer_mask.any(dim=1)  # e.g. an answer span that lies entirely in masked-out tokens
         if self.args.missing_answer == "last_tokens":
             answer_mask = torch.where(
@@ -103,9 +101,8 @@ class FlowGRPOTrainer(GRPOTrainer):
                 prompt_mask=torch.cat([prompt_mask, torch.zeros_like(completion_mask)], dim=1)[rows],
                 completion_mask=torch.cat([torch.zeros_like(prompt_mask), completion_mask], dim=1)[rows],
                 answer_mask=torch.cat([torch.zeros_like(prompt_mask), answer_mask], dim=1)[rows],
-                rewards=advantages[
-                    rows
-                ],  # within a group, an affine map of the rewards: same token-reward association
+                # Within a group the advantages are an affine map of the rewards: same token-reward correlation.
+                rewards=advantages[rows],
                 group_ids=self._group_ids(num_rows, advantages.device)[rows],
                 seed=self._scoring_seed(),
             )
@@ -115,19 +112,24 @@ class FlowGRPOTrainer(GRPOTrainer):
             )
             weights[rows] = row_weights[:, prompt_length:].to(weights.dtype)
 
-        real = completion_mask.float()
         stats = {
-            "answer_found_frac": (~missing).float().sum().item(),
-            "selected_frac": ((weights != 1.0) & completion_mask).float().sum().item(),
-            "mean_weight": (weights * real).sum().item(),
-            "too_long_frac": too_long.float().sum().item(),
-            "_rows": float(num_rows),
-            "_tokens": real.sum().item(),
+            "answers_found": (~missing).sum().item(),
+            "selected_tokens": ((weights != 1.0) & completion_mask).sum().item(),
+            "weight_sum": (weights * completion_mask).sum().item(),
+            "too_long": too_long.sum().item(),
+            "rows": num_rows,
+            "tokens": completion_mask.sum().item(),
         }
         if too_long.any():
             warnings.warn(
-                f"{int(too_long.sum())} sequence(s) longer than flow_max_length={self.args.flow_max_length} were left "
-                "unscored (weight 1.0); raise flow_max_length to score them.",
+                f"Sequences longer than flow_max_length={self.args.flow_max_length} are left unscored (weight 1.0); "
+                "their share is logged as flow/too_long_frac. Raise flow_max_length to score them.",
+                stacklevel=2,
+            )
+        if missing.all() and self.args.missing_answer == "uniform":
+            warnings.warn(
+                f"No completion of this batch has an answer span (answer_format={self.args.answer_format!r}), so no "
+                "token was reweighted. Check answer_format, or set missing_answer='last_tokens'.",
                 stacklevel=2,
             )
         return weights, stats
@@ -145,17 +147,16 @@ class FlowGRPOTrainer(GRPOTrainer):
         return self.args.seed * 1_000_003 + self._step * 1_009 + self.accelerator.process_index
 
     def _log_flow_stats(self, stats: dict[str, float]) -> None:
-        """Global fractions over all processes (sums gathered, then divided), appended to TRL's metric lists."""
-        keys = ["answer_found_frac", "selected_frac", "mean_weight", "too_long_frac", "_rows", "_tokens", "seconds"]
-        local = torch.tensor([stats[key] for key in keys], dtype=torch.float64, device=self.accelerator.device)
+        """Fractions over all processes (counts gathered and summed, then divided), appended to TRL's metrics."""
+        keys = sorted(stats)
+        local = torch.tensor([float(stats[key]) for key in keys], dtype=torch.float64, device=self.accelerator.device)
         total = dict(zip(keys, self.accelerator.gather(local[None]).sum(dim=0).tolist()))
-        rows, tokens = max(total["_rows"], 1.0), max(total["_tokens"], 1.0)
-        mode = "train" if self.model.training else "eval"
-        metrics = self._metrics[mode]
-        metrics["flow/answer_found_frac"].append(total["answer_found_frac"] / rows)
-        metrics["flow/selected_frac"].append(total["selected_frac"] / tokens)
-        metrics["flow/mean_weight"].append(total["mean_weight"] / tokens)
-        metrics["flow/too_long_frac"].append(total["too_long_frac"] / rows)
+        rows, tokens = max(total["rows"], 1.0), max(total["tokens"], 1.0)
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        metrics["flow/answer_found_frac"].append(total["answers_found"] / rows)
+        metrics["flow/selected_frac"].append(total["selected_tokens"] / tokens)
+        metrics["flow/mean_weight"].append(total["weight_sum"] / tokens)
+        metrics["flow/too_long_frac"].append(total["too_long"] / rows)
         metrics["flow/seconds"].append(total["seconds"] / self.accelerator.num_processes)
 
 

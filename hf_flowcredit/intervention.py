@@ -91,26 +91,22 @@ class Trace:
     answer_text: str = field(default="")
 
 
-def _left_pad(
-    rows: Sequence[Sequence[int]], pad_id: int, width: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    width = width or max(len(row) for row in rows)
+def _pad(rows: Sequence[Sequence[int]], pad_id: int, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """`(ids, attention_mask)` of the rows padded to a common length on `side`."""
+    width = max(len(row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row) :] = torch.tensor(row)
-            mask[i, width - len(row) :] = 1
+        columns = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, columns] = torch.tensor(row, dtype=torch.long)
+        mask[i, columns] = 1
     return ids, mask
 
 
 def _answer_spans(tokenizer, completions: list[list[int]], answer_format: str) -> list[tuple[int, int] | None]:
     """Token span `[start, end)` of each completion's answer, or None where no answer is found."""
-    width = max(1, max(len(c) for c in completions))
-    ids = torch.full((len(completions), width), tokenizer.pad_token_id, dtype=torch.long)
-    for i, c in enumerate(completions):
-        ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
-    texts = tokenizer.batch_decode([c for c in completions], skip_special_tokens=True)
+    ids, _ = _pad([c or [tokenizer.pad_token_id] for c in completions], tokenizer.pad_token_id, side="right")
+    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
     mask, missing = answer_token_mask(texts, ids, tokenizer, answer_format=answer_format)
     spans = []
     for i, c in enumerate(completions):
@@ -132,7 +128,7 @@ def _completion_ids(row: torch.Tensor, stop_ids: set[int]) -> list[int]:
 @torch.no_grad()
 def _greedy(model, tokenizer, rows, blocked_rows=None, max_new_tokens=64) -> list[list[int]]:
     """Greedy continuations of `rows` (left-padded); `blocked_rows[i]`: positions of row i whose keys are blocked."""
-    input_ids, attention_mask = _left_pad(rows, tokenizer.pad_token_id)
+    input_ids, attention_mask = _pad(rows, tokenizer.pad_token_id)
     input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
     blocking = contextlib.nullcontext()
     if blocked_rows is not None:
@@ -182,9 +178,8 @@ def finished_traces(
 def _reasoning_scores(model, tokenizer, traces: list[Trace], scorer_name: str, seed: int) -> list[torch.Tensor]:
     """The scorer's score of each reasoning token (completion tokens before the answer), one tensor per trace.
     The batch is laid out as TRL lays it out: left-padded prompts, then right-padded completions."""
-    prompt_ids, prompt_mask = _left_pad([t.prompt_ids for t in traces], tokenizer.pad_token_id)
-    completion_ids, completion_mask = _left_pad([t.completion_ids[::-1] for t in traces], tokenizer.pad_token_id)
-    completion_ids, completion_mask = completion_ids.flip(1), completion_mask.flip(1)  # right padding
+    prompt_ids, prompt_mask = _pad([t.prompt_ids for t in traces], tokenizer.pad_token_id)
+    completion_ids, completion_mask = _pad([t.completion_ids for t in traces], tokenizer.pad_token_id, side="right")
     answer_mask = torch.zeros_like(completion_mask, dtype=torch.bool)
     for i, t in enumerate(traces):
         answer_mask[i, t.answer_start : t.answer_end] = True

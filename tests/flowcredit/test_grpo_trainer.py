@@ -268,7 +268,7 @@ def test_token_weights_follow_the_selection_rule(tmp_path, missing_answer):
     else:
         assert (no_answer == 1.5).sum().item() == math.ceil(0.4 * mask[2].sum().item())
     assert not mask[3].any() and (weights[3] == 0).all()  # empty completion: nothing to weight, no crash
-    assert stats["answer_found_frac"] == 2  # summed over rows here; divided by the row count when logged
+    assert stats["answers_found"] == 2 and stats["rows"] == 4
 
 
 def test_positive_weight_sign_leaves_non_positive_rows_uniform(tmp_path):
@@ -287,4 +287,13 @@ def test_sequences_over_flow_max_length_are_left_unscored_with_a_warning(tmp_pat
         weights, stats = trainer._completion_token_weights(output)
     mask = output["completion_mask"].bool()
     assert (weights[0][mask[0]] == 1.0).all() and (weights[1][mask[1]] == 1.5).any()
-    assert stats["too_long_frac"] == 1
+    assert stats["too_long"] == 1
+
+
+def test_batch_without_any_answer_warns_and_keeps_grpo_weights(tmp_path):
+    trainer = _tiny_trainer(tmp_path, token_scorer="flow")
+    output = _generation_output(["Compute 1 + 1."] * 2, [COMPLETIONS[2], "no idea"], [1.0, -1.0])
+    with pytest.warns(UserWarning, match="No completion of this batch has an answer span"):
+        weights, stats = trainer._completion_token_weights(output)
+    mask = output["completion_mask"].bool()
+    assert (weights[mask] == 1.0).all() and stats["answers_found"] == 0
