@@ -11,7 +11,6 @@ correctness, its token count and whether it hit the cap) in the output folder.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
@@ -26,8 +25,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from hf_compress.sft import bf16_supported, resolve_attn_implementation
 from hf_compress.verify import check_texts, resolve_task
-
-logger = logging.getLogger(__name__)
 
 EVAL_FILE = "eval.json"
 EVAL_TABLE_DIR = "eval_table"
