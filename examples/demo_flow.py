@@ -39,7 +39,11 @@ METHOD_SCORERS = {"grpo": "none", "flow": "flow", "entropy": "entropy", "random"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="runs/flow")
-    parser.add_argument("--sft_dir", default="runs/sft", help="Where the SFT warm start is trained or reused.")
+    parser.add_argument(
+        "--sft_dir",
+        default=None,
+        help="Where the SFT warm start is trained or reused (default: runs/sft, or runs/sft_<task>).",
+    )
     parser.add_argument(
         "--model_name_or_path", default=None, help="Use this model folder as the warm start instead of the tiny SFT."
     )
@@ -56,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n_test", type=int, default=200)
     parser.add_argument("--intervention_samples", type=int, default=64)
     args = parser.parse_args(argv)
+    if args.sft_dir is None:  # one folder per task, so a Countdown run never overwrites the arithmetic warm start
+        args.sft_dir = "runs/sft" if args.task == "arithmetic" else f"runs/sft_{args.task}"
     for name in ("max_steps", "n_train", "n_test", "intervention_samples", "num_generations"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
