@@ -39,6 +39,7 @@ class FlowGRPOTrainer(GRPOTrainer):
     """
 
     _tag_names = ["trl", "grpo", "flowtracer"]
+    _name = "FlowGRPO"  # shown in the generated model card; the GRPO paper reference is inherited
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
