@@ -5,12 +5,20 @@ maximum state count is trained with the transformers `Trainer` on multi-query as
 on passkey retrieval (`hf_dla.retrieval_data`), then evaluated per setting, including sequences longer than
 those seen in training. Accuracy counts answer tokens predicted exactly (greedy).
 
-    # the recipe (a full setting, about an hour on 2 CPU cores)
+    # the full setting (length 32, 1,200 steps): 1-3 minutes of training per model on 2 unloaded Xeon cores,
+    # about 15 minutes for the six models in turn; figures in RESULTS.md
     python -m examples.dla_mqar --config examples/recipes/dla_mqar.yaml
-    # any field on the command line overrides the recipe
-    python -m examples.dla_mqar --config examples/recipes/dla_mqar.yaml --mixers mamba2 --max_steps 200
+    # any field on the command line overrides the recipe; one model per process to run them side by side
+    python -m examples.dla_mqar --config examples/recipes/dla_mqar.yaml --mixers mamba2 --memories dla \
+        --output_dir runs/dla_mqar/mamba2-dla
+    # harder: length 64, vocabulary 64 (1,500 steps leave every model at chance; give it far more)
+    python -m examples.dla_mqar --config examples/recipes/dla_mqar_t64.yaml --max_steps 10000
     # passkey: trained on one haystack length, evaluated on longer ones
     python -m examples.dla_mqar --config examples/recipes/dla_passkey.yaml
+
+Every model gets the same `max_states`; loglinear needs `ceil(log2 T) + 1` levels for the longest evaluated
+length T, which `check_settings` enforces before any training. Learning rates around 3e-3 suit all modes;
+at 1e-2 the multi-state models (whose read weights lambda are trained too) stayed at chance in our runs.
 
 Writes `results.json` (one row per model and setting) and `results.md` under `--output_dir`.
 """

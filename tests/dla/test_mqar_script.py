@@ -102,3 +102,32 @@ def test_tiny_comparison_runs_end_to_end(tmp_path):
     assert dla["num_parameters"] > vanilla["num_parameters"]  # the read weights
     table = results_table(rows)
     assert table.count("\n") == 3 and "| gated_deltanet | dla |" in table
+
+
+def test_passkey_task_trains_and_reports_by_haystack_length(tmp_path):
+    task = RetrievalTaskArguments(
+        task="passkey",
+        mixers=["mamba2"],
+        memories=["loglinear"],
+        vocab_size=16,
+        train_haystack_len=10,
+        eval_haystack_lens=[10, 20],
+        passkey_len=2,
+        num_train_examples=16,
+        num_eval_examples=4,
+        num_memory_examples=2,
+    )
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=8,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    rows, _ = run_comparison(task, TINY_MODEL, args)
+    assert [(r["setting"], r["seq_len"]) for r in rows] == [("H10", 16), ("H20", 26)]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
+    with pytest.raises(ValueError, match="set --max_states 8"):  # 60 + 2 * 3 = 66 tokens
+        check_settings(RetrievalTaskArguments(task="passkey", eval_haystack_lens=[60]), TINY_MODEL)
