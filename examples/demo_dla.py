@@ -75,6 +75,7 @@ def plot_accuracy_vs_pairs(rows: list[dict], chance: float, path: str) -> str:
     import matplotlib.pyplot as plt
 
     lengths = sorted({r["seq_len"] for r in rows})
+    all_pairs = sorted({r["num_kv_pairs"] for r in rows})
     fig, axes = plt.subplots(1, len(lengths), figsize=(4.5 * len(lengths), 3.6), sharey=True, squeeze=False)
     colors = {"vanilla": "tab:gray", "loglinear": "tab:blue", "dla": "tab:red"}
     styles = {"mamba2": "-", "gated_deltanet": "--"}
@@ -89,9 +90,7 @@ def plot_accuracy_vs_pairs(rows: list[dict], chance: float, path: str) -> str:
             ax.plot(pairs, accuracy, styles[mixer], marker="o", color=colors[memory], label=f"{mixer} / {memory}")
         ax.axhline(chance, ls=":", color="black", lw=1, label="chance")
         ax.set_xscale("log", base=2)
-        ax.set_xticks(
-            sorted({r["num_kv_pairs"] for r in rows}), [str(n) for n in sorted({r["num_kv_pairs"] for r in rows})]
-        )
+        ax.set_xticks(all_pairs, [str(n) for n in all_pairs])
         ax.minorticks_off()
         ax.set_title(f"sequence length {length}")
         ax.set_xlabel("key-value pairs")
@@ -193,6 +192,11 @@ def main() -> None:
     parser = TrlParser((RetrievalTaskArguments, TinyDLAArguments, TrainingArguments))
     parser.set_defaults(**SHORT_SETTING)
     task_args, model_args, training_args = parser.parse_args_and_config()
+    if task_args.task != "mqar":
+        raise ValueError(
+            f"demo_dla plots MQAR by number of pairs; for --task {task_args.task} run "
+            f"`python -m examples.dla_mqar --task {task_args.task} ...` (see examples/recipes/dla_passkey.yaml)."
+        )
     output_dir = training_args.output_dir
     os.makedirs(output_dir, exist_ok=True)
     start = time.perf_counter()
