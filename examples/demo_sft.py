@@ -34,6 +34,7 @@ class TinySFTSettings:
     hidden_size: int = 128
     num_layers: int = 4
     max_ops: int = 2
+    bf16: bool = False  # TRL turns on bf16 autocast by default, CPU included; fp32 is faster and exact here
 
 
 def _finished_run_matches(model_dir: str, settings: TinySFTSettings) -> bool:
@@ -74,6 +75,7 @@ def train_tiny_sft(output_dir: str, task: str = "arithmetic", seed: int = 0, **o
         report_to="none",
         seed=settings.seed,
         use_cpu=True,
+        bf16=settings.bf16,
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
