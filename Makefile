@@ -41,11 +41,12 @@ demo-compress: install
 lint: install
 	$(VENV)/bin/ruff check .
 
+# Tiny models gain nothing from intra-op threads, and the suite starts multi-process runs of its own.
 test: lint
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 test-slow: install
-	$(PY) -m pytest -q -m slow
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow
 
 clean:
 	rm -rf runs .pytest_cache
