@@ -1,4 +1,4 @@
-"""`benchmarks/dla_gpu.py` runs end to end on a tiny shape (Triton interpreter on the CPU), so it cannot rot."""
+"""`benchmarks/dla_gpu.py` runs end to end on a tiny shape (in the Triton interpreter by default), so it cannot rot."""
 
 import pytest
 
@@ -7,7 +7,7 @@ pytest.importorskip("triton", reason="the Triton backend needs the `triton` pack
 from benchmarks import dla_gpu  # noqa: E402
 
 
-def test_gpu_benchmark_tiny_run_prints_every_row(capsys):
+def test_gpu_benchmark_tiny_run_prints_every_row(capsys, device):  # device: skips where kernels cannot run
     table = dla_gpu.main(["--tiny"])
     rows = [line.split("|")[1:-1] for line in table.splitlines()[2:]]
     assert {(r[0].strip(), r[1].strip()) for r in rows} == {(m, s) for m in dla_gpu.MIXERS for s in dla_gpu.MEMORIES}
@@ -23,8 +23,8 @@ def test_gpu_benchmark_tiny_run_prints_every_row(capsys):
 
 
 @pytest.mark.slow
-def test_gpu_benchmark_parity_check_passes_in_the_interpreter():
+def test_gpu_benchmark_parity_check_passes(device):
     args = dla_gpu.parse_args(["--tiny"])
-    rows = dla_gpu.check_against_naive(dla_gpu.torch.device("cpu"), args)
+    rows = dla_gpu.check_against_naive(device, args)
     assert {(r["mixer"], r["memory"]) for r in rows} == {(m, s) for m in dla_gpu.MIXERS for s in dla_gpu.MEMORIES}
-    assert all(r["ok"] for r in rows), dla_gpu.format_check_table(rows, "CPU", args)
+    assert all(r["ok"] for r in rows), dla_gpu.format_check_table(rows, str(device), args)

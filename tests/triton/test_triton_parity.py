@@ -1,4 +1,4 @@
-"""Triton kernels (CPU interpreter) against the naive per-token recurrence: outputs, final states, gradients.
+"""Triton kernels (CPU interpreter, or a GPU with TRITON_INTERPRET=0) against the naive per-token recurrence: outputs, final states, gradients.
 
 Float32, atol = rtol = 1e-3, for both mixers and the three memory modes, slot maps produced by the real
 memory plans. The default run keeps a representative set; the full grid is marked slow.
@@ -20,7 +20,7 @@ OPS = {"mamba2": (naive_mamba2, triton_mamba2), "gated_deltanet": (naive_gated_d
 INPUT_NAMES = ("q", "k", "v", "log_decay", "beta", "lam", "initial_state")
 
 
-def make_case(mixer, memory, seq_len, key_dim, value_dim, batch=1, heads=2, seed=0):
+def make_case(mixer, memory, seq_len, key_dim, value_dim, device, batch=1, heads=2, seed=0):
     """Op inputs as the mixers produce them, and the slot map of the memory plan over the keys."""
     generator = torch.Generator().manual_seed(seed)
     shape = (batch, seq_len, heads)
@@ -36,10 +36,11 @@ def make_case(mixer, memory, seq_len, key_dim, value_dim, batch=1, heads=2, seed
     num_slots = {"vanilla": 1, "loglinear": math.ceil(math.log2(seq_len)) + 1, "dla": 4}[memory]
     lam = torch.rand(*shape, num_slots, generator=generator) + 0.5
     initial_state = 0.5 * torch.randn(batch, heads, num_slots, key_dim, value_dim, generator=generator)
+    inputs = [x.to(device) for x in (q, k, v, log_decay, beta, lam, initial_state)]
     plan = build_memory_plan(memory, num_slots, merge_threshold=0.6)
-    valid = torch.ones(batch, seq_len, dtype=torch.bool)
-    slot_map = plan(k, valid, plan.init_state(batch, heads * key_dim, k.device)).slot_map
-    return [q, k, v, log_decay, beta, lam, initial_state], slot_map
+    valid = torch.ones(batch, seq_len, dtype=torch.bool, device=device)
+    slot_map = plan(inputs[1], valid, plan.init_state(batch, heads * key_dim, device)).slot_map
+    return inputs, slot_map
 
 
 def outputs_and_grads(op, inputs, slot_map, **kwargs):
@@ -47,15 +48,15 @@ def outputs_and_grads(op, inputs, slot_map, **kwargs):
     q, k, v, log_decay, beta, lam, initial_state = leaves
     out, final_state = op(q, k, v, log_decay, beta, slot_map, lam, initial_state, **kwargs)
     # Weights that differ per element, so that every gradient entry is checked.
-    loss = (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum() + (final_state**2).sum()
+    loss = (out * torch.linspace(-1, 1, out.numel(), device=out.device).view_as(out)).sum() + (final_state**2).sum()
     loss.backward()
     return {"o": out, "final_state": final_state, **{f"d{n}": x.grad for n, x in zip(INPUT_NAMES, leaves)}}
 
 
-def assert_matches_naive(mixer, memory, seq_len, key_dim, value_dim, chunk_size, **case):
-    inputs, slot_map = make_case(mixer, memory, seq_len, key_dim, value_dim, **case)
+def assert_matches_naive(mixer, memory, seq_len, key_dim, value_dim, chunk_size, device, **case):
+    inputs, slot_map = make_case(mixer, memory, seq_len, key_dim, value_dim, device, **case)
     if memory == "dla":  # the plan must have merged, or the dla path is not exercised
-        assert (slot_map != torch.arange(slot_map.shape[-1]) + 1).any()
+        assert (slot_map != torch.arange(slot_map.shape[-1], device=device) + 1).any()
     naive, triton_op = OPS[mixer]
     expected = outputs_and_grads(naive, inputs, slot_map)
     actual = outputs_and_grads(triton_op, inputs, slot_map, chunk_size=chunk_size)
@@ -63,8 +64,8 @@ def assert_matches_naive(mixer, memory, seq_len, key_dim, value_dim, chunk_size,
         torch.testing.assert_close(actual[name], value, atol=1e-3, rtol=1e-3, msg=lambda m, n=name: f"{n}: {m}")
 
 
-def test_kernels_run_in_the_interpreter():
-    assert interpreter_active()
+def test_kernels_are_built_for_the_test_device(device):
+    assert interpreter_active() == (device.type == "cpu")
 
 
 # Representative default set: each mixer once with merging slot maps, T not a multiple of the chunk.
@@ -76,22 +77,22 @@ def test_kernels_run_in_the_interpreter():
         ("gated_deltanet", "vanilla", 40, 32, 16, 32),
     ],
 )
-def test_triton_matches_naive(mixer, memory, seq_len, key_dim, value_dim, chunk_size):
-    assert_matches_naive(mixer, memory, seq_len, key_dim, value_dim, chunk_size)
+def test_triton_matches_naive(mixer, memory, seq_len, key_dim, value_dim, chunk_size, device):
+    assert_matches_naive(mixer, memory, seq_len, key_dim, value_dim, chunk_size, device)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mixer", ["mamba2", "gated_deltanet"])
 @pytest.mark.parametrize("memory", ["vanilla", "loglinear", "dla"])
 @pytest.mark.parametrize(("seq_len", "key_dim", "value_dim", "chunk_size"), [(128, 32, 32, 64), (100, 16, 24, 16)])
-def test_triton_matches_naive_full_grid(mixer, memory, seq_len, key_dim, value_dim, chunk_size):
-    assert_matches_naive(mixer, memory, seq_len, key_dim, value_dim, chunk_size, batch=2)
+def test_triton_matches_naive_full_grid(mixer, memory, seq_len, key_dim, value_dim, chunk_size, device):
+    assert_matches_naive(mixer, memory, seq_len, key_dim, value_dim, chunk_size, device, batch=2)
 
 
 @pytest.mark.parametrize("mixer", ["mamba2", "gated_deltanet"])
-def test_defaults_without_slots_lambdas_or_state(mixer):
+def test_defaults_without_slots_lambdas_or_state(mixer, device):
     """Vanilla backbone with every optional argument left out, default chunk size."""
-    inputs, _ = make_case(mixer, "vanilla", 24, 16, 16)
+    inputs, _ = make_case(mixer, "vanilla", 24, 16, 16, device)
     naive, triton_op = OPS[mixer]
     expected, _ = naive(*inputs[:5], output_final_state=False)
     actual, final_state = triton_op(*inputs[:5], output_final_state=False)
@@ -99,9 +100,9 @@ def test_defaults_without_slots_lambdas_or_state(mixer):
     torch.testing.assert_close(actual, expected, atol=1e-3, rtol=1e-3)
 
 
-def test_chunked_prefill_then_continue_equals_one_pass():
+def test_chunked_prefill_then_continue_equals_one_pass(device):
     """A final state handed back as the initial state continues the recurrence exactly (cache hand-off)."""
-    inputs, slot_map = make_case("gated_deltanet", "dla", 36, 16, 16)
+    inputs, slot_map = make_case("gated_deltanet", "dla", 36, 16, 16, device)
     q, k, v, log_decay, beta, lam, _ = inputs
     whole, whole_state = triton_gated_delta_rule(q, k, v, log_decay, beta, slot_map, lam, chunk_size=16)
     cut = 20
@@ -115,9 +116,9 @@ def test_chunked_prefill_then_continue_equals_one_pass():
     torch.testing.assert_close(final_state, whole_state, atol=1e-4, rtol=1e-4)
 
 
-def test_inference_keeps_two_chunk_states_and_gives_the_same_result():
+def test_inference_keeps_two_chunk_states_and_gives_the_same_result(device):
     """Without gradients the slot recurrence keeps two chunk starts in turn instead of all of them."""
-    inputs, slot_map = make_case("gated_deltanet", "dla", 40, 16, 16)
+    inputs, slot_map = make_case("gated_deltanet", "dla", 40, 16, 16, device)
     q, k, v, log_decay, beta, lam, state = inputs
     with torch.no_grad():
         out, final_state = triton_gated_delta_rule(q, k, v, log_decay, beta, slot_map, lam, state, chunk_size=16)

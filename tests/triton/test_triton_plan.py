@@ -1,4 +1,4 @@
-"""The dla plan's Triton scan (`TritonDynamicPlan`, CPU interpreter) makes the PyTorch plan's decisions."""
+"""The dla plan's Triton scan (`TritonDynamicPlan`) makes the PyTorch plan's decisions."""
 
 import pytest
 import torch
@@ -37,9 +37,9 @@ def run_in_two_calls(plan, keys, valid, cut):
     ("batch", "seq_len", "max_states", "threshold", "cut"),
     [(1, 36, 3, 0.6, 12), pytest.param(3, 100, 5, 0.9, 40, marks=pytest.mark.slow)],
 )
-def test_triton_plan_matches_pytorch_plan(batch, seq_len, max_states, threshold, cut):
-    keys = topic_keys(batch, seq_len, heads=2, key_dim=8)
-    valid = torch.ones(batch, seq_len, dtype=torch.bool)
+def test_triton_plan_matches_pytorch_plan(batch, seq_len, max_states, threshold, cut, device):
+    keys = topic_keys(batch, seq_len, heads=2, key_dim=8).to(device)
+    valid = torch.ones(batch, seq_len, dtype=torch.bool, device=device)
     valid[0, :3] = False  # left padding
     valid[-1, seq_len // 2 : seq_len // 2 + 2] = False
     expected = run_in_two_calls(DynamicPlan(max_states, threshold), keys, valid, cut)
