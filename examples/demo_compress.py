@@ -5,7 +5,7 @@ trained on the full traces, at a lower training and inference cost?
 
 1. Traces for the training problems of the embedded arithmetic task. `--traces teacher`: greedy traces of the
    tiny Qwen3 SFT model of `examples.demo_sft` (reused from `--teacher_dir`, trained there if absent). It solves
-   under a fifth of the problems, too few traces to distil from, so the default `--traces scripted` uses the
+   under a third of the problems, too few traces to distil from, so the default `--traces scripted` uses the
    task's worked solutions, each after a restatement of the problem as reasoning models write one: verified
    traces with prose for compression to remove.
 2. Pipeline (`hf_compress`): verify the traces, compress them with the extractive compressor, build the four
