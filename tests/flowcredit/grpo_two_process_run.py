@@ -49,6 +49,11 @@ def main(output_dir: str) -> None:
     }
     with open(os.path.join(output_dir, f"rank{state.process_index}.json"), "w") as f:
         json.dump(report, f)
+    # Leave together and close gloo explicitly: a rank that exits while its peer still holds the process group
+    # can abort in gloo's teardown ("terminate called without an active exception").
+    state.wait_for_everyone()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
