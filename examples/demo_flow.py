@@ -50,14 +50,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--task", default="arithmetic", choices=["arithmetic", "countdown"])
     parser.add_argument("--methods", nargs="+", default=list(METHOD_SCORERS), choices=list(METHOD_SCORERS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--max_steps", type=int, default=24, help="Optimizer steps per run (the same for all).")
-    parser.add_argument("--learning_rate", type=float, default=3e-5)
+    parser.add_argument("--max_steps", type=int, default=96, help="Optimizer steps per run (the same for all).")
+    parser.add_argument("--learning_rate", type=float, default=1e-5)
+    parser.add_argument("--warmup_steps", type=int, default=0)
+    parser.add_argument("--lr_scheduler_type", default="linear")
+    parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature of the rollouts.")
+    parser.add_argument("--loss_type", default="dapo", help="TRL GRPO loss aggregation: dapo, dr_grpo, grpo, ...")
+    parser.add_argument("--scale_rewards", default="group", choices=["group", "batch", "none"])
     parser.add_argument("--num_generations", type=int, default=8)
     parser.add_argument("--per_device_train_batch_size", type=int, default=16)
     parser.add_argument("--steps_per_generation", type=int, default=4)
-    parser.add_argument("--max_completion_length", type=int, default=48)
+    parser.add_argument("--max_completion_length", type=int, default=40)
     parser.add_argument("--n_train", type=int, default=512)
-    parser.add_argument("--n_test", type=int, default=200)
+    parser.add_argument("--n_test", type=int, default=1000)
     parser.add_argument("--intervention_samples", type=int, default=64)
     args = parser.parse_args(argv)
     if args.sft_dir is None:  # one folder per task, so a Countdown run never overwrites the arithmetic warm start
@@ -87,6 +92,11 @@ def run_method(method: str, seed: int, model_dir: str, train, test, args: argpar
         token_scorer=METHOD_SCORERS[method],
         max_steps=args.max_steps,
         learning_rate=args.learning_rate,
+        warmup_steps=args.warmup_steps,
+        lr_scheduler_type=args.lr_scheduler_type,
+        temperature=args.temperature,
+        loss_type=args.loss_type,
+        scale_rewards=args.scale_rewards,
         num_generations=args.num_generations,
         per_device_train_batch_size=args.per_device_train_batch_size,
         steps_per_generation=args.steps_per_generation,
@@ -254,7 +264,9 @@ def main(argv: list[str] | None = None) -> None:
             "",
             f"Warm start: `{model_dir}`. Each method: {args.max_steps} GRPO optimizer steps, "
             f"{args.per_device_train_batch_size} completions per step ({args.num_generations} per prompt), "
-            f"learning rate {args.learning_rate}, seeds {args.seeds}. Held-out: {args.n_test} test problems, greedy.",
+            f"learning rate {args.learning_rate} ({args.lr_scheduler_type}, {args.warmup_steps} warmup steps), temperature "
+            f"{args.temperature}, loss `{args.loss_type}`, reward scaling `{args.scale_rewards}`, seeds {args.seeds}. "
+            f"Held-out: {args.n_test} test problems, greedy.",
             "",
             "## Held-out accuracy",
             "",
