@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 
-.PHONY: demo demo-sft demo-flow demo-dla demo-compress test test-slow lint install clean
+.PHONY: demo demo-sft demo-flow demo-dla demo-compress test test-fast test-slow lint install clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,7 +43,11 @@ demo-compress: install
 lint: install
 	$(VENV)/bin/ruff check .
 
+# The whole suite, slow tests included (about 5 minutes on 2 cores); a bare `pytest` skips the slow ones.
 test: lint
+	$(PY) -m pytest -q -m "slow or not slow"
+
+test-fast: lint
 	$(PY) -m pytest -q
 
 test-slow: install
