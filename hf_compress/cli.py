@@ -69,6 +69,13 @@ def add_io_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="Discard an output folder from other arguments.")
 
 
+def add_trace_column_arguments(parser: argparse.ArgumentParser) -> None:
+    """The columns that verify, compress and build read: the trace, its gold answer and its problem."""
+    parser.add_argument("--completion_column", default="generation", help="Column holding the teacher trace.")
+    parser.add_argument("--answer_column", default="answer", help="Column holding the gold final answer.")
+    parser.add_argument("--problem_column", default="problem", help="Column holding the problem text.")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Stages
 # ----------------------------------------------------------------------------------------------------------
@@ -114,9 +121,7 @@ register("generate", "Sample teacher traces (n per problem), resumably.", _add_g
 def _add_verify(parser):
     add_io_arguments(parser)
     parser.add_argument("--task", default="auto", choices=["auto", "math", "countdown"])
-    parser.add_argument("--completion_column", default="generation")
-    parser.add_argument("--answer_column", default="answer")
-    parser.add_argument("--problem_column", default="problem")
+    add_trace_column_arguments(parser)
     parser.add_argument("--keep_only_correct", action="store_true", help="Drop incorrect traces (after pass rates).")
     parser.add_argument("--timeout_seconds", type=int, default=5, help="math-verify deadline per parse/compare.")
     parser.add_argument("--shard_size", type=int, default=2048)
@@ -154,9 +159,7 @@ def _add_compress(parser):
     parser.add_argument("--max_new_tokens", type=int, default=1024, help="llm: cap on the rewrite's tokens.")
     add_dataclass_arguments(parser, BackendConfig)  # llm: the compressor model; --tokenizer also counts tokens
     parser.add_argument("--task", default="auto", choices=["auto", "math", "countdown"])
-    parser.add_argument("--completion_column", default="generation")
-    parser.add_argument("--answer_column", default="answer")
-    parser.add_argument("--problem_column", default="problem")
+    add_trace_column_arguments(parser)
     parser.add_argument("--shard_size", type=int, default=256)
     parser.add_argument("--problems_per_call", type=int, default=64)
 
@@ -199,9 +202,7 @@ def _add_build(parser):
     add_io_arguments(parser)
     parser.add_argument("--tokenizer", required=True, help="Tokenizer counting tokens (and cutting `truncated`).")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--completion_column", default="generation")
-    parser.add_argument("--answer_column", default="answer")
-    parser.add_argument("--problem_column", default="problem")
+    add_trace_column_arguments(parser)
     parser.add_argument("--push_to_hub", default=None, help="Hub dataset repo to push the variants to (configs).")
 
 
