@@ -11,6 +11,10 @@ those seen in training. Accuracy counts answer tokens predicted exactly (greedy)
     # any field on the command line overrides the recipe; one model per process to run them side by side
     python -m examples.dla_mqar --config examples/recipes/dla_mqar.yaml --mixers mamba2 --memories dla \
         --output_dir runs/dla_mqar/mamba2-dla
+    # several seeds (data and initialisation), one folder per seed and model; a rerun skips finished models
+    python -m examples.dla_mqar --config examples/recipes/dla_mqar.yaml --seeds 0 1 2 --output_dir runs/dla_mqar_seeds
+    # the mean +- std table over every finished run under a folder (trains nothing)
+    python -m examples.dla_mqar --summarize --output_dir runs/dla_mqar_seeds
     # harder: length 64, vocabulary 64 (1,500 steps leave every model at chance; give it far more)
     python -m examples.dla_mqar --config examples/recipes/dla_mqar_t64.yaml --max_steps 10000
     # passkey: trained on one haystack length, evaluated on longer ones
@@ -20,11 +24,16 @@ Every model gets the same `max_states`; loglinear needs `ceil(log2 T) + 1` level
 length T, which `check_settings` enforces before any training. Learning rates around 3e-3 suit all modes;
 at 1e-2 the multi-state models (whose read weights lambda are trained too) stayed at chance in our runs.
 
-Writes `results.json` (one row per model and setting) and `results.md` under `--output_dir`.
+Writes `results.json` (one row per model and setting) and `results.md` under `--output_dir`. With `--seeds`, each
+model's rows are saved as soon as it is evaluated, in `<output_dir>/seed<S>/<mixer>-<memory>/results.json` with the
+settings that produced them; a rerun skips the models whose file exists (and refuses a folder holding other
+settings), and `--summarize` assembles the mean +- std table from those files. `examples/dla_mqar_seeds.sh` runs the
+seeds one model at a time in the background.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -41,6 +50,19 @@ import hf_dla
 from hf_dla.retrieval_data import IGNORE_INDEX, mqar_dataset, passkey_dataset
 
 EVAL_SEED_OFFSET = 10_000  # evaluation sequences come from other seeds than the training ones
+RUN_FILE = "results.json"
+# The training recipe that must match for runs to be averaged together (the seed and folders aside).
+TRAINING_FIELDS = (
+    "max_steps",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "weight_decay",
+    "warmup_steps",
+    "lr_scheduler_type",
+    "max_grad_norm",
+)
 
 
 @dataclass
@@ -77,6 +99,18 @@ class RetrievalTaskArguments:
     num_eval_examples: int = field(default=200, metadata={"help": "Evaluation sequences per setting."})
     num_memory_examples: int = field(
         default=8, metadata={"help": "Sequences (per setting) over which the live memory states are averaged."}
+    )
+    seeds: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Seeds (training data and initialisation) to run in turn, each model saved under "
+            "output_dir/seed<S>/<mixer>-<memory>/ and skipped on a rerun once finished; default: one run with "
+            "--seed, results only at the end."
+        },
+    )
+    summarize: bool = field(
+        default=False,
+        metadata={"help": "Train nothing: print the mean +- std table over the finished runs under --output_dir."},
     )
 
 
@@ -286,9 +320,130 @@ def results_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run_settings(
+    task_args: RetrievalTaskArguments, model_args: TinyDLAArguments, training_args: TrainingArguments
+) -> dict:
+    """The settings saved with every model run (as JSON reads them back): the task without the model list,
+    the model size and the training recipe."""
+    task = {k: v for k, v in asdict(task_args).items() if k not in ("mixers", "memories", "seeds", "summarize")}
+    training = {
+        name: getattr(getattr(training_args, name), "value", getattr(training_args, name)) for name in TRAINING_FIELDS
+    }
+    return json.loads(json.dumps({"task": task, "model": asdict(model_args), "training": training}))
+
+
+def finished_rows(run_dir: str, settings: dict) -> list[dict] | None:
+    """The saved rows of a finished model run, or None when it has not finished."""
+    path = os.path.join(run_dir, RUN_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        saved = json.load(f)
+    if saved.get("settings") != settings:
+        raise ValueError(
+            f"{path} holds a run with other settings than this command's; pass another --output_dir "
+            "(or delete that folder to rerun it)."
+        )
+    return saved["rows"]
+
+
+def run_seeds(
+    task_args: RetrievalTaskArguments, model_args: TinyDLAArguments, training_args: TrainingArguments
+) -> list[dict]:
+    """Every seed x mixer x memory in turn. Each model's rows (tagged with the seed) are saved as soon as it is
+    evaluated; the models whose file exists are loaded instead of trained, so an interrupted sweep resumes."""
+    check_settings(task_args, model_args)
+    settings = run_settings(task_args, model_args, training_args)
+    rows = []
+    for seed in task_args.seeds:
+        seed_args = replace(training_args, seed=seed, output_dir=os.path.join(training_args.output_dir, f"seed{seed}"))
+        datasets = None
+        for mixer in task_args.mixers:
+            for memory in task_args.memories:
+                run_dir = os.path.join(seed_args.output_dir, f"{mixer}-{memory}")  # train_model's output_dir
+                model_rows = finished_rows(run_dir, settings)
+                if model_rows is None:
+                    datasets = datasets or build_datasets(task_args, seed)
+                    trainer = train_model(mixer, memory, task_args, model_args, seed_args, datasets[0])
+                    model_rows = [dict(row, seed=seed) for row in evaluate_model(trainer, task_args, datasets[1])]
+                    os.makedirs(run_dir, exist_ok=True)
+                    with open(os.path.join(run_dir, RUN_FILE + ".tmp"), "w") as f:
+                        json.dump({"settings": settings, "seed": seed, "rows": model_rows}, f, indent=1)
+                    os.replace(os.path.join(run_dir, RUN_FILE + ".tmp"), os.path.join(run_dir, RUN_FILE))
+                rows += model_rows
+    return rows
+
+
+def _mean_std(values: list[float], digits: int = 3) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def seed_table(rows: list[dict]) -> str:
+    """Markdown: per mixer x memory, each setting's accuracy as mean ± sample std over the seeds it has."""
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    order = {name: i for i, name in enumerate(hf_dla.configuration_dla.MIXERS + hf_dla.configuration_dla.MEMORY_MODES)}
+    models = sorted(dict.fromkeys((r["mixer"], r["memory"]) for r in rows), key=lambda m: (order[m[0]], order[m[1]]))
+    lines = [
+        "| mixer | memory | seeds | " + " | ".join(settings) + " | params | live states / layer | train s |",
+        "|---|---|---|" + "---:|" * (len(settings) + 3),
+    ]
+    for mixer, memory in models:
+        mine = [r for r in rows if (r["mixer"], r["memory"]) == (mixer, memory)]
+        seeds = sorted({r["seed"] for r in mine})
+        cells = [
+            _mean_std([r["accuracy"] for r in mine if r["setting"] == s])
+            if any(r["setting"] == s for r in mine)
+            else "-"
+            for s in settings
+        ]
+        last = [r["live_states_per_layer"] for r in mine if r["setting"] == settings[-1]]
+        live = "/".join(f"{x:.1f}" for x in np.mean(last, axis=0)) if last else "-"
+        train_s = _mean_std([r["train_seconds"] for r in mine if r["setting"] == mine[0]["setting"]], digits=0)
+        lines.append(
+            f"| {mixer} | {memory} | {','.join(map(str, seeds))} | "
+            + " | ".join(cells)
+            + f" | {mine[0]['num_parameters']:,} | {live} | {train_s} |"
+        )
+    return "\n".join(lines)
+
+
+def summarize_runs(output_dir: str) -> tuple[str, list[str]]:
+    """The mean ± std table over the finished model runs under `output_dir` (any depth), and the seed x model
+    runs missing from the grid of seeds and models seen there. Runs with different settings are refused."""
+    runs = []
+    for path in sorted(glob.glob(os.path.join(output_dir, "**", RUN_FILE), recursive=True)):
+        with open(path) as f:
+            saved = json.load(f)
+        if "settings" in saved:  # per-model files of --seeds runs (a combined results.json has none)
+            runs.append((path, saved))
+    if not runs:
+        raise ValueError(f"No finished model runs under {output_dir}; train some with --seeds first.")
+    first_path, first = runs[0]
+    for path, saved in runs[1:]:
+        if saved["settings"] != first["settings"]:
+            raise ValueError(
+                f"{path} and {first_path} were run with different settings; summarize one setting per --output_dir."
+            )
+    rows = [row for _, saved in runs for row in saved["rows"]]
+    done = {(r["seed"], r["mixer"], r["memory"]) for r in rows}
+    seeds = sorted({seed for seed, _, _ in done})
+    models = sorted({(mixer, memory) for _, mixer, memory in done})
+    missing = [f"seed{s}/{m}-{x}" for s in seeds for m, x in models if (s, m, x) not in done]
+    return seed_table(rows), missing
+
+
 def main() -> None:
     parser = TrlParser((RetrievalTaskArguments, TinyDLAArguments, TrainingArguments))
     task_args, model_args, training_args = parser.parse_args_and_config()
+    if task_args.summarize or task_args.seeds:
+        if task_args.seeds:
+            run_seeds(task_args, model_args, training_args)
+        table, missing = summarize_runs(training_args.output_dir)
+        print(table)
+        print("missing runs: " + (", ".join(missing) if missing else "none"))
+        return
     rows, _ = run_comparison(task_args, model_args, training_args)
     os.makedirs(training_args.output_dir, exist_ok=True)
     with open(os.path.join(training_args.output_dir, "results.json"), "w") as f:

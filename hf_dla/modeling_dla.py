@@ -145,7 +145,7 @@ class DLARMSNormGated(nn.Module):
 
 class DLAMemoryReadWeights(nn.Module):
     """Query-dependent read weights ``lambda_t = softplus(L * (W x_t + b))``, one per head and slot index.
-    `b` starts at softplus^-1(1) and `W` small, so lambda starts near 1: the model starts as its backbone."""
+    `W` starts at zero and `b` at softplus^-1(1), so lambda starts at 1: a fresh model is its backbone."""
 
     def __init__(self, hidden_size: int, num_heads: int, num_slots: int):
         super().__init__()
@@ -400,8 +400,11 @@ class DLAPreTrainedModel(PreTrainedModel):
             dt = dt.clamp(min=config.time_step_floor)
             init.copy_(module.dt_bias, dt + torch.log(-torch.expm1(-dt)))
         if isinstance(module, DLAMemoryReadWeights):
-            init.normal_(module.proj.weight, mean=0.0, std=config.initializer_range)
-            init.constant_(module.proj.bias, math.log(math.e - 1.0))  # softplus(bias) = 1
+            # W = 0 and softplus(b) = 1: lambda = 1 exactly at any width (W ~ N(0, 0.02) on RMS-normalised input
+            # spreads Wx with std 0.02 * sqrt(hidden), lambda in [0.3, 2.2] at 1536), so a fresh model is its
+            # backbone; W still gets gradients (dL/dW = dL/dlogit * x).
+            init.zeros_(module.proj.weight)
+            init.constant_(module.proj.bias, math.log(math.e - 1.0))
             init.ones_(module.scale)
 
 
