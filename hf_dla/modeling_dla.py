@@ -22,6 +22,7 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, LinearAttentionLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_dla import DLAConfig
 from .memory_plans import MemoryPlan, PlanState, build_memory_plan
@@ -478,6 +479,9 @@ class DLAModel(DLAPreTrainedModel):
     def set_input_embeddings(self, new_embeddings):
         self.embeddings = new_embeddings
 
+    # `cache` is transformers' name since 5.x (Llama and Mamba-2 take the older names with a deprecation notice).
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)
+    @deprecate_kwarg("cache_params", "5.40.0", new_name="cache", raise_if_both_names=True)
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -490,7 +494,10 @@ class DLAModel(DLAPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPast:
         r"""
-        cache (`DLACache`, *optional*): decoding state of a previous call; the inputs continue that sequence.
+        cache (`DLACache`, *optional*): decoding state of a previous call, updated in place; the inputs continue
+            that sequence (whatever `use_cache` says, as in transformers' Mamba-2). `past_key_values=` is accepted.
+        use_cache (`bool`, *optional*): return the cache (a new one when none is passed); defaults to
+            `config.use_cache` in eval mode and to False in training and with gradient checkpointing.
         memory_trace (`list`, *optional*): if given, each layer appends its memory plan (slots, drift, merges).
         """
         if (input_ids is None) == (inputs_embeds is None):
@@ -501,6 +508,8 @@ class DLAModel(DLAPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if self.gradient_checkpointing and self.training:
+            use_cache = False  # recomputed blocks would write the cache twice
         if cache is not None and not isinstance(cache, DLACache):
             raise TypeError(f"DLA models need a DLACache, got {type(cache).__name__}; pass cache=DLACache(config).")
         if use_cache and cache is None:
@@ -512,7 +521,7 @@ class DLAModel(DLAPreTrainedModel):
         hidden_states = inputs_embeds
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         for block in self.layers:
-            hidden_states = block(hidden_states, attention_mask, cache if use_cache else None, memory_trace)
+            hidden_states = block(hidden_states, attention_mask, cache, memory_trace)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
         hidden_states = self.norm_f(hidden_states)
@@ -543,16 +552,25 @@ class DLAForCausalLM(DLAPreTrainedModel, GenerationMixin):
             return
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def prepare_inputs_for_generation(
-        self, input_ids, cache=None, attention_mask=None, is_first_iteration=False, **kwargs
+        self, input_ids, cache=None, attention_mask=None, inputs_embeds=None, is_first_iteration=False, **kwargs
     ):
+        # `inputs_embeds` named here is what lets `generate(inputs_embeds=...)` through (it inspects the signature).
         model_inputs = super().prepare_inputs_for_generation(
-            input_ids, cache=cache, attention_mask=attention_mask, is_first_iteration=is_first_iteration, **kwargs
+            input_ids,
+            cache=cache,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
         )
         if cache is not None and not is_first_iteration:
             model_inputs["attention_mask"] = None  # generated tokens are never padding
         return model_inputs
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)
+    @deprecate_kwarg("cache_params", "5.40.0", new_name="cache", raise_if_both_names=True)
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
