@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .ops_naive import batch_to_documents, check_cu_seqlens, documents_to_batch
+
 MEMORY_MODES = ("vanilla", "loglinear", "dla")
 _NO_START = 2**62  # start position of an empty slot
 
@@ -78,6 +80,23 @@ class MemoryPlan:
 
     def __call__(self, keys: torch.Tensor, valid: torch.Tensor, state: PlanState) -> PlanOutput:
         raise NotImplementedError
+
+    def plan_documents(
+        self, keys: torch.Tensor, valid: torch.Tensor, cu_seqlens: torch.Tensor, state: PlanState | None = None
+    ) -> PlanOutput:
+        """Plan documents packed into one row (keys (1, T, H, K), fla-style `cu_seqlens`), each from empty slots:
+        loglinear's positions count from the document start, dla's slots are emptied at a document start.
+
+        `state` (one row per document, default: fresh) and the returned state hold one row per document; the
+        slot map and the trace come back packed, (1, T, ...)."""
+        cu_seqlens = check_cu_seqlens(cu_seqlens, keys.shape[1], keys.shape[0])
+        num_docs = cu_seqlens.numel() - 1
+        if state is None:
+            state = self.init_state(num_docs, keys.shape[-2] * keys.shape[-1], keys.device)
+        planned = self(documents_to_batch(keys, cu_seqlens), documents_to_batch(valid, cu_seqlens, False), state)
+        slot_map = None if planned.slot_map is None else batch_to_documents(planned.slot_map, cu_seqlens)
+        trace = planned.trace and {name: batch_to_documents(x, cu_seqlens) for name, x in planned.trace.items()}
+        return PlanOutput(slot_map, planned.state, trace)
 
 
 def _advance_seen(state: PlanState, valid: torch.Tensor) -> PlanState:

@@ -27,7 +27,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from .configuration_dla import DLAConfig
 from .memory_plans import MemoryPlan, PlanState, build_memory_plan
 from .ops_chunk import chunk_gated_delta_rule, chunk_mamba2
-from .ops_naive import naive_gated_delta_rule, naive_mamba2
+from .ops_naive import batch_to_documents, documents_to_batch, naive_gated_delta_rule, naive_mamba2
 
 _OPS = {
     ("naive", "mamba2"): naive_mamba2,
@@ -166,6 +166,50 @@ def _mask_padding(hidden_states: torch.Tensor, attention_mask: torch.Tensor | No
     return hidden_states * attention_mask[:, :, None].to(hidden_states.dtype)
 
 
+def packed_cu_seqlens(
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor | None = None,
+    cu_seq_lens: torch.Tensor | None = None,
+    seq_idx: torch.Tensor | None = None,
+    shape: tuple[int, int] | None = None,
+) -> torch.Tensor | None:
+    """Document boundaries of a packed batch of `shape` (B, T), as fla-style `cu_seqlens` over its B * T
+    flattened tokens; None when every row holds one document (the ordinary path).
+
+    Taken from the first given of: `cu_seq_lens` (flash-attention's `cu_seq_lens_q` / `_k`, over the flattened
+    tokens), `seq_idx` (B, T) document index per token, `position_ids` (B, T): a document starts at position 0.
+    Every row starts a document; padding (attention_mask 0), and the first real token after left padding, do not.
+    """
+    batch, seq_len = shape
+    device = (cu_seq_lens if cu_seq_lens is not None else seq_idx if seq_idx is not None else position_ids).device
+    starts = torch.zeros(batch, seq_len, dtype=torch.bool, device=device)
+    if cu_seq_lens is not None:
+        bounds = cu_seq_lens.reshape(-1).long()
+        if int(bounds[-1]) != batch * seq_len:
+            raise ValueError(
+                f"cu_seq_lens_q / cu_seq_lens_k must end at the number of packed tokens, B * T = {batch * seq_len}; "
+                f"got {bounds.tolist()}. Pass the boundaries of the flattened batch (as TRL's padding-free collator does)."
+            )
+        starts.view(-1)[bounds[:-1].clamp(0, batch * seq_len - 1)] = True
+    else:
+        ids = seq_idx if seq_idx is not None else position_ids
+        if ids.shape[-1] != seq_len:
+            raise ValueError(f"position_ids / seq_idx must be (B, T) = {(batch, seq_len)}; got {tuple(ids.shape)}.")
+        ids = ids.expand(batch, seq_len)
+        if seq_idx is not None:
+            starts[:, 1:] = ids[:, 1:] != ids[:, :-1]
+        else:
+            starts = ids == 0
+        if attention_mask is not None:
+            valid = attention_mask.bool()
+            starts &= valid & (valid.long().cumsum(1) > 1)  # left padding + first token: one document
+    starts[:, 0] = True
+    if int(starts.sum()) == batch:
+        return None
+    total = torch.tensor([batch * seq_len], device=device)
+    return torch.cat([starts.reshape(-1).nonzero().flatten(), total])
+
+
 class DLAMixerBase(nn.Module):
     """What both mixers share: the causal short conv with its cache window, the memory plan, the read
     weights, and the call of the multi-state op (naive step when decoding one token from a cache)."""
@@ -196,8 +240,12 @@ class DLAMixerBase(nn.Module):
         self.step_op = get_multistate_op("naive", config.mixer)
         self.chunk_kwargs = {} if config.backend == "naive" else {"chunk_size": config.chunk_size}
 
-    def causal_conv(self, hidden_states: torch.Tensor, cache: DLACache | None) -> torch.Tensor:
-        """Depthwise causal conv over (B, T, C); with a cache, continue from (and update) its window."""
+    def causal_conv(self, hidden_states: torch.Tensor, cache: DLACache | None, cu_seqlens=None) -> torch.Tensor:
+        """Depthwise causal conv over (B, T, C); with a cache, continue from (and update) its window. With
+        `cu_seqlens` (documents packed into one row) each document is convolved alone: no window spans two."""
+        if cu_seqlens is not None:
+            documents = documents_to_batch(hidden_states, cu_seqlens)
+            return batch_to_documents(self.causal_conv(documents, None), cu_seqlens)
         seq_len = hidden_states.shape[1]
         window = hidden_states.transpose(1, 2)
         if cache is not None:
@@ -206,8 +254,11 @@ class DLAMixerBase(nn.Module):
         out = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=window.shape[1])
         return out[..., -seq_len:].transpose(1, 2)
 
-    def recur(self, q, k, v, log_decay, beta, plan_keys, read_input, attention_mask, cache, memory_trace):
-        """Plan the slots from `plan_keys`, then run the op; read/write the cache when given."""
+    def recur(
+        self, q, k, v, log_decay, beta, plan_keys, read_input, attention_mask, cache, memory_trace, cu_seqlens=None
+    ):
+        """Plan the slots from `plan_keys`, then run the op; read/write the cache when given. With `cu_seqlens`
+        (documents packed into one row, no cache) the plan and the recurrence restart at every document start."""
         batch, seq_len = q.shape[:2]
         valid = (
             torch.ones(batch, seq_len, dtype=torch.bool, device=q.device)
@@ -217,13 +268,18 @@ class DLAMixerBase(nn.Module):
         plan_state = cache.get_plan_state(self.layer_idx) if cache is not None else None
         if plan_state is None:
             plan_state = self.plan.init_state(batch, plan_keys.shape[-2] * plan_keys.shape[-1], q.device)
-        planned = self.plan(plan_keys, valid, plan_state)
+        if cu_seqlens is not None:
+            planned = self.plan.plan_documents(plan_keys, valid, cu_seqlens)
+        else:
+            planned = self.plan(plan_keys, valid, plan_state)
         lam = self.read_weights(read_input) if self.read_weights is not None else None
         initial_state = cache.get_recurrent_state(self.layer_idx) if cache is not None else None
         if initial_state is not None and seq_len == 1:
             op, extra = self.step_op, {}
         else:
             op, extra = self.op, self.chunk_kwargs
+        if cu_seqlens is not None:
+            extra = {**extra, "cu_seqlens": cu_seqlens}
         out, final_state = op(
             q,
             k,
@@ -269,13 +325,13 @@ class DLAMamba2Mixer(DLAMixerBase):
         )
         self.out_proj = nn.Linear(self.intermediate_size, config.hidden_size, bias=False)
 
-    def forward(self, hidden_states, attention_mask=None, cache=None, memory_trace=None):
+    def forward(self, hidden_states, attention_mask=None, cache=None, memory_trace=None, cu_seqlens=None):
         batch, seq_len, _ = hidden_states.shape
         hidden_states = _mask_padding(hidden_states, attention_mask)
         gate, xbc, dt = self.in_proj(hidden_states).split(
             [self.intermediate_size, self.conv1d.in_channels, self.num_heads], dim=-1
         )
-        xbc = _mask_padding(self.act(self.causal_conv(xbc, cache)), attention_mask)
+        xbc = _mask_padding(self.act(self.causal_conv(xbc, cache, cu_seqlens)), attention_mask)
         group_width = self.n_groups * self.state_size
         x, keys, queries = xbc.split([self.intermediate_size, group_width, group_width], dim=-1)
         dt = F.softplus(dt + self.dt_bias).clamp(*self.time_step_limit)
@@ -294,6 +350,7 @@ class DLAMamba2Mixer(DLAMixerBase):
             attention_mask,
             cache,
             memory_trace,
+            cu_seqlens,
         )
         y = y + self.D[:, None] * values
         y = self.norm(y.reshape(batch, seq_len, -1), gate)
@@ -320,17 +377,17 @@ class DLAGatedDeltaNetMixer(DLAMixerBase):
         self.norm = DLARMSNormGated(value_width, self.value_dim, config.rms_norm_eps, norm_before_gate=True)
         self.out_proj = nn.Linear(value_width, config.hidden_size, bias=False)
 
-    def forward(self, hidden_states, attention_mask=None, cache=None, memory_trace=None):
+    def forward(self, hidden_states, attention_mask=None, cache=None, memory_trace=None, cu_seqlens=None):
         batch, seq_len, _ = hidden_states.shape
         hidden_states = _mask_padding(hidden_states, attention_mask)
         qkv = torch.cat([self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)], -1)
-        qkv = _mask_padding(F.silu(self.causal_conv(qkv, cache)), attention_mask)
+        qkv = _mask_padding(F.silu(self.causal_conv(qkv, cache, cu_seqlens)), attention_mask)
         q, k, v = (x.unflatten(-1, (self.num_heads, -1)) for x in qkv.split(self.widths, dim=-1))
         q = F.normalize(q, dim=-1, eps=1e-6) * self.key_dim**-0.5
         k = F.normalize(k, dim=-1, eps=1e-6)
         beta = torch.sigmoid(self.b_proj(hidden_states))
         log_decay = -torch.exp(self.A_log.float()) * F.softplus(self.a_proj(hidden_states).float() + self.dt_bias)
-        y = self.recur(q, k, v, log_decay, beta, k, hidden_states, attention_mask, cache, memory_trace)
+        y = self.recur(q, k, v, log_decay, beta, k, hidden_states, attention_mask, cache, memory_trace, cu_seqlens)
         y = self.norm(y.reshape(batch, seq_len, -1), self.g_proj(hidden_states))
         return self.out_proj(y.to(hidden_states.dtype))
 
@@ -362,11 +419,11 @@ class DLABlock(GradientCheckpointingLayer):
         else:
             self.mlp_norm = self.mlp = None
 
-    def forward(self, hidden_states, attention_mask=None, cache=None, memory_trace=None):
+    def forward(self, hidden_states, attention_mask=None, cache=None, memory_trace=None, cu_seqlens=None):
         residual = hidden_states.float() if self.residual_in_fp32 else hidden_states
         # The residual stream may be fp32 while the weights are bf16: each sublayer gets the weights' dtype.
         normed = self.norm(hidden_states.to(self.norm.weight.dtype))
-        hidden_states = residual + self.mixer(normed, attention_mask, cache, memory_trace)
+        hidden_states = residual + self.mixer(normed, attention_mask, cache, memory_trace, cu_seqlens)
         if self.mlp is not None:
             hidden_states = hidden_states + self.mlp(self.mlp_norm(hidden_states.to(self.mlp_norm.weight.dtype)))
         return hidden_states
@@ -491,6 +548,10 @@ class DLAModel(DLAPreTrainedModel):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         memory_trace: list | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cu_seq_lens_q: torch.Tensor | None = None,
+        cu_seq_lens_k: torch.Tensor | None = None,
+        seq_idx: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         r"""
@@ -499,6 +560,10 @@ class DLAModel(DLAPreTrainedModel):
         use_cache (`bool`, *optional*): return the cache (a new one when none is passed); defaults to
             `config.use_cache` in eval mode and to False in training and with gradient checkpointing.
         memory_trace (`list`, *optional*): if given, each layer appends its memory plan (slots, drift, merges).
+        position_ids / cu_seq_lens_q / cu_seq_lens_k / seq_idx (*optional*): documents packed into a row, as TRL's
+            padding-free collator (`SFTTrainer(padding_free=True)`, `packing=True`) or transformers'
+            `DataCollatorWithFlattening` pass them: the state, the conv window and the memory slots restart at every
+            document start. Positions are otherwise unused (no positional encoding). No cache with packed documents.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
@@ -516,15 +581,31 @@ class DLAModel(DLAPreTrainedModel):
             cache = DLACache(self.config)
         if attention_mask is not None:
             attention_mask = attention_mask[:, -inputs_embeds.shape[1] :]
-            if bool(attention_mask.all()):
-                attention_mask = None
+        cu_seqlens = None
+        if any(x is not None for x in (position_ids, cu_seq_lens_q, cu_seq_lens_k, seq_idx)):
+            cu_seqlens = packed_cu_seqlens(
+                attention_mask, position_ids, cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k,
+                seq_idx, shape=inputs_embeds.shape[:2],
+            )  # fmt: skip
+        input_shape = inputs_embeds.shape
+        if cu_seqlens is not None:  # packed documents: one flattened row, restarted at every document
+            if cache is not None and cache.get_plan_state(0) is not None:  # a filled cache, not a fresh one
+                raise ValueError(
+                    "The inputs pack several documents (position_ids / cu_seq_lens / seq_idx), which cannot continue "
+                    "a cache; pass one document per row to decode."
+                )
+            use_cache, cache = False, None
+            inputs_embeds = inputs_embeds.reshape(1, -1, input_shape[-1])
+            attention_mask = None if attention_mask is None else attention_mask.reshape(1, -1)
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None
         hidden_states = inputs_embeds
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_hidden_states = (hidden_states.reshape(input_shape),) if output_hidden_states else None
         for block in self.layers:
-            hidden_states = block(hidden_states, attention_mask, cache, memory_trace)
+            hidden_states = block(hidden_states, attention_mask, cache, memory_trace, cu_seqlens)
             if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-        hidden_states = self.norm_f(hidden_states)
+                all_hidden_states += (hidden_states.reshape(input_shape),)
+        hidden_states = self.norm_f(hidden_states).reshape(input_shape)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states, cache=cache if use_cache else None, hidden_states=all_hidden_states
         )
@@ -582,8 +663,14 @@ class DLAForCausalLM(DLAPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         memory_trace: list | None = None,
+        position_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        r"""
+        position_ids, and the keyword arguments `cu_seq_lens_q` / `cu_seq_lens_k` / `seq_idx`: packed documents,
+        see [`DLAModel.forward`]; TRL's padding-free collator passes them.
+        """
+        packing = {name: kwargs[name] for name in ("cu_seq_lens_q", "cu_seq_lens_k", "seq_idx") if name in kwargs}
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -592,6 +679,8 @@ class DLAForCausalLM(DLAPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             memory_trace=memory_trace,
+            position_ids=position_ids,
+            **packing,
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep

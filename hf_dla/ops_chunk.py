@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .ops_naive import _check_shapes
+from .ops_naive import _check_shapes, run_documents
 
 DEFAULT_CHUNK_SIZE = 64
 
@@ -178,9 +178,13 @@ def chunk_mamba2(
     lam=None,
     initial_state=None,
     output_final_state=True,
+    cu_seqlens=None,
     chunk_size=DEFAULT_CHUNK_SIZE,
 ):
     """Mamba-2 multi-state recurrence, chunked (see `hf_dla.ops` for the signature)."""
+    if cu_seqlens is not None:
+        args = (slot_map, lam, initial_state, output_final_state, cu_seqlens)
+        return run_documents(chunk_mamba2, q, k, v, log_decay, beta, *args, chunk_size=chunk_size)
     return _chunk_multistate(
         q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, False, chunk_size
     )
@@ -196,9 +200,13 @@ def chunk_gated_delta_rule(
     lam=None,
     initial_state=None,
     output_final_state=True,
+    cu_seqlens=None,
     chunk_size=DEFAULT_CHUNK_SIZE,
 ):
     """Gated DeltaNet multi-state recurrence, chunked (see `hf_dla.ops` for the signature)."""
+    if cu_seqlens is not None:
+        args = (slot_map, lam, initial_state, output_final_state, cu_seqlens)
+        return run_documents(chunk_gated_delta_rule, q, k, v, log_decay, beta, *args, chunk_size=chunk_size)
     return _chunk_multistate(
         q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, True, chunk_size
     )

@@ -29,7 +29,7 @@ import triton
 from triton.runtime.interpreter import InterpretedFunction
 
 from ...ops_chunk import DEFAULT_CHUNK_SIZE, _pad_time, _source_indices
-from ...ops_naive import _check_shapes
+from ...ops_naive import _check_shapes, run_documents
 from . import kernels
 
 MAX_HEAD_DIM = 128
@@ -280,9 +280,13 @@ def triton_mamba2(
     lam=None,
     initial_state=None,
     output_final_state=True,
+    cu_seqlens=None,
     chunk_size=DEFAULT_CHUNK_SIZE,
 ):
     """Mamba-2 multi-state recurrence with Triton kernels (see `hf_dla.ops` for the signature)."""
+    if cu_seqlens is not None:
+        args = (slot_map, lam, initial_state, output_final_state, cu_seqlens)
+        return run_documents(triton_mamba2, q, k, v, log_decay, beta, *args, chunk_size=chunk_size)
     return _triton_multistate(
         q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, False, chunk_size
     )
@@ -298,9 +302,13 @@ def triton_gated_delta_rule(
     lam=None,
     initial_state=None,
     output_final_state=True,
+    cu_seqlens=None,
     chunk_size=DEFAULT_CHUNK_SIZE,
 ):
     """Gated DeltaNet multi-state recurrence with Triton kernels (see `hf_dla.ops` for the signature)."""
+    if cu_seqlens is not None:
+        args = (slot_map, lam, initial_state, output_final_state, cu_seqlens)
+        return run_documents(triton_gated_delta_rule, q, k, v, log_decay, beta, *args, chunk_size=chunk_size)
     return _triton_multistate(
         q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, True, chunk_size
     )
