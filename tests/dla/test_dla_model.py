@@ -316,9 +316,27 @@ def test_bfloat16_weights_and_gradient_checkpointing(make_config):
         half.load_state_dict(model.state_dict())
         assert half.generate(ids, max_new_tokens=4, do_sample=False).shape == (2, 16)
         torch.testing.assert_close(half(ids).logits, reference, atol=0.1, rtol=0.1)
-    model.train().activation_checkpointing_enable()
-    model(ids, labels=ids).loss.backward()
-    assert all(p.grad is not None for p in model.model.layers[0].mixer.parameters())
+    # Checkpointing recomputes each layer in the backward pass: the same gradients, one more forward per layer.
+    expected, calls_without = _gradients_and_layer_calls(model.train(), ids)
+    model.activation_checkpointing_enable()
+    actual, calls_with = _gradients_and_layer_calls(model, ids)
+    assert (calls_without, calls_with) == (1, 2)
+    assert actual.keys() == expected.keys() and len(expected) == len(list(model.parameters()))
+    for name, gradient in expected.items():
+        torch.testing.assert_close(actual[name], gradient, atol=1e-6, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def _gradients_and_layer_calls(model, ids):
+    """Gradients of the LM loss on `ids`, and how many times the first layer's mixer ran to produce them (a hook on
+    the mixer: transformers checkpoints a layer's `forward`, so hooks on the layer itself run once either way)."""
+    calls = []
+    handle = model.model.layers[0].mixer.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        model.zero_grad(set_to_none=True)
+        model(ids, labels=ids).loss.backward()
+    finally:
+        handle.remove()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}, len(calls)
 
 
 def test_beam_search_with_the_cache_equals_beam_search_without(make_config):
