@@ -15,16 +15,24 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-__all__ = ["CAPTURE_ATTN_IMPLEMENTATION", "capture_attention", "eval_mode", "resolve_layers"]
+__all__ = [
+    "CAPTURE_ATTN_IMPLEMENTATION",
+    "QueryKeyAttention",
+    "capture_attention",
+    "capture_queries_keys",
+    "eval_mode",
+    "resolve_layers",
+]
 
 CAPTURE_ATTN_IMPLEMENTATION = "flowcredit_capture"
 LAYER_PRESETS = ("middle", "early", "late", "all")
@@ -61,58 +69,110 @@ def resolve_layers(layers: str | int | Sequence[int], num_layers: int) -> list[i
 
 
 @dataclass
+class _LayerQueriesKeys:
+    """What one selected layer's attention function received, kept to recompute its attention rows later."""
+
+    query: torch.Tensor  # [B, H, T, D] after RoPE and norms, as the attention function received it
+    key: torch.Tensor  # [B, H_kv, T, D]
+    scaling: float
+    mask_recipe: dict | None  # the `sdpa_mask` arguments that built this layer's mask; None: plain causal
+
+
+@dataclass
 class _Capture:
-    """State of one capturing forward: which layers to read and where their averaged probabilities go."""
+    """State of one capturing forward: which layers to read and where what they give goes.
+
+    Dense mode adds head-averaged probabilities to `accumulator`; query/key mode appends to `queries_keys`.
+    """
 
     layers: frozenset[int]
     last_layer: int
-    accumulator: torch.Tensor  # [B, T, T] fp32
     query_chunk_size: int | None
+    stop_early: bool
+    accumulator: torch.Tensor | None = None  # [B, T, T], dense mode
+    queries_keys: list[_LayerQueriesKeys] | None = None  # query/key mode
+    # Masks built by the capture's mask function during this forward, with the arguments that built them: a layer
+    # finds its own by identity, so the query/key mode can rebuild any block of it (padding, sliding window, ...).
+    masks: list[tuple[torch.Tensor, dict]] = field(default_factory=list)
+    reached_last_layer: bool = False
 
 
 class _StopForward(Exception):
-    """Raised by the last selected layer so the rest of the model is never computed."""
+    """Raised by the last selected layer (single process only) so the rest of the model is never computed."""
 
 
 _ACTIVE_CAPTURE: contextvars.ContextVar[_Capture | None] = contextvars.ContextVar("flowcredit_capture", default=None)
 
 
-def _add_head_averaged_probabilities(
-    capture: _Capture,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None,
-) -> None:
-    batch, heads, length, head_dim = query.shape
-    kv_heads = key.shape[1]
-    if key.shape[2] != length:
-        raise RuntimeError("capture_attention needs a full forward without a KV cache (query and key lengths differ).")
-    scaling = head_dim**-0.5 if scaling is None else scaling
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for half-precision models, the model's own precision above that (fp64 stays fp64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _summed_head_probabilities(
+    queries: torch.Tensor, keys_t: torch.Tensor, mask: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """Softmax probabilities of `queries` over keys, summed over the query heads: `[B, n, kv]`.
+
+    `queries` [B, H, n, D] and `keys_t` [B, H_kv, 1, D, kv] (transposed keys, already in the compute dtype);
+    `mask` [B, 1, n, kv] is bool (True = may attend) or an additive float mask. Fully masked rows get zeros.
+    """
+    batch, heads, rows, head_dim = queries.shape
+    kv_heads = keys_t.shape[1]
     # Query head h reads key/value head h // group, as in transformers' `repeat_kv`: view the query heads by group.
-    group = heads // kv_heads
-    keys = key.float().transpose(-1, -2)[:, :, None]  # [B, H_kv, 1, D, T]
-    chunk = capture.query_chunk_size or max(1, CHUNK_ELEMENTS // (batch * heads * length))
+    queries = queries.to(keys_t.dtype).reshape(batch, kv_heads, heads // kv_heads, rows, head_dim)
+    scores = (queries @ keys_t).mul_(scaling)  # [B, H_kv, group, n, kv]; in place from here: one chunk's worth
+    if mask.dtype == torch.bool:
+        allowed = mask[:, :, None]
+    else:  # an additive float mask
+        scores.add_(mask[:, :, None].to(scores.dtype))
+        allowed = torch.isfinite(scores)
+    scores.masked_fill_(~allowed, float("-inf"))
+    return torch.softmax(scores, dim=-1).nan_to_num_(0.0).sum(dim=(1, 2))  # fully masked (padding) rows: no weight
+
+
+def _causal_mask(start: int, end: int, kv_length: int, device: torch.device) -> torch.Tensor:
+    """Bool [1, 1, end - start, kv_length]: query start + r may attend key i <= start + r."""
+    return (torch.arange(kv_length, device=device)[None, :] <= torch.arange(start, end, device=device)[:, None])[
+        None, None
+    ]
+
+
+def _chunk_rows(capture_chunk: int | None, batch: int, heads: int, kv_length: int) -> int:
+    return capture_chunk or max(1, CHUNK_ELEMENTS // (batch * heads * kv_length))
+
+
+def _add_head_averaged_probabilities(
+    capture: _Capture, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float
+) -> None:
+    batch, heads, length, _ = query.shape
+    keys_t = key.to(capture.accumulator.dtype).transpose(-1, -2)[:, :, None]  # [B, H_kv, 1, D, T]
+    chunk = _chunk_rows(capture.query_chunk_size, batch, heads, length)
     weight = 1.0 / (heads * len(capture.layers))
-    positions = torch.arange(length, device=query.device)
     for start in range(0, length, chunk):
         end = min(length, start + chunk)
-        queries = query[:, :, start:end].float().reshape(batch, kv_heads, group, end - start, head_dim)
-        scores = (queries @ keys).mul_(scaling)  # [B, H_kv, group, chunk, T]; in place from here: one chunk's worth
         if attention_mask is None:
-            allowed = (positions[None, :] <= positions[start:end, None])[None, None, None]
-        elif attention_mask.dtype == torch.bool:
-            allowed = attention_mask[:, :, None, start:end]
-        else:  # an additive float mask
-            scores.add_(attention_mask[:, :, None, start:end].float())
-            allowed = torch.isfinite(scores)
-        scores.masked_fill_(~allowed, float("-inf"))
-        probabilities = torch.softmax(scores, dim=-1).nan_to_num_(0.0)  # fully masked (padding) queries: no weight
-        capture.accumulator[:, start:end] += probabilities.sum(dim=(1, 2)) * weight
+            mask = _causal_mask(start, end, length, query.device)
+        else:
+            mask = attention_mask[:, :, start:end]
+        probabilities = _summed_head_probabilities(query[:, :, start:end], keys_t, mask, scaling)
+        capture.accumulator[:, start:end] += probabilities * weight
+
+
+def _mask_recipe(capture: _Capture, attention_mask: torch.Tensor | None) -> dict | None:
+    if attention_mask is None:
+        return None  # SDPA's `is_causal` case: the mask function found nothing but causality to mask
+    for mask, recipe in capture.masks:
+        if mask is attention_mask:
+            return recipe
+    raise NotImplementedError(
+        "capture_queries_keys cannot rebuild this model's attention mask (it was not made by transformers' mask "
+        "interface, or was changed after it); use capture_attention (the dense path) for this model."
+    )
 
 
 def _capturing_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """The function registered in `AttentionInterface`: record probabilities, then let SDPA compute the output."""
+    """The function registered in `AttentionInterface`: record what flow needs, then let SDPA compute the output."""
     capture = _ACTIVE_CAPTURE.get()
     if capture is None:
         raise RuntimeError(
@@ -127,16 +187,36 @@ def _capturing_attention(module, query, key, value, attention_mask, scaling=None
             f"{type(module).__name__} has no `layer_idx`; capture_attention cannot tell its layers apart."
         )
     if layer in capture.layers:
-        _add_head_averaged_probabilities(capture, query, key, attention_mask, scaling)
+        if key.shape[2] != query.shape[2]:
+            raise RuntimeError(
+                "capture_attention needs a full forward without a KV cache (query and key lengths differ)."
+            )
+        scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+        if capture.queries_keys is None:
+            _add_head_averaged_probabilities(capture, query, key, attention_mask, scaling)
+        else:
+            capture.queries_keys.append(_LayerQueriesKeys(query, key, scaling, _mask_recipe(capture, attention_mask)))
         if layer == capture.last_layer:
-            raise _StopForward
+            capture.reached_last_layer = True
+            if capture.stop_early:
+                raise _StopForward
     return sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
     )
 
 
+def _recording_sdpa_mask(*args, **kwargs):
+    """SDPA's mask function, remembering the arguments of every mask it builds (see `_Capture.masks`)."""
+    mask = sdpa_mask(*args, **kwargs)
+    capture = _ACTIVE_CAPTURE.get()
+    if capture is not None and mask is not None:
+        arguments = dict(inspect.signature(sdpa_mask).bind(*args, **kwargs).arguments)
+        capture.masks.append((mask, {**arguments, **arguments.pop("kwargs", {})}))
+    return mask
+
+
 AttentionInterface.register(CAPTURE_ATTN_IMPLEMENTATION, _capturing_attention)
-AttentionMaskInterface.register(CAPTURE_ATTN_IMPLEMENTATION, sdpa_mask)
+AttentionMaskInterface.register(CAPTURE_ATTN_IMPLEMENTATION, _recording_sdpa_mask)
 
 
 @contextlib.contextmanager
@@ -160,22 +240,13 @@ def _attn_implementation(model: PreTrainedModel, name: str):
         model.set_attn_implementation(previous)
 
 
-def capture_attention(
-    model: PreTrainedModel,
-    input_ids: torch.LongTensor,
-    attention_mask: torch.Tensor | None = None,
-    layers: str | int | Sequence[int] = "middle",
-    *,
-    position_ids: torch.LongTensor | None = None,
-    query_chunk_size: int | None = None,
-) -> torch.Tensor:
-    """Head- and layer-averaged attention probabilities `[B, T, T]` (fp32) of a causal LM on `input_ids`.
+def _is_multi_process() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and (
+        torch.distributed.get_world_size() > 1
+    )
 
-    `attn[b, j, i]` is the attention of query token j to key token i, averaged over all query heads and over the
-    selected `layers` (see `resolve_layers`; default "middle": up to 5 evenly spaced layers of the middle third).
-    Rows of padding queries are zero. One no-grad forward in eval mode, stopped after the last selected layer;
-    `position_ids` is passed to it as is (default: the model's own, as in `model(input_ids, attention_mask)`).
-    """
+
+def _check_inputs(model, input_ids, attention_mask, query_chunk_size) -> None:
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}.")
     if attention_mask is not None and attention_mask.shape != input_ids.shape:
@@ -186,28 +257,166 @@ def capture_attention(
         raise ValueError(f"query_chunk_size must be a positive int, got {query_chunk_size!r}.")
     if not hasattr(model, "set_attn_implementation"):
         raise TypeError(f"capture_attention needs a transformers PreTrainedModel, got {type(model).__name__}.")
-    selected = resolve_layers(layers, model.config.get_text_config().num_hidden_layers)
-    batch, length = input_ids.shape
-    capture = _Capture(
-        layers=frozenset(selected),
-        last_layer=selected[-1],
-        accumulator=torch.zeros(batch, length, length, dtype=torch.float32, device=input_ids.device),
-        query_chunk_size=query_chunk_size,
-    )
+
+
+def _run_capture(model, input_ids, attention_mask, position_ids, capture: _Capture) -> None:
+    """One no-grad, eval-mode forward with the capturing attention function; `capture` receives what it records.
+
+    With `capture.stop_early` the forward ends inside the last selected layer. Otherwise every layer runs (a sharded
+    model's forward is a collective: FSDP and ZeRO-3 gather each layer's parameters in hooks around its forward, so
+    a forward that stops part-way on one rank leaves the others waiting) and only the last position's logits are
+    computed, where the model allows it.
+    """
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    if not capture.stop_early and "logits_to_keep" in inspect.signature(model.forward).parameters:
+        inputs["logits_to_keep"] = 1
     token = _ACTIVE_CAPTURE.set(capture)
-    stopped = False
     try:
         with torch.no_grad(), eval_mode(model), _attn_implementation(model, CAPTURE_ATTN_IMPLEMENTATION):
-            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+            model(**inputs)
     except _StopForward:
-        stopped = True
+        pass
     finally:
         _ACTIVE_CAPTURE.reset(token)
-    if not stopped:
+        capture.masks.clear()  # the materialised masks are not needed after the forward
+    if not capture.reached_last_layer:
         raise RuntimeError(
-            f"Layer {selected[-1]} of {type(model).__name__} never called the attention interface: its attention "
-            "modules do not dispatch through transformers' AttentionInterface, so they cannot be captured."
+            f"Layer {capture.last_layer} of {type(model).__name__} never called the attention interface: its "
+            "attention modules do not dispatch through transformers' AttentionInterface, so they cannot be captured."
         )
+
+
+def _new_capture(model, layers, query_chunk_size, stop_early) -> _Capture:
+    selected = resolve_layers(layers, model.config.get_text_config().num_hidden_layers)
+    return _Capture(
+        layers=frozenset(selected),
+        last_layer=selected[-1],
+        query_chunk_size=query_chunk_size,
+        stop_early=not _is_multi_process() if stop_early is None else stop_early,
+    )
+
+
+def capture_attention(
+    model: PreTrainedModel,
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor | None = None,
+    layers: str | int | Sequence[int] = "middle",
+    *,
+    position_ids: torch.LongTensor | None = None,
+    query_chunk_size: int | None = None,
+    stop_early: bool | None = None,
+) -> torch.Tensor:
+    """Head- and layer-averaged attention probabilities `[B, T, T]` of a causal LM on `input_ids`.
+
+    `attn[b, j, i]` is the attention of query token j to key token i, averaged over all query heads and over the
+    selected `layers` (see `resolve_layers`; default "middle": up to 5 evenly spaced layers of the middle third).
+    Rows of padding queries are zero. fp32 (fp64 for an fp64 model). One no-grad forward in eval mode;
+    `position_ids` is passed to it as is (default: the model's own, as in `model(input_ids, attention_mask)`).
+    `stop_early` (default: True in a single process, False when torch.distributed runs several) ends the forward
+    inside the last selected layer; without it every layer runs, as sharded models (FSDP, ZeRO-3) need.
+    """
+    _check_inputs(model, input_ids, attention_mask, query_chunk_size)
+    capture = _new_capture(model, layers, query_chunk_size, stop_early)
+    batch, length = input_ids.shape
+    dtype = _compute_dtype(model.dtype)
+    capture.accumulator = torch.zeros(batch, length, length, dtype=dtype, device=input_ids.device)
+    _run_capture(model, input_ids, attention_mask, position_ids, capture)
     if attention_mask is not None:  # padding queries attend to nothing real: zero rows, whatever the mask function did
         capture.accumulator *= attention_mask[:, :, None].to(capture.accumulator.dtype)
     return capture.accumulator
+
+
+class QueryKeyAttention:
+    """The head- and layer-averaged attention of `capture_attention`, recomputed block by block from queries and keys.
+
+    Returned by `capture_queries_keys`. Calling it as `attn(start, end)` gives the rows of queries `start..end-1`,
+    `[B, end - start, end]` (keys after `end - 1` are never attended to by these queries in a causal model, so those
+    columns are left out): the lazy input `flow_throughput_blockwise` takes. Only the queries and keys of the
+    selected layers are held, O(T * d) memory; a call holds one query chunk of `B x H x chunk x end` scores.
+    `dense()` builds the full `[B, T, T]` matrix (for tests and small inputs).
+    """
+
+    def __init__(
+        self, layers: list[_LayerQueriesKeys], attention_mask: torch.Tensor | None, query_chunk_size: int | None
+    ):
+        self.layers = layers
+        self.attention_mask = attention_mask
+        self.query_chunk_size = query_chunk_size
+        batch, _, self.length, _ = layers[0].query.shape
+        self.shape = (batch, self.length, self.length)
+        self.dtype = _compute_dtype(layers[0].query.dtype)
+        self.device = layers[0].query.device
+
+    def __call__(self, start: int, end: int) -> torch.Tensor:
+        if not 0 <= start < end <= self.length:
+            raise ValueError(f"rows {start}..{end - 1} are outside the sequence of {self.length} tokens.")
+        batch = self.shape[0]
+        rows = torch.zeros(batch, end - start, end, dtype=self.dtype, device=self.device)
+        for layer in self.layers:
+            self._add_layer(rows, layer, start, end)
+        if self.attention_mask is not None:  # padding queries: zero rows, as in capture_attention
+            rows *= self.attention_mask[:, start:end, None].to(rows.dtype)
+        return rows
+
+    def _add_layer(self, rows: torch.Tensor, layer: _LayerQueriesKeys, start: int, end: int) -> None:
+        batch, heads, _, _ = layer.query.shape
+        chunk = _chunk_rows(self.query_chunk_size, batch, heads, end)
+        weight = 1.0 / (heads * len(self.layers))
+        masks = self._masks(layer, start, end)
+        # Keys after `end - 1` matter only to a mask that lets a query see later keys (not causal; e.g. bidirectional
+        # image tokens): then every key is read, so the softmax normaliser stays exact.
+        kv_length = self.length if masks is not None and masks[..., end:].any() else end
+        keys_t = layer.key[:, :, :kv_length].to(self.dtype).transpose(-1, -2)[:, :, None]
+        for chunk_start in range(start, end, chunk):
+            chunk_end = min(end, chunk_start + chunk)
+            if masks is None:
+                mask = _causal_mask(chunk_start, chunk_end, kv_length, self.device)
+            else:
+                mask = masks[:, :, chunk_start - start : chunk_end - start, :kv_length]
+            probabilities = _summed_head_probabilities(
+                layer.query[:, :, chunk_start:chunk_end], keys_t, mask, layer.scaling
+            )
+            rows[:, chunk_start - start : chunk_end - start] += probabilities[..., :end] * weight
+
+    def _masks(self, layer: _LayerQueriesKeys, start: int, end: int) -> torch.Tensor | None:
+        """This layer's attention mask for queries `start..end-1`, rebuilt by the mask function that made it."""
+        if layer.mask_recipe is None:
+            return None
+        recipe = layer.mask_recipe
+        block = {"q_length": end - start, "q_offset": recipe.get("q_offset", 0) + start}
+        no_skip = {"allow_is_causal_skip": False, "allow_is_bidirectional_skip": False}  # always a tensor
+        return sdpa_mask(**{**recipe, **block, **no_skip})
+
+    def dense(self) -> torch.Tensor:
+        """The full `[B, T, T]` matrix (what `capture_attention` returns)."""
+        dense = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+        block = max(1, CHUNK_ELEMENTS // (self.shape[0] * self.length))
+        for start in range(0, self.length, block):
+            end = min(self.length, start + block)
+            dense[:, start:end, :end] = self(start, end)
+        return dense
+
+
+def capture_queries_keys(
+    model: PreTrainedModel,
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor | None = None,
+    layers: str | int | Sequence[int] = "middle",
+    *,
+    position_ids: torch.LongTensor | None = None,
+    query_chunk_size: int | None = None,
+    stop_early: bool | None = None,
+) -> QueryKeyAttention:
+    """`capture_attention` without the `T x T` matrix: keeps each selected layer's queries and keys instead.
+
+    Same arguments and the same (lazy) result: `attn(start, end)` equals `capture_attention(...)[:, start:end, :end]`.
+    The queries and keys are kept exactly as the attention function received them (after RoPE and norms, before
+    grouped-query heads are expanded), with the layer's scaling and mask (causal, padding, sliding window, ...,
+    rebuilt block by block by the mask function that made it). Memory: the selected layers' queries and keys,
+    `O(T * d)`, in the model's dtype.
+    """
+    _check_inputs(model, input_ids, attention_mask, query_chunk_size)
+    capture = _new_capture(model, layers, query_chunk_size, stop_early)
+    capture.queries_keys = []
+    _run_capture(model, input_ids, attention_mask, position_ids, capture)
+    return QueryKeyAttention(capture.queries_keys, attention_mask, query_chunk_size)

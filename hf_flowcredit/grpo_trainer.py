@@ -23,7 +23,7 @@ from trl import GRPOTrainer
 
 from .answer import answer_token_mask
 from .config import FlowGRPOConfig
-from .scoring import ScoringBatch, get_scorer, select_weights
+from .scoring import ScoringBatch, count_forwards, filler_batch, get_scorer, normalize_weights, select_weights
 
 # Loss types whose per-token loss multiplies the advantage token by token, so (B, T) advantages act per token.
 PER_TOKEN_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "vespo", "luspo")
@@ -94,6 +94,7 @@ class FlowGRPOTrainer(GRPOTrainer):
             unscored |= advantages <= 0
 
         weights = completion_mask.float()
+        batch = None
         if not unscored.all():
             rows = ~unscored
             batch = ScoringBatch(
@@ -107,15 +108,19 @@ class FlowGRPOTrainer(GRPOTrainer):
                 group_ids=self._group_ids(num_rows, advantages.device)[rows],
                 seed=self._scoring_seed(),
             )
-            scores = self.token_scorer(self.accelerator.unwrap_model(self.model), batch)
+        scores = self._score_in_step(batch)
+        if scores is not None:
             row_weights = select_weights(
                 scores, batch.completion_mask, top_fraction=self.args.top_fraction, high_weight=self.args.high_weight
             )
             weights[rows] = row_weights[:, prompt_length:].to(weights.dtype)
+        selected_tokens = ((weights != 1.0) & completion_mask).sum().item()
+        if self.args.normalize_weights:
+            weights = normalize_weights(weights, completion_mask)
 
         stats = {
             "answers_found": (~missing).sum().item(),
-            "selected_tokens": ((weights != 1.0) & completion_mask).sum().item(),
+            "selected_tokens": selected_tokens,
             "weight_sum": (weights * completion_mask).sum().item(),
             "too_long": too_long.sum().item(),
             "rows": num_rows,
@@ -134,6 +139,25 @@ class FlowGRPOTrainer(GRPOTrainer):
                 stacklevel=2,
             )
         return weights, stats
+
+    def _score_in_step(self, batch: ScoringBatch | None) -> torch.Tensor | None:
+        """The scorer's scores of `batch` (None: nothing to score on this rank).
+
+        With several processes every rank runs as many scoring forwards as the busiest one, padding with one-row
+        filler batches: under FSDP or ZeRO-3 each forward gathers parameters collectively, so ranks with different
+        counts (their rows differ in number and length) would wait on each other forever.
+        """
+        model = self.accelerator.unwrap_model(self.model)
+        fillers = 0
+        if self.accelerator.num_processes > 1:  # agree on the count first: no collective may interleave the forwards
+            local = 0 if batch is None else count_forwards(self.token_scorer, model, batch)
+            most = self.accelerator.gather(torch.tensor([local], device=self.accelerator.device)).max().item()
+            fillers = most - local
+        scores = None if batch is None else self.token_scorer(model, batch)
+        filler = filler_batch(self._tokenizer.eos_token_id or 0, device=self.accelerator.device)
+        for _ in range(fillers):
+            self.token_scorer(model, filler)
+        return scores
 
     def _group_ids(self, num_rows: int, device: torch.device) -> torch.LongTensor:
         """Rollouts of one prompt share an id. TRL's sampler repeats each prompt `num_generations` times in a row
@@ -167,6 +191,8 @@ def _scorer_options(args: FlowGRPOConfig) -> dict[str, Any]:
     layers = args.flow_layers
     if all(part.strip().lstrip("-").isdigit() for part in layers.split(",")):
         layers = [int(part) for part in layers.split(",")]
+    if args.token_scorer == "flow":
+        return {"layers": layers, "recompute_min_length": args.flow_recompute_min_length}
     return {"layers": layers}
 
 

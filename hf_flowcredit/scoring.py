@@ -25,7 +25,7 @@ from typing import ClassVar, Protocol
 
 import torch
 
-from .attention import capture_attention, eval_mode
+from .attention import capture_attention, capture_queries_keys, eval_mode
 from .flow import flow_throughput
 
 __all__ = [
@@ -38,7 +38,10 @@ __all__ = [
     "RandomScorer",
     "ScoringBatch",
     "TokenScorer",
+    "count_forwards",
+    "filler_batch",
     "get_scorer",
+    "normalize_weights",
     "select_weights",
 ]
 
@@ -127,11 +130,9 @@ def _positions(attention_mask: torch.Tensor) -> torch.LongTensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
-def _capture(model, batch: ScoringBatch, rows: torch.Tensor, span: slice, layers) -> torch.Tensor:
+def _capture(model, batch: ScoringBatch, rows: torch.Tensor, span: slice, layers, capture=capture_attention):
     attention_mask = batch.attention_mask[rows, span]
-    return capture_attention(
-        model, batch.input_ids[rows, span], attention_mask, layers, position_ids=_positions(attention_mask)
-    )
+    return capture(model, batch.input_ids[rows, span], attention_mask, layers, position_ids=_positions(attention_mask))
 
 
 def _square(length: int) -> int:
@@ -144,19 +145,29 @@ class FlowScorer:
 
     A row whose `answer_mask` is all False (no answer found) gets all-zero scores without running the model: the
     caller decides the fallback (`select_weights` gives such a row weight 1.0 everywhere).
+
+    Groups of at least `recompute_min_length` tokens never build the `T x T` attention: the capturing forward keeps
+    the selected layers' queries and keys (`capture_queries_keys`) and the blockwise flow solver recomputes
+    attention rows from them, one slab at a time (O(T * d) memory, the same scores). `None`: always the dense path.
     """
 
     name: ClassVar[str] = "flow"
     layers: str | int | Sequence[int] = "middle"
     block_size: int | None = None
     renormalize: bool = True
+    recompute_min_length: int | None = 2048
+
+    def forward_groups(self, model, batch: ScoringBatch) -> list[tuple[torch.Tensor, slice]]:
+        """(rows, columns) of each forward `__call__` runs: the rows with both a prompt and an answer."""
+        with_flow = (batch.answer_mask.any(-1) & batch.prompt_mask.any(-1)).nonzero().flatten().tolist()
+        return list(batch.groups(_square, with_flow))
 
     def __call__(self, model, batch: ScoringBatch) -> torch.Tensor:
         scores = _zeros(batch)
-        with_flow = (batch.answer_mask.any(-1) & batch.prompt_mask.any(-1)).nonzero().flatten().tolist()
-        for rows, span in batch.groups(_square, with_flow):
+        for rows, span in self.forward_groups(model, batch):
+            long = self.recompute_min_length is not None and span.stop - span.start >= self.recompute_min_length
             scores[rows, span] = flow_throughput(
-                _capture(model, batch, rows, span, self.layers),
+                _capture(model, batch, rows, span, self.layers, capture_queries_keys if long else capture_attention),
                 batch.prompt_mask[rows, span],
                 batch.answer_mask[rows, span],
                 attention_mask=batch.attention_mask[rows, span],
@@ -173,9 +184,13 @@ class AttentionScorer:
     name: ClassVar[str] = "attention"
     layers: str | int | Sequence[int] = "middle"
 
+    def forward_groups(self, model, batch: ScoringBatch) -> list[tuple[torch.Tensor, slice]]:
+        """(rows, columns) of each forward `__call__` runs."""
+        return list(batch.groups(_square))
+
     def __call__(self, model, batch: ScoringBatch) -> torch.Tensor:
         scores = _zeros(batch)
-        for rows, span in batch.groups(_square):
+        for rows, span in self.forward_groups(model, batch):
             scores[rows, span] = _capture(model, batch, rows, span, self.layers).tril(-1).sum(1)
         return scores * batch.completion_mask
 
@@ -209,10 +224,14 @@ class EntropyScorer:
 
     name: ClassVar[str] = "entropy"
 
+    def forward_groups(self, model, batch: ScoringBatch) -> list[tuple[torch.Tensor, slice]]:
+        """(rows, columns) of each forward `__call__` runs."""
+        return list(batch.groups(_logits_size(model)))
+
     def __call__(self, model, batch: ScoringBatch) -> torch.Tensor:
         scores = _zeros(batch)
         with torch.no_grad(), eval_mode(model):
-            for rows, span in batch.groups(_logits_size(model)):
+            for rows, span in self.forward_groups(model, batch):
                 log_probs = _next_token_log_probs(
                     model, batch.attention_mask[rows, span], input_ids=batch.input_ids[rows, span]
                 )
@@ -232,11 +251,13 @@ class GradientScorer:
 
     name: ClassVar[str] = "gradient"
 
+    forward_groups = EntropyScorer.forward_groups
+
     def __call__(self, model, batch: ScoringBatch) -> torch.Tensor:
         scores = _zeros(batch)
         embeddings = model.get_input_embeddings()
         with torch.enable_grad(), eval_mode(model):
-            for rows, span in batch.groups(_logits_size(model)):
+            for rows, span in self.forward_groups(model, batch):
                 input_ids = batch.input_ids[rows, span]
                 inputs_embeds = embeddings(input_ids).detach().requires_grad_(True)
                 log_probs = _next_token_log_probs(model, batch.attention_mask[rows, span], inputs_embeds=inputs_embeds)
@@ -296,6 +317,30 @@ def get_scorer(name: str, **options) -> TokenScorer:
     return SCORERS[name](**options)
 
 
+def count_forwards(scorer: TokenScorer, model, batch: ScoringBatch) -> int:
+    """How many model forwards `scorer(model, batch)` runs (0 for scorers that do not use the model)."""
+    forward_groups = getattr(scorer, "forward_groups", None)
+    return 0 if forward_groups is None else len(forward_groups(model, batch))
+
+
+def filler_batch(token_id: int, device: torch.device | str = "cpu") -> ScoringBatch:
+    """A one-row batch (one prompt token, one answer token) on which every model-based scorer runs one forward.
+
+    Sharded training pads with it: every rank must run as many forwards as the busiest one (see FlowGRPOTrainer).
+    """
+    tokens = torch.full((1, 2), token_id, dtype=torch.long, device=device)
+    second = torch.tensor([[False, True]], device=device)
+    return ScoringBatch(
+        input_ids=tokens,
+        attention_mask=torch.ones_like(tokens),
+        prompt_mask=~second,
+        completion_mask=second,
+        answer_mask=second,
+        rewards=torch.zeros(1, device=device),
+        group_ids=torch.zeros(1, dtype=torch.long, device=device),
+    )
+
+
 def select_weights(
     scores: torch.Tensor,
     completion_mask: torch.Tensor,
@@ -331,3 +376,17 @@ def select_weights(
     informative = row_max > row_min
     selected = (rank < count[:, None]) & mask & informative[:, None]
     return (1.0 + (high_weight - 1.0) * selected.float()) * mask
+
+
+def normalize_weights(weights: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """Token weights rescaled so that each completion's mean weight over its tokens is 1 (padding stays 0).
+
+    `select_weights`' rule (top 40% x1.5) raises a completion's mean weight to 1.2, scaling its policy-gradient
+    step by 1.2 as a larger learning rate would; after this only the relative credit between tokens remains.
+    Completions without tokens are left as they are.
+    """
+    mask = completion_mask.to(weights.dtype)
+    totals = (weights * mask).sum(-1, keepdim=True)
+    counts = mask.sum(-1, keepdim=True)
+    scale = torch.where(totals > 0, counts / totals.clamp_min(torch.finfo(weights.dtype).tiny), 1.0)
+    return weights * scale * mask
