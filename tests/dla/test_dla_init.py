@@ -11,10 +11,11 @@ WIDTH = 1536  # Mamba-2-780M's hidden size: W ~ N(0, 0.02) used to spread lambda
 
 
 def wide_config(mixer, memory):
+    # expand 1 keeps it quick; the read weights see the full width either way
     return hf_dla.DLAConfig(
         mixer=mixer, memory=memory, vocab_size=32, hidden_size=WIDTH, num_hidden_layers=2, num_heads=24,
         head_dim=64, expand=1, state_size=16, intermediate_size=64, max_states=6, chunk_size=16,
-    )  # fmt: skip  (expand 1 keeps it quick; the read weights see the full width either way)
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("mixer", ["mamba2", "gated_deltanet"])
