@@ -13,19 +13,17 @@ reopens it, and each variant's subfolder also opens alone with `datasets.load_fr
 
 from __future__ import annotations
 
-import os
-
 from datasets import Dataset, DatasetDict, load_from_disk
 
 from .stages import (
-    check_same_run,
+    check_stage_input,
     dataset_fingerprint,
     dataset_folder,
+    load_finished_stage,
     load_tokenizer,
     pipeline_records,
     prepare_output_folder,
     quiet_datasets_progress,
-    read_stage_record,
     require_columns,
     save_stage,
 )
@@ -118,17 +116,18 @@ def build(
     if {"compressed", "truncated"} & set(variants):
         needed += ["compressed", "compressed_correct", "compressed_tokens"]
     require_columns(dataset, needed, "build", hint="Run `compress` first for the compressed and truncated variants.")
+    check_stage_input(dataset, output_dir, "build")
     tokenizer = load_tokenizer(tokenizer)
     arguments = {"variants": list(variants), "tokenizer": getattr(tokenizer, "name_or_path", ""),
                  "columns": [problem_column, answer_column, completion_column]}
     fingerprint = dataset_fingerprint(dataset, {"stage": "build", **arguments})
 
+    built = None
     if output_dir is not None:
         prepare_output_folder(output_dir, "build", overwrite)
-    if output_dir is not None and (record := read_stage_record(output_dir)) is not None:
-        check_same_run(record, "build", fingerprint, arguments, output_dir)
-        built = load_variants(output_dir)
-    else:
+        if load_finished_stage(output_dir, "build", fingerprint, arguments) is not None:
+            built = load_variants(output_dir)
+    if built is None:
         with quiet_datasets_progress():
             rows = select_training_rows(dataset, variants)
             if len(rows) == 0:
@@ -138,9 +137,8 @@ def build(
             built = DatasetDict({v: build_variant(rows, v, tokenizer, columns) for v in variants})
         if output_dir is not None:
             built = save_stage(built, output_dir, stage="build", fingerprint=fingerprint, arguments=arguments,
-                               stats=variant_statistics(built), input_folder=dataset_folder(dataset))
-            with open(os.path.join(output_dir, "README.md"), "w") as f:
-                f.write(dataset_card(built, pipeline_records(dataset)))
+                               stats=variant_statistics(built), input_folder=dataset_folder(dataset),
+                               extra_files={"README.md": dataset_card(built, pipeline_records(dataset))})
     if push_to_hub:
         for variant, split in built.items():
             split.push_to_hub(push_to_hub, config_name=variant, split="train", **push_kwargs)

@@ -18,8 +18,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import importlib
+import importlib.util
+import inspect
+import json
 import os
+import shutil
 import sys
 import typing
 from collections.abc import Callable
@@ -55,7 +60,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, config_class: type)
                                 help=f.metadata.get("help"))
         else:
             parser.add_argument(f"--{f.name}", type=scalar, default=f.default, choices=f.metadata.get("choices"),
-                                help=f.metadata.get("help"))
+                                nargs=f.metadata.get("nargs"), help=f.metadata.get("help"))
 
 
 def dataclass_from_args(config_class: type, args: argparse.Namespace):
@@ -306,62 +311,238 @@ register("report", "Compare students across variants: accuracy and costs as rati
 # ----------------------------------------------------------------------------------------------------------
 
 
+class UsageError(ValueError):
+    """A command line or recipe that cannot work: reported in one line, exit code 2."""
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    """A stage's parser for recipe values: a bad value raises (naming the recipe section) instead of exiting."""
+
+    def __init__(self, *args, where: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.where = where
+
+    def error(self, message):
+        raise UsageError(f"{self.where}: {message}")
+
+
+RECIPE_KEYS = ("output_dir", "input", "split", "input_builder", "input_builder_kwargs")
+CHAIN_KEYS = ("input", "output", "split")  # set by `run` itself, from the recipe's top level and the stage order
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
 def _add_run(parser):
     parser.add_argument("recipe", help="YAML recipe: `output_dir`, an input, and one section per stage to run.")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="Recipe values to override, dotted for stage sections: `generate.n=1 output_dir=runs/x`.")
+    parser.add_argument("--dry_run", action="store_true", help="Check the recipe and print each stage's arguments.")
 
 
-def load_recipe_input(recipe: dict, recipe_path: str) -> str:
-    """The recipe's `input` (folder or Hub id), or a dataset built by `input_builder: "module:function"`
-    with `input_builder_kwargs`, saved under the output folder."""
-    if "input" in recipe:
-        return recipe["input"]
-    if "input_builder" not in recipe:
-        raise ValueError(f"{recipe_path} needs `input` (a dataset folder or Hub id) or `input_builder` (module:function).")
-    path = os.path.join(recipe["output_dir"], "input")
-    if not os.path.exists(os.path.join(path, "state.json")):
-        module_name, _, function_name = recipe["input_builder"].partition(":")
-        builder = getattr(importlib.import_module(module_name), function_name)
-        builder(**recipe.get("input_builder_kwargs", {})).save_to_disk(path)
-    return path
+def as_bool(value, where: str) -> bool:
+    """YAML booleans, and the strings a user may quote (`"false"`), as a bool; anything else is an error."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise UsageError(f"{where}: expected true or false, got {value!r}.")
 
 
-def stage_namespace(name: str, section: dict, input_path: str, output_path: str) -> argparse.Namespace:
-    """The argparse namespace of a stage as its subcommand would parse it, with the recipe's values set."""
-    parser = argparse.ArgumentParser(prog=f"hf-compress {name}")
-    SUBCOMMANDS[name].add_arguments(parser)
-    known = {action.dest for action in parser._actions}
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ValueError(f"Unknown key(s) {unknown} in the recipe's `{name}` section; see `hf-compress {name} --help`.")
-    for action in parser._actions:
-        if action.dest in section:
-            action.required = False  # the recipe provides it
-    args = parser.parse_args(["--input", input_path, "--output", output_path])
+def section_argv(parser: argparse.ArgumentParser, section: dict, where: str) -> list[str]:
+    """A recipe section as the command line that says the same, so the stage's parser checks types and choices."""
+    actions = {action.dest: action for action in parser._actions}
+    argv = []
     for key, value in section.items():
-        setattr(args, key, value)
+        action, option = actions[key], actions[key].option_strings[0]
+        if value is None:
+            continue  # set after parsing: null keeps an option unset
+        if action.nargs == 0:  # a flag: store_true or --x/--no-x
+            flag = as_bool(value, f"{where}, `{key}`")
+            if isinstance(action, argparse.BooleanOptionalAction):
+                argv.append(option if flag else f"--no-{key}")
+            elif flag:
+                argv.append(option)
+        elif action.nargs in ("+", "*"):
+            argv += [option, *(str(v) for v in (value if isinstance(value, list) else [value]))]
+        elif isinstance(value, (list, dict)):
+            raise UsageError(f"{where}, `{key}`: expected a single value, got {value!r}.")
+        else:
+            argv.append(f"{option}={value}")
+    return argv
+
+
+def stage_namespace(name: str, section: dict, input_path: str, output_path: str, where: str = "") -> argparse.Namespace:
+    """The namespace `hf-compress <name>` would parse from the recipe section's values, given as its command line
+    (same types, choices and booleans); a bad value raises `UsageError` naming the section and the key."""
+    where = where or f"the recipe's `{name}` section"
+    if not isinstance(section, dict):
+        raise UsageError(f"{where} must be a mapping of argument: value, got {section!r}.")
+    chained = sorted(set(section) & set(CHAIN_KEYS))
+    if chained:
+        raise UsageError(f"{where} sets {chained}, which `run` sets itself: each stage reads the previous stage's "
+                         "folder and writes <output_dir>/<stage>. Set the first input and `split` at the top level.")
+    parser = _RaisingParser(prog=f"hf-compress {name}", where=where)
+    SUBCOMMANDS[name].add_arguments(parser)
+    unknown = sorted(set(section) - {action.dest for action in parser._actions})
+    if unknown:
+        raise UsageError(f"Unknown key(s) {unknown} in {where}; see `hf-compress {name} --help`.")
+    args = parser.parse_args(["--input", input_path, "--output", output_path, *section_argv(parser, section, where)])
+    for key, value in section.items():
+        if value is None:
+            setattr(args, key, None)
     return args
 
 
-def _run_recipe(args):
-    with open(args.recipe) as f:
-        recipe = yaml.safe_load(f) or {}
-    if "output_dir" not in recipe:
-        raise ValueError(f"{args.recipe} needs an `output_dir`.")
-    unknown = sorted(set(recipe) - set(PIPELINE) - {"output_dir", "input", "input_builder", "input_builder_kwargs", "split"})
+def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
+    """`key=value` pairs (values read as YAML; dotted keys reach into stage sections) applied to a copy."""
+    recipe = {key: dict(value) if isinstance(value, dict) else value for key, value in recipe.items()}
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        if not sep or not key:
+            raise UsageError(f"Override {override!r} is not `key=value` (e.g. `generate.n=1`).")
+        value = yaml.safe_load(text) if text else None
+        section, dot, field = key.partition(".")
+        if dot:
+            if not isinstance(recipe.get(section) or {}, dict):
+                raise UsageError(f"Override {override!r}: `{section}` is not a section of the recipe.")
+            recipe[section] = {**(recipe.get(section) or {}), field: value}
+        else:
+            recipe[key] = value
+    return recipe
+
+
+def load_recipe(path: str, overrides: list[str] = ()) -> dict:
+    """Read and check a `run` recipe's top level (the stage sections are checked by `plan_stages`)."""
+    try:
+        with open(path) as f:
+            recipe = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise UsageError(f"No recipe at {path}.") from None
+    except yaml.YAMLError as error:
+        raise UsageError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(recipe, dict):
+        raise UsageError(f"{path} must hold a YAML mapping, got {type(recipe).__name__}.")
+    recipe = apply_overrides(recipe, list(overrides))
+    unknown = sorted(set(recipe) - set(PIPELINE) - set(RECIPE_KEYS))
     if unknown:
-        raise ValueError(f"Unknown top-level key(s) {unknown} in {args.recipe}; stages are {PIPELINE}.")
-    current = load_recipe_input(recipe, args.recipe)
-    results = {}
+        raise UsageError(f"Unknown top-level key(s) {unknown} in {path}; stages are {PIPELINE}, other keys "
+                         f"{list(RECIPE_KEYS)}.")
+    if not isinstance(recipe.get("output_dir"), str):
+        raise UsageError(f"{path} needs an `output_dir` (a folder; each stage writes <output_dir>/<stage>).")
+    if ("input" in recipe) == ("input_builder" in recipe):
+        raise UsageError(f"{path} needs exactly one of `input` (a dataset folder or Hub id) and `input_builder` "
+                         "(module:function returning a datasets.Dataset).")
+    if not isinstance(recipe.get("input_builder_kwargs", {}), dict):
+        raise UsageError(f"{path}: `input_builder_kwargs` must be a mapping of keyword arguments.")
+    if not any(name in recipe for name in PIPELINE):
+        raise UsageError(f"{path} has no stage section; add some of {PIPELINE}.")
+    return recipe
+
+
+def plan_stages(recipe: dict, recipe_path: str) -> list[tuple[str, argparse.Namespace]]:
+    """Every stage's parsed arguments, checked before anything runs (a typo in `build` fails before `generate`)."""
+    current = recipe["input"] if "input" in recipe else os.path.join(recipe["output_dir"], "input")
+    plan = []
     for name in PIPELINE:
         if name not in recipe:
             continue
         output = os.path.join(recipe["output_dir"], name)
-        stage_args = stage_namespace(name, recipe[name] or {}, current, output)
+        stage_args = stage_namespace(name, recipe[name] or {}, current, output,
+                                     where=f"{recipe_path}: section `{name}`")
         if "split" in recipe and current == recipe.get("input"):
             stage_args.split = recipe["split"]
-        print(f"[hf-compress run] {name}: {current} -> {output}", file=sys.stderr)
-        results[name] = SUBCOMMANDS[name].run(stage_args)
+        plan.append((name, stage_args))
         current = output
+    return plan
+
+
+def import_input_builder(spec: str, recipe_path: str) -> Callable:
+    """`module:function`, imported as installed, else from the current directory, else from the recipe's folder or
+    the nearest folder above it that holds the module (so `examples.tiny_kit:...` works from any directory)."""
+    module_name, _, function_name = spec.partition(":")
+    if not module_name or not function_name:
+        raise UsageError(f"input_builder must be `module:function` (e.g. `my_data:build_problems`), got {spec!r}.")
+    top = module_name.split(".")[0]
+    if importlib.util.find_spec(top) is None:
+        folder = os.path.dirname(os.path.abspath(recipe_path))
+        candidates = [os.getcwd(), folder]
+        while os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)
+            candidates.append(folder)
+        found = next((c for c in candidates if os.path.exists(os.path.join(c, top + ".py"))
+                      or os.path.isdir(os.path.join(c, top))), None)
+        if found is None:
+            raise UsageError(f"input_builder {spec!r}: module {top!r} is neither installed nor in the current "
+                             "directory, the recipe's folder or a folder above it.")
+        sys.path.insert(0, found)
+    function = getattr(importlib.import_module(module_name), function_name, None)
+    if not callable(function):
+        raise UsageError(f"input_builder {spec!r}: {module_name} has no function {function_name!r}.")
+    return function
+
+
+def input_builder_arguments(recipe: dict, builder: Callable) -> dict:
+    """What the built input depends on: the builder, its arguments and its module's source code."""
+    source = inspect.getsourcefile(builder)
+    code = hashlib.sha256(open(source, "rb").read()).hexdigest()[:16] if source else None
+    return {"input_builder": recipe["input_builder"], "input_builder_kwargs": recipe.get("input_builder_kwargs", {}),
+            "source_sha256": code}
+
+
+def load_recipe_input(recipe: dict, recipe_path: str) -> str:
+    """The recipe's `input` (folder or Hub id), or the dataset built by `input_builder` with `input_builder_kwargs`,
+    saved to <output_dir>/input with a fingerprint of the builder, its arguments and its source: when any of
+    them changes the input is rebuilt (and the stages after it refuse their old results)."""
+    if "input" in recipe:
+        return recipe["input"]
+    from datasets import Dataset
+
+    from .stages import STAGE_FILE, StageMismatchError, check_not_empty, load_finished_stage, save_stage
+
+    path = os.path.join(recipe["output_dir"], "input")
+    builder = import_input_builder(recipe["input_builder"], recipe_path)
+    arguments = input_builder_arguments(recipe, builder)
+    fingerprint = hashlib.sha256(json.dumps(arguments, sort_keys=True).encode()).hexdigest()[:16]
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, STAGE_FILE)) and os.listdir(path):
+        if not os.path.exists(os.path.join(path, "state.json")):
+            raise UsageError(f"{path} exists and is not a built input; move it away or change output_dir.")
+        shutil.rmtree(path)  # built by an older hf-compress, without a fingerprint: cannot be trusted
+    try:
+        if load_finished_stage(path, "input", fingerprint, arguments) is not None:
+            return path
+    except StageMismatchError:
+        print(f"[hf-compress run] the input builder or its arguments changed: rebuilding {path}", file=sys.stderr)
+        shutil.rmtree(path)
+    built = builder(**recipe.get("input_builder_kwargs", {}))
+    if not isinstance(built, Dataset):
+        raise UsageError(f"input_builder {recipe['input_builder']!r} returned {type(built).__name__}, "
+                         "not a datasets.Dataset.")
+    check_not_empty(built, "input_builder")
+    save_stage(built, path, stage="input", fingerprint=fingerprint, arguments=arguments, stats={"rows": len(built)})
+    return path
+
+
+def _run_recipe(args):
+    from .stages import StageMismatchError
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    plan = plan_stages(recipe, args.recipe)
+    if args.dry_run:
+        if "input_builder" in recipe:
+            import_input_builder(recipe["input_builder"], args.recipe)  # importable from here? (not called)
+        for name, stage_args in plan:
+            print(f"{name}: " + " ".join(f"{k}={v!r}" for k, v in vars(stage_args).items() if k != "command"))
+        return plan
+    load_recipe_input(recipe, args.recipe)
+    results = {}
+    for name, stage_args in plan:
+        print(f"[hf-compress run] {name}: {stage_args.input} -> {stage_args.output}", file=sys.stderr)
+        try:
+            results[name] = SUBCOMMANDS[name].run(stage_args)
+        except StageMismatchError as error:
+            raise StageMismatchError(f"{error} In a recipe: set `overwrite: true` in the `{name}` section "
+                                     f"(or pass `{name}.overwrite=true`), or choose another output_dir.") from error
     return results
 
 
@@ -370,15 +551,43 @@ register("run", "Chain the pipeline stages from a YAML recipe.", _add_run, _run_
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-compress", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="Show the full traceback of an error.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, subcommand in SUBCOMMANDS.items():
-        subcommand.add_arguments(subparsers.add_parser(name, help=subcommand.help, description=subcommand.help))
+        subparser = subparsers.add_parser(name, help=subcommand.help, description=subcommand.help)
+        subcommand.add_arguments(subparser)
+        if name != "sft":  # sft passes every option after the recipe to TRL: use `hf-compress --debug sft ...`
+            subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                   help="Show the full traceback of an error.")
     return parser
 
 
+def _is_usage_error(error: BaseException) -> bool:
+    from .stages import StageMismatchError
+
+    return isinstance(error, (ValueError, StageMismatchError, FileNotFoundError))
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run one subcommand. Errors print one line (exit 2: the command or its inputs are wrong; 1: it failed while
+    running; 130: interrupted); `--debug` shows the traceback instead."""
     args = build_parser().parse_args(argv)
-    SUBCOMMANDS[args.command].run(args)
+    try:
+        SUBCOMMANDS[args.command].run(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"hf-compress {args.command}: interrupted. Finished shards are kept: rerun the same command to resume.",
+              file=sys.stderr)
+        sys.exit(130)
+    except Exception as error:  # noqa: BLE001 - the one place that turns errors into a message and an exit code
+        if args.debug:
+            raise
+        usage = _is_usage_error(error)
+        kind = "" if usage else f"{type(error).__name__}: "
+        message = " ".join(str(error).split()) or repr(error)
+        print(f"hf-compress {args.command}: error: {kind}{message} (--debug shows the traceback)", file=sys.stderr)
+        sys.exit(2 if usage else 1)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from datasets import Dataset
 
 from .backends import BackendConfig, SamplingConfig, TeacherBackend, resolve_backend
-from .stages import load_tokenizer, require_columns, run_stage
+from .stages import check_stage_input, load_tokenizer, require_columns, run_stage
 from .verify import answer_span, check_texts, resolve_task
 
 # Versioned so that a dataset records exactly which instructions produced it; add versions, never edit one.
@@ -126,6 +126,7 @@ def compress(
     clashing = [c for c in COMPRESSED_COLUMNS if c in dataset.column_names]
     if clashing:
         raise ValueError(f"compress adds the columns {clashing}, which the input already has; rename or drop them.")
+    check_stage_input(dataset, output_dir, "compress")  # before loading anything
     tokenizer = load_tokenizer(tokenizer)
 
     def compress_batch(batch: dict, indices: list[int]) -> dict:

@@ -6,6 +6,11 @@ stage whose folder holds the same fingerprint returns the saved result without r
 
 Row-wise stages work shard by shard: each finished shard is saved under `<output>/.shards/` with an atomic
 rename, so a killed process loses at most the shard it was working on, and a restart skips finished shards.
+
+Crash safety: shards and results are written, flushed to disk (fsync), then published by one atomic step (the
+rename of a shard folder; the write-then-rename of `hf_compress_stage.json`, which is written last). Both record
+the size and SHA-256 of every file they hold, so a rerun detects a damaged or truncated shard or result (power
+loss, a full disk) and redoes it instead of trusting it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 STAGE_FILE = "hf_compress_stage.json"
 SHARDS_DIR = ".shards"
+SHARD_MANIFEST = "hf_compress_shard.json"
 
 
 class StageMismatchError(RuntimeError):
@@ -47,6 +53,9 @@ def load_input(source: str, split: str = "train") -> Dataset:
     if os.path.isdir(source) and (
         os.path.exists(os.path.join(source, "state.json")) or os.path.exists(os.path.join(source, "dataset_dict.json"))
     ):
+        state = _read_json(os.path.join(source, "state.json")) or {}
+        if state.get("_data_files") == []:  # what `save_to_disk` writes for 0 rows; `load_from_disk` cannot read it
+            raise ValueError(f"{source} holds a dataset with no rows; there is nothing to process.")
         loaded = load_from_disk(source)
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
@@ -83,6 +92,47 @@ def dataset_folder(dataset: Dataset) -> str | None:
     return os.path.dirname(os.path.abspath(files[0]["filename"])) if files else None
 
 
+def input_root(dataset: Dataset) -> str | None:
+    """The folder a loaded dataset belongs to: its own, or the `DatasetDict` folder above it (one split of it)."""
+    folder = dataset_folder(dataset)
+    if folder and os.path.exists(os.path.join(os.path.dirname(folder), "dataset_dict.json")):
+        return os.path.dirname(folder)
+    return folder
+
+
+def check_separate_folders(dataset: Dataset, output_dir: str, stage: str) -> None:
+    """Refuse an output folder that is, holds, or lies inside the input's folder: saving there (or emptying it with
+    `overwrite`) would destroy the input."""
+    source = input_root(dataset)
+    if source is None:
+        return
+    source, target = os.path.realpath(source), os.path.realpath(output_dir)
+    if source == target or target.startswith(source + os.sep) or source.startswith(target + os.sep):
+        relation = "is" if source == target else "lies inside" if target.startswith(source + os.sep) else "contains"
+        raise ValueError(
+            f"{stage}: the output folder {output_dir} {relation} the input folder {source}; writing there would "
+            "destroy the input. Choose an output folder outside the input (e.g. a sibling folder)."
+        )
+
+
+def check_not_empty(dataset: Dataset, stage: str) -> None:
+    if len(dataset) == 0:
+        source = input_root(dataset)
+        raise ValueError(
+            f"{stage}: the input{f' ({source})' if source else ''} has no rows, so there is nothing to do. If an "
+            "earlier stage filtered every row out (e.g. verify --keep_only_correct kept no trace), look at its "
+            "statistics in its hf_compress_stage.json."
+        )
+
+
+def check_stage_input(dataset: Dataset, output_dir: str | None, stage: str) -> None:
+    """What every stage checks before doing or writing anything: rows to work on, and an output folder apart from
+    the input's."""
+    check_not_empty(dataset, stage)
+    if output_dir is not None:
+        check_separate_folders(dataset, output_dir, stage)
+
+
 def pipeline_records(dataset: Dataset) -> list[dict]:
     """The stage records of the folders this dataset came from, oldest stage first."""
     records, folder = [], dataset_folder(dataset)
@@ -93,11 +143,125 @@ def pipeline_records(dataset: Dataset) -> list[dict]:
 
 
 def read_stage_record(output_dir: str) -> dict | None:
-    path = os.path.join(output_dir, STAGE_FILE)
-    if not os.path.exists(path):
+    """The folder's stage record; None when it has none, or when the file is damaged (see `load_finished_stage`)."""
+    return _read_json(os.path.join(output_dir, STAGE_FILE))
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
         return None
-    with open(path) as f:
-        return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        logger.warning("%s is damaged (not valid JSON).", path)
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Crash-safe writing: flush to disk, then publish with one atomic rename; verify file digests when reading back
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _fsync(path: str) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def sync_folder(folder: str) -> None:
+    """Flush every file and directory under `folder` to disk, so that a rename done afterwards publishes data
+    that survives a power loss."""
+    for root, _, files in os.walk(folder, topdown=False):
+        for name in files:
+            _fsync(os.path.join(root, name))
+        _fsync(root)
+
+
+def write_json_atomically(path: str, content: dict) -> None:
+    """Write, fsync, then rename over `path`: a crash leaves the old file or the new one, never a truncated one."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w") as f:
+        json.dump(content, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+    _fsync(os.path.dirname(os.path.abspath(path)))
+
+
+def file_digests(folder: str) -> dict[str, list]:
+    """`{relative path: [size, sha256]}` of the data files under `folder` (stage bookkeeping files excluded)."""
+    digests = {}
+    for root, directories, files in os.walk(folder):
+        directories[:] = sorted(d for d in directories if d != SHARDS_DIR)
+        for name in sorted(files):
+            if name in (STAGE_FILE, SHARD_MANIFEST) or ".tmp-" in name:
+                continue
+            path = os.path.join(root, name)
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            digests[os.path.relpath(path, folder)] = [os.path.getsize(path), digest.hexdigest()]
+    return digests
+
+
+def save_to_disk(result: Dataset | datasets.DatasetDict, path: str) -> None:
+    """`save_to_disk` that writes one (empty) data file for a dataset without rows: by default `datasets` writes
+    none, and then cannot load the folder back."""
+    if isinstance(result, datasets.DatasetDict):
+        result.save_to_disk(path, num_shards={name: 1 for name, split in result.items() if len(split) == 0})
+    else:
+        result.save_to_disk(path, num_shards=1 if len(result) == 0 else None)
+
+
+def save_shard(part: Dataset, path: str) -> None:
+    """Save a finished shard so that `path` either holds it complete (with a manifest of its files) or not at all."""
+    temporary = os.path.join(os.path.dirname(path), f"tmp-{os.path.basename(path)}-{os.getpid()}")
+    save_to_disk(part, temporary)
+    with open(os.path.join(temporary, SHARD_MANIFEST), "w") as f:
+        json.dump({"rows": len(part), "files": file_digests(temporary)}, f, indent=2)
+    sync_folder(temporary)
+    os.replace(temporary, path)
+    _fsync(os.path.dirname(path))
+
+
+def shard_is_intact(path: str) -> bool:
+    """Whether a shard folder holds exactly the files its manifest lists (sizes and SHA-256 match)."""
+    manifest = _read_json(os.path.join(path, SHARD_MANIFEST))
+    return manifest is not None and manifest.get("files") == file_digests(path)
+
+
+def _clear_result(output_dir: str) -> None:
+    """Remove a stage's saved result (record first), keeping its finished shards."""
+    record = os.path.join(output_dir, STAGE_FILE)
+    if os.path.exists(record):
+        os.remove(record)
+    for name in os.listdir(output_dir):
+        if name != SHARDS_DIR:
+            path = os.path.join(output_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def load_finished_stage(output_dir: str, stage: str, fingerprint: str, arguments: dict):
+    """The saved result of this very run (same stage, input and arguments), or None when there is none or it is
+    damaged (then it is removed, to be redone). A result of another run raises `StageMismatchError`."""
+    if not os.path.exists(os.path.join(output_dir, STAGE_FILE)):
+        return None
+    record = read_stage_record(output_dir)
+    if record is not None:
+        check_same_run(record, stage, fingerprint, arguments, output_dir)
+    damaged = record is None or ("files" in record and record["files"] != file_digests(output_dir))
+    if not damaged:
+        try:
+            return load_from_disk(output_dir)
+        except Exception as error:  # noqa: BLE001 - any unreadable result is redone, not trusted
+            logger.warning("%s: cannot load %s (%s).", stage, output_dir, error)
+    logger.warning("%s: the saved result in %s is damaged or incomplete; redoing it.", stage, output_dir)
+    _clear_result(output_dir)
+    return None
 
 
 def check_same_run(record: dict, stage: str, fingerprint: str, arguments: dict, output_dir: str) -> None:
@@ -118,7 +282,7 @@ def prepare_output_folder(output_dir: str, stage: str, overwrite: bool) -> None:
     """Refuse a folder that holds anything but stage results; with `overwrite`, empty a stage folder."""
     if not os.path.isdir(output_dir) or not os.listdir(output_dir):
         return
-    is_stage_folder = read_stage_record(output_dir) is not None or os.path.isdir(os.path.join(output_dir, SHARDS_DIR))
+    is_stage_folder = any(os.path.exists(os.path.join(output_dir, name)) for name in (STAGE_FILE, SHARDS_DIR))
     if not is_stage_folder:
         raise StageMismatchError(f"{output_dir} exists and is not a {stage} output folder; choose an empty folder.")
     if overwrite:
@@ -158,6 +322,7 @@ def run_stage(
     finalize = finalize or (lambda result: (result, {}))
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}.")
+    check_stage_input(dataset, output_dir, stage)
     num_shards = max(1, math.ceil(len(dataset) / shard_size))
     fingerprint = dataset_fingerprint(dataset, {"stage": stage, **arguments})
     shard_ranges = [range(i * shard_size, min(len(dataset), (i + 1) * shard_size)) for i in range(num_shards)]
@@ -169,26 +334,26 @@ def run_stage(
 
     shard_dir = os.path.join(output_dir, SHARDS_DIR)
     prepare_output_folder(output_dir, stage, overwrite)
-    record = read_stage_record(output_dir)
-    if record is not None:
-        check_same_run(record, stage, fingerprint, arguments, output_dir)
+    finished = load_finished_stage(output_dir, stage, fingerprint, arguments)
+    if finished is not None:
         logger.info("%s: %s already holds this result; skipping.", stage, output_dir)
         shutil.rmtree(shard_dir, ignore_errors=True)  # left behind if a run was killed right after saving
-        return load_from_disk(output_dir)
+        return finished
     os.makedirs(shard_dir, exist_ok=True)
     shard_record = {"stage": stage, "fingerprint": fingerprint, "arguments": arguments, "num_shards": num_shards}
     _start_or_resume_shards(shard_dir, shard_record, output_dir)
 
     shard_paths = [os.path.join(shard_dir, f"shard-{i:05d}-of-{num_shards:05d}") for i in range(num_shards)]
+    for path in shard_paths:
+        if os.path.exists(path) and not shard_is_intact(path):
+            logger.warning("%s: %s is damaged or incomplete; redoing it.", stage, path)
+            shutil.rmtree(path)
     done_rows = sum(len(r) for r, p in zip(shard_ranges, shard_paths) if os.path.exists(p))
     with tqdm(total=len(dataset), initial=done_rows, desc=stage, unit="row") as progress, quiet_datasets_progress():
         for index, (rows, path) in enumerate(zip(shard_ranges, shard_paths)):
             if os.path.exists(path):
                 continue
-            part = process_shard(dataset.select(rows), index, progress)
-            temporary = os.path.join(shard_dir, f"tmp-{index:05d}-{os.getpid()}")
-            part.save_to_disk(temporary)
-            os.replace(temporary, path)  # atomic: a shard folder either exists complete or not at all
+            save_shard(process_shard(dataset.select(rows), index, progress), path)
 
         result, stats = finalize(concatenate_datasets([load_from_disk(p) for p in shard_paths]))
     return save_stage(result, output_dir, stage=stage, fingerprint=fingerprint, arguments=arguments, stats=stats,
@@ -197,14 +362,16 @@ def run_stage(
 
 def _start_or_resume_shards(shard_dir: str, shard_record: dict, output_dir: str) -> None:
     path = os.path.join(shard_dir, "shards.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
+    previous = _read_json(path)
+    if previous is None and os.path.exists(path):  # damaged: its shards cannot be attributed to a run
+        logger.warning("%s is damaged; discarding the shards next to it.", path)
+        shutil.rmtree(shard_dir)
+        os.makedirs(shard_dir)
+    if previous is not None:
         check_same_run(previous, shard_record["stage"], shard_record["fingerprint"], shard_record["arguments"], output_dir)
         logger.info("%s: resuming in %s", shard_record["stage"], output_dir)
     else:
-        with open(path, "w") as f:
-            json.dump(shard_record, f, indent=2, default=str)
+        write_json_atomically(path, shard_record)
     for name in os.listdir(shard_dir):  # half-written shards of a killed process
         if name.startswith("tmp-"):
             shutil.rmtree(os.path.join(shard_dir, name))
@@ -220,14 +387,21 @@ def save_stage(
     stats: dict,
     input_folder: str | None = None,
     cleanup: str | None = None,
+    extra_files: dict[str, str] | None = None,
 ) -> Dataset:
-    """Save a finished stage result (a Dataset or DatasetDict) with its record, then reopen it from disk."""
+    """Save a finished stage result (a Dataset or DatasetDict, plus `extra_files` {name: text}) with its record,
+    then reopen it from disk. The record, written last and atomically, lists the digests of the saved files."""
+    os.makedirs(output_dir, exist_ok=True)
+    _clear_result(output_dir)  # a damaged or interrupted earlier save
     with quiet_datasets_progress():
-        result.save_to_disk(output_dir)
+        save_to_disk(result, output_dir)
+    for name, text in (extra_files or {}).items():
+        with open(os.path.join(output_dir, name), "w") as f:
+            f.write(text)
     record = {"stage": stage, "fingerprint": fingerprint, "arguments": arguments, "stats": stats,
-              "input_folder": input_folder}
-    with open(os.path.join(output_dir, STAGE_FILE), "w") as f:
-        json.dump(record, f, indent=2, default=str)
+              "input_folder": input_folder, "files": file_digests(output_dir)}
+    sync_folder(output_dir)
+    write_json_atomically(os.path.join(output_dir, STAGE_FILE), record)  # the commit point
     saved = load_from_disk(output_dir)
     if cleanup:
         shutil.rmtree(cleanup)

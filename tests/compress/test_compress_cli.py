@@ -2,7 +2,9 @@
 
 import importlib.metadata
 import os
+import re
 import shutil
+import uuid
 
 import pytest
 import yaml
@@ -10,7 +12,7 @@ from datasets import load_from_disk
 
 from examples.tiny_kit import build_tokenizer, make_task_dataset
 from hf_compress.build import VARIANTS, load_variants
-from hf_compress.cli import PIPELINE, SUBCOMMANDS, build_parser, main, stage_namespace
+from hf_compress.cli import PIPELINE, SUBCOMMANDS, Subcommand, UsageError, build_parser, main, stage_namespace
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -66,11 +68,139 @@ def test_subcommands_read_and_write_folders(teacher_server, workspace):
     assert list(load_variants(str(out / "b"))) == ["raw", "compressed"]
 
 
-def test_recipe_errors_name_the_problem(teacher_server, workspace):
-    with pytest.raises(ValueError, match=r"Unknown key\(s\) \['temprature'\] in the recipe's `generate`"):
-        main(["run", write_recipe(workspace, teacher_server.base_url, generate={"temprature": 0.5})])
-    with pytest.raises(ValueError, match=r"Unknown top-level key\(s\) \['evaluate_me'\]"):
-        main(["run", write_recipe(workspace, teacher_server.base_url, evaluate_me={})])
+def cli_error(argv, capsys):
+    """(exit code, stderr) of a failing `hf-compress` command."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_recipe_errors_name_the_problem_in_one_line(teacher_server, workspace, capsys):
+    cases = [
+        ({"generate": {"temprature": 0.5}}, r"Unknown key\(s\) \['temprature'\] in .*recipe.yaml: section `generate`"),
+        ({"evaluate_me": {}}, r"Unknown top-level key\(s\) \['evaluate_me'\]"),
+        ({"generate": {"temperature": "hot"}}, r"section `generate`: argument --temperature: invalid float value: 'hot'"),
+        ({"generate": {"n": 2.5}}, r"argument --n: invalid int value: '2.5'"),
+        ({"verify": {"keep_only_correct": "maybe"}}, r"`keep_only_correct`: expected true or false, got 'maybe'"),
+        ({"verify": {"task": "algebra"}}, r"argument --task: invalid choice: 'algebra'"),
+        ({"compress": {"output": "elsewhere"}}, r"section `compress` sets \['output'\], which `run` sets itself"),
+        ({"build": {"input": "elsewhere"}}, r"section `build` sets \['input'\]"),
+    ]
+    for changes, message in cases:
+        code, err = cli_error(["run", write_recipe(workspace, teacher_server.base_url, **changes)], capsys)
+        assert code == 2 and re.search(message, err), (changes, err)
+        assert err.startswith("hf-compress run: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert teacher_server.behaviour.requests == 0  # every section is checked before the first stage runs
+    assert not (workspace / "pipeline").exists()
+
+
+def test_recipe_values_are_parsed_like_the_command_line():
+    verify = stage_namespace("verify", {"keep_only_correct": "false", "timeout_seconds": "7"}, "in", "out")
+    assert verify.keep_only_correct is False and verify.timeout_seconds == 7
+    assert stage_namespace("verify", {"keep_only_correct": "yes"}, "in", "out").keep_only_correct is True
+    generate = stage_namespace("generate", {"temperature": "0.7", "top_k": None, "system_prompt": "- be brief"},
+                               "in", "out")
+    assert generate.temperature == 0.7 and generate.top_k is None and generate.system_prompt == "- be brief"
+    build = stage_namespace("build", {"tokenizer": "tok", "variants": ["raw", "compressed"]}, "in", "out")
+    assert build.variants == ["raw", "compressed"]
+    with pytest.raises(UsageError, match=r"argument --variants: invalid choice: 'shortest'"):
+        stage_namespace("build", {"tokenizer": "tok", "variants": ["shortest"]}, "in", "out")
+    with pytest.raises(UsageError, match=r"the following arguments are required: --tokenizer"):
+        stage_namespace("build", {}, "in", "out")
+
+
+def test_keep_only_correct_false_in_a_recipe_keeps_every_row(teacher_server, workspace):
+    recipe = write_recipe(workspace, teacher_server.base_url, verify={"keep_only_correct": "false"})
+    main(["run", recipe])
+    verified = load_from_disk(str(workspace / "pipeline" / "verify"))
+    assert len(verified) == 16 and not all(verified["correct"])
+
+
+def traces_folder(path, n=4):
+    data = make_task_dataset("arithmetic", n, seed=0).select_columns(["problem", "answer"])
+    data = data.map(lambda row: {"generation": f"The answer is \\boxed{{{row['answer']}}}."})
+    data.save_to_disk(str(path))
+    return str(path)
+
+
+def test_stages_refuse_an_output_that_is_or_holds_or_lies_inside_the_input(tmp_path, capsys):
+    traces = traces_folder(tmp_path / "traces")
+    before = sorted(os.listdir(traces))
+    for output in [traces, os.path.join(traces, "verified"), str(tmp_path)]:
+        for stage in (["verify"], ["compress", "--tokenizer", "unused"], ["build", "--tokenizer", "unused", "--variants", "raw"]):
+            code, err = cli_error([*stage, "--input", traces, "--output", output, "--overwrite"], capsys)
+            assert code == 2 and "writing there would destroy the input" in err, (stage, output, err)
+    assert sorted(os.listdir(traces)) == before and len(load_from_disk(traces)) == 4
+    main(["verify", "--input", traces, "--output", str(tmp_path / "verified")])  # a sibling folder is fine
+    assert len(load_from_disk(str(tmp_path / "verified"))) == 4
+
+
+def test_empty_input_is_refused_before_anything_is_written(tmp_path, capsys):
+    traces = load_from_disk(traces_folder(tmp_path / "traces", n=4))
+    traces.map(lambda row: {"generation": "no idea"}).save_to_disk(str(tmp_path / "wrong"))
+    main(["verify", "--input", str(tmp_path / "wrong"), "--output", str(tmp_path / "v"), "--keep_only_correct"])
+    assert len(load_from_disk(str(tmp_path / "v"))) == 0  # kept no trace, and the folder still loads
+    tokenizer = str(tmp_path / "tok")
+    build_tokenizer().save_pretrained(tokenizer)
+    for stage in (["compress", "--tokenizer", tokenizer], ["build", "--tokenizer", tokenizer, "--variants", "raw"],
+                  ["verify"]):
+        code, err = cli_error([*stage, "--input", str(tmp_path / "v"), "--output", str(tmp_path / "next")], capsys)
+        assert code == 2 and "has no rows" in err and not (tmp_path / "next").exists(), err
+    traces.select([]).save_to_disk(str(tmp_path / "empty"))  # datasets writes no data file for 0 rows
+    code, err = cli_error(["verify", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "next")], capsys)
+    assert code == 2 and "holds a dataset with no rows" in err and not (tmp_path / "next").exists()
+
+
+BUILDER = """
+from datasets import Dataset
+
+
+def traces(n):
+    problems = [f"Compute {i} + 1 from left to right." for i in range(n)]
+    return Dataset.from_dict({"problem": problems, "answer": [str(i + 1) for i in range(n)],
+                              "generation": [f"\\\\boxed{{{i + 1}}}" for i in range(n)]})
+"""
+
+
+def builder_recipe(folder, module, n):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{module}.py").write_text(BUILDER)
+    recipe = {"output_dir": str(folder / "pipeline"), "input_builder": f"{module}:traces",
+              "input_builder_kwargs": {"n": n}, "verify": {"keep_only_correct": True}}
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return str(folder / "recipe.yaml")
+
+
+def test_run_rebuilds_the_input_when_the_builder_arguments_change(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # not the recipe's folder: the builder module is found next to the recipe
+    module = f"builder_{uuid.uuid4().hex[:8]}"
+    recipe = builder_recipe(tmp_path / "recipes", module, n=3)
+    main(["run", recipe])
+    pipeline = tmp_path / "recipes" / "pipeline"
+    assert len(load_from_disk(str(pipeline / "input"))) == 3 and len(load_from_disk(str(pipeline / "verify"))) == 3
+
+    code, err = cli_error(["run", recipe, "input_builder_kwargs.n=5"], capsys)
+    assert len(load_from_disk(str(pipeline / "input"))) == 5  # rebuilt, not the stale 3 rows
+    assert code == 2 and "the input dataset changed" in err and "`overwrite: true` in the `verify` section" in err
+    main(["run", recipe, "input_builder_kwargs.n=5", "verify.overwrite=true"])
+    assert len(load_from_disk(str(pipeline / "verify"))) == 5
+    main(["run", recipe, "input_builder_kwargs.n=5"])  # unchanged now: everything reused
+    assert len(load_from_disk(str(pipeline / "verify"))) == 5
+
+
+def test_cli_errors_are_one_line_with_exit_codes_and_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
+    def fail(args):
+        raise RuntimeError("the teacher went away\nmid-run")
+
+    monkeypatch.setitem(SUBCOMMANDS, "verify", Subcommand("fails", SUBCOMMANDS["verify"].add_arguments, fail))
+    argv = ["verify", "--input", "in", "--output", "out"]
+    code, err = cli_error(argv, capsys)
+    assert code == 1 and err == "hf-compress verify: error: RuntimeError: the teacher went away mid-run " \
+        "(--debug shows the traceback)\n"
+    with pytest.raises(RuntimeError, match="the teacher went away"):
+        main([*argv, "--debug"])
+    with pytest.raises(RuntimeError, match="the teacher went away"):
+        main(["--debug", *argv])
 
 
 def test_example_recipe_is_valid():
