@@ -22,6 +22,7 @@ import contextlib
 import contextvars
 import json
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -342,9 +343,26 @@ def _load_prompts(args: InterventionArguments) -> list:
 
 def main(argv: list[str] | None = None) -> None:
     """`flowcredit-intervention`: print (and optionally save) the intervention table of a model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
+    from transformers import HfArgumentParser
 
-    (args,) = HfArgumentParser(InterventionArguments).parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser(InterventionArguments)
+    parser.add_argument("--debug", action="store_true", help="Show the full traceback of an error.")
+    args, options = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        _run_intervention(args)
+    except Exception as error:  # noqa: BLE001 - one line per error (exit 2: bad arguments or inputs, 1: failure)
+        if options.debug:
+            raise
+        usage = isinstance(error, (ValueError, FileNotFoundError))
+        message = " ".join(str(error).split()) or repr(error)
+        kind = "" if usage else f"{type(error).__name__}: "
+        print(f"flowcredit-intervention: error: {kind}{message} (--debug shows the traceback)", file=sys.stderr)
+        sys.exit(2 if usage else 1)
+
+
+def _run_intervention(args: InterventionArguments) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     results = intervention_analysis(
