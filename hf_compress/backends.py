@@ -9,12 +9,13 @@ its text, the number of generated tokens and why generation stopped ("stop" or "
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
+import threading
 import time
 from abc import ABC, abstractmethod
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,9 @@ class SamplingConfig:
 class Generation:
     text: str
     num_tokens: int
-    finish_reason: str  # "stop" (the model ended its turn) or "length" (the token cap cut it)
+    # "stop" (the model ended its turn) or "length" (the token cap cut it); a server may also send another reason
+    # ("content_filter", "abort", ...), which is kept as sent, or none, recorded as "unknown".
+    finish_reason: str
 
 
 class TeacherBackend(ABC):
@@ -169,14 +172,117 @@ class TransformersBackend(TeacherBackend):
 # ----------------------------------------------------------------------------------------------------------
 
 
-class TeacherUnavailableError(RuntimeError):
-    """The teacher server could not be reached, or kept failing, after all retries."""
+class TeacherError(RuntimeError):
+    """A teacher server could not give a usable answer."""
+
+
+class TeacherUnavailableError(TeacherError):
+    """The teacher servers could not be reached, or kept failing or sending garbage, after all retries."""
+
+
+class TeacherRequestError(TeacherError):
+    """A server rejected a request (400, 401, 403, 422, ...): retrying it cannot help."""
+
+
+# Answers retried like a server failure: timeouts, conflicts, rate limits, server errors, and 404 (a proxy's
+# error page, or a server of the pool that does not serve this model).
+RETRIED_STATUS = {404, 408, 409, 429}
+
+
+def parse_base_urls(base_url: str | list[str] | tuple[str, ...] | None) -> list[str | None]:
+    """Server URLs from a comma-separated string or a list; `[None]` (the client's default) when none is given."""
+    if base_url is None or base_url == "" or base_url == []:
+        return [None]
+    parts = [base_url] if isinstance(base_url, str) else list(base_url)
+    urls = [url.strip() for part in parts for url in str(part).split(",") if url.strip()]
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url {url!r} is not an http(s) URL; write it in full, e.g. http://{url}.")
+    repeated = sorted({url for url in urls if urls.count(url) > 1})
+    if repeated:
+        raise ValueError(f"base_url lists {repeated} twice; list each server once (raise --max_concurrency instead).")
+    return urls or [None]
+
+
+def snippet(text: str, limit: int = 300) -> str:
+    """`text` as it can be quoted in an error message: at most `limit` characters."""
+    return repr(text[:limit]) + (f" ... ({len(text)} characters)" if len(text) > limit else "")
+
+
+class MalformedAnswerError(ValueError):
+    """A server's 200 answer that is not a usable chat completion."""
+
+
+def parse_chat_completion(body: str) -> Generation:
+    """A `Generation` from the raw text of a chat-completions answer, or `MalformedAnswerError` saying what is
+    wrong with it. A reasoning model served with a reasoning parser (vLLM, SGLang) sends its thinking apart from
+    its answer (`reasoning_content`, or `reasoning`); the trace puts it back in front, as `<think>` ... `</think>`.
+    """
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise MalformedAnswerError("not JSON") from None
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices:
+        raise MalformedAnswerError("no `choices`")
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise MalformedAnswerError("no `choices[0].message`")
+    content = message.get("content")
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if not isinstance(content, (str, type(None))) or not isinstance(reasoning, (str, type(None))):
+        raise MalformedAnswerError("`message.content` is not text")
+    if content is None and not reasoning:
+        raise MalformedAnswerError("`message.content` is null")
+    usage = data.get("usage")
+    num_tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    if not isinstance(num_tokens, int):
+        raise MalformedAnswerError("no `usage.completion_tokens` (per-trace token counts need it)")
+    text = content
+    if reasoning:
+        text = f"<think>\n{reasoning}" + ("" if content is None else f"\n</think>\n\n{content}")
+    finish_reason = choice.get("finish_reason")
+    return Generation(text, num_tokens, finish_reason if isinstance(finish_reason, str) and finish_reason else "unknown")
+
+
+class ServerFailure(Exception):
+    """One request to one server failed in a way that another try (there or on another server) may fix."""
+
+
+class RequestsCancelled(Exception):
+    """The call was interrupted or failed elsewhere: send no more requests."""
+
+
+@dataclass(eq=False)
+class PooledServer:
+    """One OpenAI-compatible server of the pool and what the dispatcher knows of it."""
+
+    url: str | None
+    client: object
+    in_flight: int = 0
+    last_dispatch: int = 0  # ticket of the last request sent here: ties go to the server idle the longest
+    failures: int = 0  # consecutive failures, each counted once however many requests were in flight
+    epoch: int = 0  # bumped at each counted failure; a request sent before it does not count again
+    available_at: float = 0.0  # time.monotonic() before which no request is sent here (backoff)
+    last_error: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.url or "https://api.openai.com/v1"
 
 
 class OpenAIBackend(TeacherBackend):
-    """Chat completions from any OpenAI-compatible server, one request per sample so that token counts and
-    finish reasons are exact per trace. Requests run concurrently; transient failures (connection errors,
-    timeouts, 429 and 5xx answers) are retried with exponential backoff and jitter."""
+    """Chat completions from OpenAI-compatible servers (vLLM `serve`, SGLang, TGI, OpenAI), one request per sample
+    so that token counts and finish reasons are exact per trace.
+
+    `base_url` names one server or several (a list, or a comma-separated string). Up to `max_concurrency`
+    requests are in flight per server; each goes to the least-loaded server that is not backing off. A failed
+    request (connection error, timeout, 404, 408, 409, 429, 5xx, or an answer that is not a usable chat completion)
+    is retried, on another server when there is one, up to `max_retries` times; a server that failed gets no new
+    request for `backoff_seconds * 2**k` (k: its consecutive failures; with jitter). Other 4xx answers stop the run
+    at once. An interrupt (Ctrl-C) sends no new request and abandons those in flight.
+    """
 
     kind = "openai"
 
@@ -184,7 +290,7 @@ class OpenAIBackend(TeacherBackend):
         self,
         model: str,
         *,
-        base_url: str | None = None,
+        base_url: str | list[str] | None = None,
         api_key: str | None = None,
         max_concurrency: int = 16,
         max_retries: int = 5,
@@ -199,63 +305,166 @@ class OpenAIBackend(TeacherBackend):
                               "`pip install 'hf-efficient-reasoning[openai]'`.") from error
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}.")
+        if max_retries < 0 or backoff_seconds < 0 or request_timeout <= 0:
+            raise ValueError("max_retries and backoff_seconds must be >= 0 and request_timeout > 0, got "
+                             f"{max_retries}, {backoff_seconds}, {request_timeout}.")
+        self._openai = openai
         self.model_name = model
-        self.base_url = base_url
-        # The client's own retries are off: ours are explicit, counted and logged.
-        self.client = openai.OpenAI(
-            base_url=base_url, api_key=api_key or "EMPTY", max_retries=0, timeout=request_timeout
-        )
+        self.base_urls = parse_base_urls(base_url)
+        # A long generation may take minutes (request_timeout), but a server that is down is known in seconds.
+        timeout = openai.Timeout(request_timeout, connect=min(request_timeout, 10.0))
+        # The client's own retries are off: ours are explicit, counted, spread over the servers and logged.
+        self.servers = [
+            PooledServer(url, openai.OpenAI(base_url=url, api_key=api_key or "EMPTY", max_retries=0, timeout=timeout))
+            for url in self.base_urls
+        ]
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
         self.backoff_seconds = backoff_seconds
         self.extra_body = extra_body or {}
-        self._retryable = (
-            openai.APIConnectionError,  # includes timeouts
-            openai.RateLimitError,
-            openai.InternalServerError,
-        )
+        self._dispatch = threading.Condition()
+        self._tickets = 0
 
     def generate(self, conversations, sampling, seed):
         # Conversation i is seeded with seed + i (the contract of `generate`), sample j of it with a distinct seed.
         jobs = [(c, (seed + i) * sampling.n + j) for i, c in enumerate(conversations) for j in range(sampling.n)]
-        pool = ThreadPoolExecutor(max_workers=self.max_concurrency)
-        try:
-            flat = list(pool.map(lambda job: self._complete(job[0], sampling, job[1]), jobs))
-        finally:
-            pool.shutdown(cancel_futures=True)  # after a failure, requests not yet sent are dropped
+        flat = self._run_all(jobs, sampling)
         return [flat[i * sampling.n : (i + 1) * sampling.n] for i in range(len(conversations))]
 
-    def _complete(self, conversation, sampling, seed) -> Generation:
-        for attempt in range(self.max_retries + 1):
+    def _run_all(self, jobs: list[tuple[Conversation, int]], sampling: SamplingConfig) -> list[Generation]:
+        """Every job's generation, from daemon worker threads: unlike a ThreadPoolExecutor's, they do not hold
+        the process open at exit, so an interrupt ends the run at once instead of after the requests in flight."""
+        results: list[Generation | None] = [None] * len(jobs)
+        pending = iter(range(len(jobs)))
+        errors: list[BaseException] = []
+        stop, all_done = threading.Event(), threading.Event()
+        lock = threading.Lock()
+        workers = min(len(jobs), self.max_concurrency * len(self.servers))
+        running = [workers]
+
+        def work():
             try:
-                response = self.client.chat.completions.create(
-                    model=self.model_name,
-                    messages=conversation,
-                    temperature=sampling.temperature,
-                    top_p=sampling.top_p,
-                    max_tokens=sampling.max_new_tokens,
-                    seed=seed,
-                    # top_k is not an OpenAI parameter; vLLM, SGLang and TGI servers read it from the body.
-                    extra_body={**self.extra_body, **({"top_k": sampling.top_k} if sampling.top_k is not None else {})},
-                )
-                break
-            except self._retryable as error:
-                if attempt == self.max_retries:
-                    raise TeacherUnavailableError(
-                        f"The teacher at {self.base_url or 'api.openai.com'} failed {attempt + 1} times "
-                        f"(last error: {type(error).__name__}: {error}). Check that the server is up and the "
-                        "model name is right; shards already written are kept, so rerun the same command to resume."
-                    ) from error
-                delay = self.backoff_seconds * 2**attempt * (0.5 + random.random())
-                logger.warning("Teacher request failed (%s); retry %d in %.2fs", error, attempt + 1, delay)
-                time.sleep(delay)
-        choice = response.choices[0]
-        text = choice.message.content or ""
-        num_tokens = response.usage.completion_tokens if response.usage else None
-        if num_tokens is None:
-            raise TeacherUnavailableError("The server's answer has no `usage.completion_tokens`; per-trace token "
-                                          "counts need it (vLLM, TGI and OpenAI all send it).")
-        return Generation(text=text, num_tokens=num_tokens, finish_reason=choice.finish_reason or "stop")
+                while not stop.is_set():
+                    with lock:
+                        index = next(pending, None)
+                    if index is None:
+                        return
+                    conversation, seed = jobs[index]
+                    results[index] = self._complete(conversation, sampling, seed, stop)
+            except RequestsCancelled:
+                pass
+            except BaseException as error:  # the first failure ends the call; the others stop sending
+                errors.append(error)
+                stop.set()
+            finally:
+                with lock:
+                    running[0] -= 1
+                    if running[0] == 0 or errors:
+                        all_done.set()
+
+        for i in range(workers):
+            threading.Thread(target=work, name=f"teacher-request-{i}", daemon=True).start()
+        try:
+            while not all_done.wait(timeout=0.1):  # short waits: Ctrl-C is handled at once
+                pass
+        finally:
+            stop.set()  # after an interrupt or a failure, no new request is sent; those in flight are abandoned
+        if errors:
+            raise errors[0]
+        return results
+
+    def _complete(self, conversation, sampling, seed, stop: threading.Event) -> Generation:
+        failures = []
+        for _ in range(self.max_retries + 1):
+            server = self._acquire(stop)
+            epoch = server.epoch
+            try:
+                generation = self._request(server, conversation, sampling, seed)
+            except ServerFailure as failure:
+                self._release(server, epoch, failed=str(failure))
+                failures.append(f"{server.name}: {failure}")
+                continue
+            except BaseException:
+                self._release(server, epoch)
+                raise
+            self._release(server, epoch)
+            return generation
+        raise TeacherUnavailableError(self._exhausted_message(failures))
+
+    def _request(self, server: PooledServer, conversation, sampling, seed) -> Generation:
+        """One attempt; `ServerFailure` when another attempt may succeed."""
+        openai = self._openai
+        try:
+            raw = server.client.chat.completions.with_raw_response.create(
+                model=self.model_name,
+                messages=conversation,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
+                seed=seed,
+                # top_k is not an OpenAI parameter; vLLM, SGLang and TGI servers read it from the body.
+                extra_body={**self.extra_body, **({"top_k": sampling.top_k} if sampling.top_k is not None else {})},
+            )
+            body = raw.text
+        except openai.APIConnectionError as error:  # timeouts included
+            raise ServerFailure(f"{type(error).__name__}: {error}") from error
+        except openai.APIStatusError as error:
+            sent = f"HTTP {error.status_code}: {snippet(error.response.text)}"
+            if error.status_code in RETRIED_STATUS or error.status_code >= 500:
+                raise ServerFailure(sent) from error
+            raise TeacherRequestError(
+                f"The teacher at {server.name} rejected the request ({sent}). Retrying cannot help: check the model "
+                "name, the API key and the sampling settings (a prompt plus max_new_tokens over the model's context "
+                "is a 400)."
+            ) from error
+        except openai.APIError as error:  # any other answer the client could not read
+            raise ServerFailure(f"{type(error).__name__}: {error}") from error
+        try:
+            return parse_chat_completion(body)
+        except MalformedAnswerError as error:
+            raise ServerFailure(f"a malformed answer ({error}): {snippet(body)}") from None
+
+    def _acquire(self, stop: threading.Event) -> PooledServer:
+        """The least-loaded server that has room and is not backing off; waits while there is none."""
+        with self._dispatch:
+            while True:
+                if stop.is_set():
+                    raise RequestsCancelled
+                now = time.monotonic()
+                ready = [s for s in self.servers if s.in_flight < self.max_concurrency and s.available_at <= now]
+                if ready:
+                    server = min(ready, key=lambda s: (s.in_flight, s.last_dispatch))
+                    self._tickets += 1
+                    server.in_flight, server.last_dispatch = server.in_flight + 1, self._tickets
+                    return server
+                backing_off = [s.available_at - now for s in self.servers if s.available_at > now]
+                self._dispatch.wait(timeout=min([0.1, *backing_off]))  # 0.1 s at most: `stop` is seen soon
+
+    def _release(self, server: PooledServer, epoch: int, failed: str | None = None) -> None:
+        with self._dispatch:
+            server.in_flight -= 1
+            if failed is None:
+                server.failures = 0
+            elif epoch == server.epoch:  # the first failure of the requests sent since the last one counts
+                server.failures += 1
+                server.epoch += 1
+                server.last_error = failed
+                delay = self.backoff_seconds * 2 ** min(server.failures - 1, self.max_retries) * (0.5 + random.random())
+                server.available_at = time.monotonic() + delay
+                logger.warning("Teacher server %s failed (%s); no request goes there for %.2f s.", server.name,
+                               failed[:300], delay)
+            self._dispatch.notify_all()
+
+    def _exhausted_message(self, failures: list[str]) -> str:
+        pool = ""
+        if len(self.servers) > 1:
+            pool = " Servers: " + "; ".join(f"{s.name} ({s.last_error[:150] or 'no failure'})" for s in self.servers)
+            pool += "."
+        return (
+            f"A teacher request failed {len(failures)} times (last: {failures[-1]}).{pool} Check that the server is "
+            "up, that base_url ends in /v1 and that the model name is right; shards already written are kept, so "
+            "rerun the same command to resume."
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -268,7 +477,7 @@ class VLLMBackend(TeacherBackend):
 
     kind = "vllm"
 
-    def __init__(self, model: str, **llm_kwargs):
+    def __init__(self, model: str, *, tensor_parallel_size: int = 1, data_parallel_size: int = 1, **llm_kwargs):
         try:
             import vllm
         except ImportError as error:
@@ -278,7 +487,7 @@ class VLLMBackend(TeacherBackend):
             ) from error
         self._vllm = vllm
         self.model_name = model
-        self.llm = vllm.LLM(model=model, **llm_kwargs)
+        self.llm = vllm.LLM(model=model, tensor_parallel_size=tensor_parallel_size, **llm_kwargs)
 
     def generate(self, conversations, sampling, seed):
         params = self._vllm.SamplingParams(
@@ -291,7 +500,7 @@ class VLLMBackend(TeacherBackend):
         )
         outputs = self.llm.chat(conversations, params, use_tqdm=False)
         return [
-            [Generation(o.text, len(o.token_ids), "length" if o.finish_reason == "length" else "stop") for o in out.outputs]
+            [Generation(o.text, len(o.token_ids), o.finish_reason or "unknown") for o in out.outputs]
             for out in outputs
         ]
 
@@ -305,18 +514,32 @@ class BackendConfig:
     tokenizer: str | None = field(default=None, metadata={"help": "transformers: tokenizer path (default: model)."})
     batch_size: int = field(default=16, metadata={"help": "transformers: prompts per generate call."})
     device: str | None = field(default=None, metadata={"help": "transformers: device (default: cuda if available)."})
-    base_url: str | None = field(default=None, metadata={"help": "openai: server URL, e.g. http://localhost:8000/v1."})
+    base_url: str | list[str] | None = field(default=None, metadata={
+        "nargs": "+",
+        "help": "openai: server URL, e.g. http://localhost:8000/v1; several servers space- or comma-separated (a "
+                "list in a recipe): requests go to the least-loaded one, and a failed request is retried on another."})
     api_key: str | None = field(default=None, metadata={"help": "openai: API key (default: $OPENAI_API_KEY)."})
-    max_concurrency: int = field(default=16, metadata={"help": "openai: requests in flight at once."})
+    max_concurrency: int = field(default=16, metadata={"help": "openai: requests in flight at once, per server."})
     max_retries: int = field(default=5, metadata={"help": "openai: retries of a failed request."})
     backoff_seconds: float = field(default=1.0, metadata={"help": "openai: first retry delay, doubled each time."})
     request_timeout: float = field(default=600.0, metadata={"help": "openai: seconds before a request times out."})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs each model replica is split over."})
+    data_parallel_size: int = field(default=1, metadata={"help": "vllm: model replicas, each answering a share of "
+                                                                   "the prompts (GPUs used: tensor x data)."})
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"Unknown backend {self.backend!r}; choose one of {BACKENDS}.")
         if not self.model:
             raise ValueError(f"The {self.backend} backend needs a model (--model).")
+        for name in ("tensor_parallel_size", "data_parallel_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}.")
+        parse_base_urls(self.base_url)  # a malformed URL list fails here, before any stage starts
+
+    @property
+    def base_urls(self) -> list[str | None]:
+        return parse_base_urls(self.base_url)
 
     @property
     def model_name(self) -> str:
@@ -340,7 +563,8 @@ class BackendConfig:
                 backoff_seconds=self.backoff_seconds,
                 request_timeout=self.request_timeout,
             )
-        return VLLMBackend(self.model)
+        return VLLMBackend(self.model, tensor_parallel_size=self.tensor_parallel_size,
+                           data_parallel_size=self.data_parallel_size)
 
 
 def resolve_backend(backend: TeacherBackend | BackendConfig) -> TeacherBackend:

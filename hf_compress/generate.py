@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import collections
 import functools
+import logging
 
 from datasets import Dataset
 
 from .backends import BackendConfig, SamplingConfig, TeacherBackend, resolve_backend
 from .stages import require_columns, run_stage
+
+logger = logging.getLogger(__name__)
 
 GENERATED_COLUMNS = ("sample_index", "generation", "num_tokens", "finish_reason", "teacher")
 
@@ -32,7 +36,10 @@ def generate(
     overwrite: bool = False,
 ) -> Dataset:
     """Teacher traces: one row per (problem, sample) with every input column plus `sample_index`,
-    `generation` (the trace text), `num_tokens`, `finish_reason` ("stop" or "length") and `teacher`.
+    `generation` (the trace text), `num_tokens`, `finish_reason` and `teacher`. `finish_reason` is "stop" (the
+    model ended its turn) or "length" (`max_new_tokens` cut it), or another reason a server sent
+    ("content_filter", "abort", ...; "unknown" when it sent none): such traces are kept, counted in the stage's
+    statistics (`other_finish_fraction`, `finish_reasons`) and reported in a warning.
 
     With `output_dir`, problems are processed in shards of `shard_size` saved as they finish: a killed run
     restarted with the same arguments resumes after the last finished shard, and its result equals an
@@ -103,8 +110,18 @@ def generate(
 
 def summarize_generations(traces: Dataset) -> dict:
     tokens, reasons = list(traces["num_tokens"]), list(traces["finish_reason"])
+    counts = collections.Counter(reasons)
+    other = {reason: count for reason, count in counts.items() if reason not in ("stop", "length")}
+    if other:
+        logger.warning(
+            "%d of %d traces ended for another reason than stop or length: %s. They are kept with that reason in "
+            "`finish_reason` (verify judges them by their answer like any other); to drop them, filter on "
+            "finish_reason in ('stop', 'length').", sum(other.values()), len(reasons), other,
+        )
     return {
         "traces": len(traces),
         "mean_tokens": sum(tokens) / max(1, len(tokens)),
-        "truncated_fraction": reasons.count("length") / max(1, len(reasons)),
+        "truncated_fraction": counts["length"] / max(1, len(reasons)),
+        "other_finish_fraction": sum(other.values()) / max(1, len(reasons)),
+        "finish_reasons": dict(counts),
     }

@@ -3,7 +3,8 @@
 It answers deterministically from the request: arithmetic problems ("Compute 3 + 4 * 2 from left to right.")
 get a worked trace whose answer is wrong for one seed in four (so pass rates vary); compression requests
 (prompts from `COMPRESSION_PROMPTS`) get the solution without its sentences that hold no digit. It counts
-requests and can be told to delay, fail or answer with empty text.
+requests and can be told to delay, fail, answer with empty text, send scripted raw answers (garbage), or hang.
+`start_teacher_server` starts extra servers for one test, each of which the test can stop mid-run.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import re
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 
 @dataclass
@@ -27,6 +28,10 @@ class ServerBehaviour:
     fail_after: int | None = None  # answer 503 to every request after this many were served
     fail_next: int = 0  # answer 503 to the next k requests, then recover
     empty_answers: bool = False
+    # raw answers (status, content_type, body) for the next requests, in order, before any other behaviour
+    scripted: list[tuple[int, str, str]] = field(default_factory=list)
+    hang_after: int | None = None  # hold every request after this many were served open, unanswered ...
+    hang_seconds: float = 30.0  # ... for at most this long (or until reset), then answer 503
     requests: int = 0
     served: int = 0
     last_body: dict | None = None
@@ -69,6 +74,14 @@ def make_app(behaviour: ServerBehaviour) -> FastAPI:
     async def chat_completions(body: dict):
         behaviour.requests += 1
         behaviour.last_body = body
+        if behaviour.scripted:
+            status, content_type, content = behaviour.scripted.pop(0)
+            return Response(content, status_code=status, media_type=content_type)
+        if behaviour.hang_after is not None and behaviour.served >= behaviour.hang_after:
+            deadline = time.monotonic() + behaviour.hang_seconds
+            while behaviour.hang_after is not None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            return JSONResponse({"error": {"message": "stopped hanging", "type": "server_error"}}, status_code=503)
         await asyncio.sleep(behaviour.delay_seconds)
         failing = behaviour.fail_after is not None and behaviour.served >= behaviour.fail_after
         if failing or behaviour.fail_next > 0:
@@ -102,6 +115,13 @@ def make_app(behaviour: ServerBehaviour) -> FastAPI:
 class TeacherServer:
     base_url: str
     behaviour: ServerBehaviour
+    server: uvicorn.Server | None = None
+    thread: threading.Thread | None = None
+
+    def stop(self):
+        """Shut the server down: it stops answering (connections are refused from then on)."""
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
 
 
 def free_port() -> int:
@@ -116,11 +136,12 @@ def unreachable_url():
     return f"http://127.0.0.1:{free_port()}/v1"
 
 
-@pytest.fixture(scope="session")
-def _running_server():
+def start_server() -> TeacherServer:
     behaviour = ServerBehaviour()
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(make_app(behaviour), host="127.0.0.1", port=port, log_level="error"))
+    config = uvicorn.Config(make_app(behaviour), host="127.0.0.1", port=port, log_level="error",
+                            timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -128,9 +149,25 @@ def _running_server():
         if time.time() > deadline:
             raise RuntimeError("The test teacher server did not start within 30 s.")
         time.sleep(0.02)
-    yield TeacherServer(f"http://127.0.0.1:{port}/v1", behaviour)
-    server.should_exit = True
-    thread.join(timeout=10)
+    return TeacherServer(f"http://127.0.0.1:{port}/v1", behaviour, server, thread)
+
+
+@pytest.fixture(scope="session")
+def _running_server():
+    running = start_server()
+    yield running
+    running.behaviour.reset()  # releases hanging requests
+    running.stop()
+
+
+@pytest.fixture
+def start_teacher_server():
+    """`start_teacher_server()` starts a fresh server for this test; every one started is stopped at its end."""
+    started = []
+    yield lambda: started.append(start_server()) or started[-1]
+    for running in started:
+        running.behaviour.reset()
+        running.stop()
 
 
 @pytest.fixture

@@ -1,7 +1,10 @@
 """Teacher backends: the local transformers model and a real OpenAI-compatible server on 127.0.0.1."""
 
 import importlib.util
+import json
+import sys
 import time
+import types
 
 import pytest
 
@@ -10,6 +13,7 @@ from hf_compress.backends import (
     BackendConfig,
     OpenAIBackend,
     SamplingConfig,
+    TeacherRequestError,
     TeacherUnavailableError,
     TransformersBackend,
     VLLMBackend,
@@ -134,3 +138,100 @@ def test_backend_config_rejects_bad_settings():
         tokenizer = build_tokenizer()
         tokenizer.pad_token = None
         TransformersBackend(tiny_causal_lm("qwen3", build_tokenizer(), hidden_size=32, num_layers=1), tokenizer)
+
+
+ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "teacher",
+          "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+
+
+def answer(message: dict, finish_reason="stop") -> tuple[int, str, str]:
+    choice = {"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish_reason}
+    return 200, "application/json", json.dumps({**ANSWER, "choices": [choice]})
+
+
+GARBAGE = {
+    "invalid JSON": (200, "application/json", '{"id": "chatcmpl-1", "choices": [{"index": 0,'),
+    "an HTML page": (200, "text/html", "<html><body>" + "Bad gateway, try later. " * 400 + "</body></html>"),
+    "{}": (200, "application/json", "{}"),
+    "empty choices": (200, "application/json", json.dumps({**ANSWER, "choices": []})),
+    "content null": answer({"content": None}),
+    "no usage": (200, "application/json", json.dumps({**json.loads(answer({"content": "7"})[2]), "usage": None})),
+    "a 404": (404, "text/html", "<html><head><title>404 Not Found</title></head><body>nginx</body></html>"),
+}
+
+
+@pytest.mark.parametrize("kind", list(GARBAGE))
+def test_openai_backend_retries_garbage_then_names_the_server_and_what_it_sent(teacher_server, kind):
+    backend = OpenAIBackend("teacher", base_url=teacher_server.base_url, max_concurrency=1, max_retries=2,
+                            backoff_seconds=0.01)
+    teacher_server.behaviour.scripted = [GARBAGE[kind]] * 2  # retried like a 5xx: the third answer is good
+    (generations,) = backend.generate(conversations(PROBLEMS[:1]), SamplingConfig(), seed=0)
+    assert "\\boxed{7}" in generations[0].text and teacher_server.behaviour.requests == 3
+
+    teacher_server.behaviour.scripted = [GARBAGE[kind]] * 3  # garbage every time: a clear error, not a raw one
+    with pytest.raises(TeacherUnavailableError) as error:
+        backend.generate(conversations(PROBLEMS[:1]), SamplingConfig(), seed=0)
+    message = str(error.value)
+    assert teacher_server.base_url in message and "failed 3 times" in message
+    assert GARBAGE[kind][2][:40] in message  # what the server sent ...
+    assert len(message) < 1500  # ... truncated
+
+
+def test_openai_backend_records_other_finish_reasons_and_separated_reasoning(teacher_server):
+    teacher_server.behaviour.scripted = [
+        answer({"content": "The answer is"}, finish_reason="content_filter"),
+        answer({"content": "The answer is 7."}, finish_reason=None),
+        # vLLM / SGLang with a reasoning parser: the thinking comes apart from the answer
+        answer({"content": "The answer is 7.", "reasoning_content": "3 + 4 = 7."}),
+        answer({"content": None, "reasoning": "3 + 4 is"}, finish_reason="length"),
+    ]
+    backend = OpenAIBackend("teacher", base_url=teacher_server.base_url, max_concurrency=1)
+    results = backend.generate(conversations(PROBLEMS[:1]), SamplingConfig(n=4), seed=0)
+    assert [(g.text, g.finish_reason) for g in results[0]] == [
+        ("The answer is", "content_filter"),  # kept as the server said it, counted by the generate stage
+        ("The answer is 7.", "unknown"),
+        ("<think>\n3 + 4 = 7.\n</think>\n\nThe answer is 7.", "stop"),
+        ("<think>\n3 + 4 is", "length"),  # cut while thinking: no answer, but not an empty trace
+    ]
+    assert teacher_server.behaviour.requests == 4  # none of these is garbage: no retry
+
+
+def test_openai_backend_does_not_retry_a_rejected_request(teacher_server):
+    teacher_server.behaviour.scripted = [(400, "application/json", json.dumps(
+        {"error": {"message": "This model's maximum context length is 4096 tokens.", "type": "BadRequestError"}}))]
+    backend = OpenAIBackend("teacher", base_url=teacher_server.base_url, max_retries=3, backoff_seconds=0.01)
+    with pytest.raises(TeacherRequestError, match=r"rejected.*400.*maximum context length") as error:
+        backend.generate(conversations(PROBLEMS[:1]), SamplingConfig(), seed=0)
+    assert teacher_server.base_url in str(error.value) and teacher_server.behaviour.requests == 1
+
+
+class FakeVLLM(types.ModuleType):
+    """Stands in for `vllm` (not installed here): records how the engine is built and answers `chat`."""
+
+    def __init__(self):
+        super().__init__("vllm")
+        self.engines = []
+        fake = self
+
+        class LLM:
+            def __init__(self, model, **kwargs):
+                fake.engines.append({"model": model, **kwargs})
+
+            def chat(self, conversations, params, use_tqdm=False):
+                output = types.SimpleNamespace(text="ok", token_ids=[1, 2], finish_reason="stop")
+                return [types.SimpleNamespace(outputs=[output] * params.n) for _ in conversations]
+
+        self.LLM = LLM
+        self.SamplingParams = lambda **kwargs: types.SimpleNamespace(**kwargs)
+
+
+def test_vllm_backend_passes_tensor_parallel_size_through(monkeypatch):
+    fake = FakeVLLM()
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    config = BackendConfig(backend="vllm", model="Qwen/Qwen3-8B", tensor_parallel_size=4)
+    backend = config.build()
+    assert fake.engines == [{"model": "Qwen/Qwen3-8B", "tensor_parallel_size": 4}]
+    assert backend.generate(conversations(PROBLEMS[:2]), SamplingConfig(n=2), seed=0)[1][1].text == "ok"
+    assert config.describe() == backend.describe() == {"backend": "vllm", "model": "Qwen/Qwen3-8B"}
+    with pytest.raises(ValueError, match="tensor_parallel_size must be"):
+        BackendConfig(backend="vllm", model="m", tensor_parallel_size=0)

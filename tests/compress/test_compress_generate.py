@@ -1,5 +1,6 @@
 """The generate stage: shards, resume after a killed process, cache, clear errors."""
 
+import json
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ from hf_compress.backends import (
     TransformersBackend,
 )
 from hf_compress.generate import generate
-from hf_compress.stages import SHARDS_DIR, STAGE_FILE, StageMismatchError
+from hf_compress.stages import SHARDS_DIR, STAGE_FILE, StageMismatchError, read_stage_record
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -165,3 +166,20 @@ def test_a_finished_stage_never_loads_the_teacher(tmp_path):
     shutil.rmtree(model_dir)  # a cached rerun must not need the model at all
     again = generate(problems(3), config, sampling, output_dir=str(tmp_path / "g"))
     assert as_rows(again) == as_rows(first) and set(again["teacher"]) == {model_dir}
+
+
+def test_other_finish_reasons_are_kept_counted_and_reported(teacher_server, tmp_path, caplog):
+    filtered = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "teacher",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Let me"},
+                             "finish_reason": "content_filter"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+    teacher_server.behaviour.scripted = [(200, "application/json", json.dumps(filtered))]
+    backend = OpenAIBackend("teacher", base_url=teacher_server.base_url, max_concurrency=1)
+    output = str(tmp_path / "g")
+    with caplog.at_level("WARNING", logger="hf_compress.generate"):
+        traces = generate(problems(3), backend, SamplingConfig(), output_dir=output, batch_size=1)
+    assert list(traces["finish_reason"]) == ["content_filter", "stop", "stop"] and traces["generation"][0] == "Let me"
+    stats = read_stage_record(output)["stats"]
+    assert stats["finish_reasons"] == {"content_filter": 1, "stop": 2}
+    assert stats["other_finish_fraction"] == pytest.approx(1 / 3) and stats["truncated_fraction"] == 0
+    assert "1 of 3 traces ended for another reason than stop or length: {'content_filter': 1}" in caplog.text
