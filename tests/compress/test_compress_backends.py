@@ -235,3 +235,57 @@ def test_vllm_backend_passes_tensor_parallel_size_through(monkeypatch):
     assert config.describe() == backend.describe() == {"backend": "vllm", "model": "Qwen/Qwen3-8B"}
     with pytest.raises(ValueError, match="tensor_parallel_size must be"):
         BackendConfig(backend="vllm", model="m", tensor_parallel_size=0)
+
+
+FAKE_VLLM_PACKAGE = '''
+"""A stand-in for vllm: logs each engine it builds; `chat` answers with the prompt and the GPUs it runs on."""
+import json
+import os
+from types import SimpleNamespace
+
+
+class SamplingParams(SimpleNamespace):
+    pass
+
+
+class LLM:
+    def __init__(self, model, **kwargs):
+        with open(os.environ["FAKE_VLLM_LOG"], "a") as log:
+            log.write(json.dumps({"model": model, **kwargs, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\\n")
+
+    def chat(self, conversations, params, use_tqdm=False):
+        gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+        output = lambda c: SimpleNamespace(text=f"{c[-1]['content']} @ {gpus}", token_ids=[1, 2], finish_reason="stop")
+        return [SimpleNamespace(outputs=[output(c)] * params.n) for c in conversations]
+'''
+
+
+@pytest.fixture
+def fake_vllm_package(tmp_path, monkeypatch):
+    """A `vllm` package on sys.path, so that spawned replica processes import it too."""
+    (tmp_path / "site" / "vllm").mkdir(parents=True)
+    (tmp_path / "site" / "vllm" / "__init__.py").write_text(FAKE_VLLM_PACKAGE)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("FAKE_VLLM_LOG", str(tmp_path / "engines.jsonl"))
+    sys.modules.pop("vllm", None)
+    yield tmp_path / "engines.jsonl"
+    sys.modules.pop("vllm", None)
+
+
+@pytest.mark.slow  # two spawned processes importing hf_compress: about 15 s on 2 cores
+def test_vllm_data_parallel_replicas_each_answer_a_share_on_their_own_gpus(fake_vllm_package, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7,8")
+    backend = BackendConfig(backend="vllm", model="Qwen/Qwen3-8B", tensor_parallel_size=2, data_parallel_size=2).build()
+    try:
+        results = backend.generate(conversations(), SamplingConfig(n=2), seed=0)
+    finally:
+        backend.close()
+    gpus = ["4,5", "4,5", "6,7"]  # three prompts: two to the first replica, one to the second, answers in order
+    assert [[g.text for g in r] for r in results] == [[f"{p} @ {g}"] * 2 for p, g in zip(PROBLEMS, gpus)]
+    engines = sorted(json.loads(line)["gpus"] for line in fake_vllm_package.read_text().splitlines())
+    assert engines == ["4,5", "6,7"]  # one engine per replica, none in this process
+    assert all('"tensor_parallel_size": 2' in line and "data_parallel" not in line
+               for line in fake_vllm_package.read_text().splitlines())
+    assert not any(replica.process.is_alive() for replica in backend.replicas)
+    with pytest.raises(ValueError, match=r"needs 6 GPUs, but this process sees 5"):
+        BackendConfig(backend="vllm", model="m", tensor_parallel_size=2, data_parallel_size=3).build()
