@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
 
 MIXERS = ("mamba2", "gated_deltanet")
 MEMORY_MODES = ("vanilla", "loglinear", "dla")
@@ -87,7 +90,8 @@ class DLAConfig(PreTrainedConfig):
         return 1 if self.memory == "vanilla" else self.max_states
 
     def validate_architecture(self):
-        """Reject settings the model cannot build, naming the field and the fix."""
+        """Reject settings the model cannot build or train, naming the field and the fix (runs at construction,
+        so also when `from_pretrained` reads a config)."""
         for field, value, choices in (
             ("mixer", self.mixer, MIXERS),
             ("memory", self.memory, MEMORY_MODES),
@@ -95,15 +99,27 @@ class DLAConfig(PreTrainedConfig):
         ):
             if value not in choices:
                 raise ValueError(f"DLAConfig.{field}={value!r} is unknown; choose one of {choices}.")
+        for field, minimum in POSITIVE_INTEGERS.items():
+            _check_integer(field, getattr(self, field), minimum)
         if self.memory != "vanilla" and self.max_states < 2:
             raise ValueError(
                 f"DLAConfig.max_states={self.max_states} must be at least 2 (multi-state memory); "
                 "use memory='vanilla' for a single state."
             )
+        for field in ("merge_threshold", "rms_norm_eps", "initializer_range", *TIME_STEP_FIELDS):
+            _check_real(field, getattr(self, field))
         if not 0.0 <= self.merge_threshold < 2.0:
             raise ValueError(
                 f"DLAConfig.merge_threshold={self.merge_threshold} must lie in [0, 2) (the range of 1 - cos)."
             )
+        if not self.rms_norm_eps > 0:
+            raise ValueError(
+                f"DLAConfig.rms_norm_eps={self.rms_norm_eps} must be positive (it keeps 1/sqrt(mean x^2 + eps) "
+                "finite); the usual value is 1e-5 or 1e-6."
+            )
+        if self.initializer_range < 0:
+            raise ValueError(f"DLAConfig.initializer_range={self.initializer_range} is a std: use a value >= 0.")
+        self._validate_time_steps()
         if self.num_heads * self.head_dim != self.expand * self.hidden_size:
             raise ValueError(
                 f"DLAConfig: num_heads * head_dim = {self.num_heads} * {self.head_dim} must equal "
@@ -112,8 +128,69 @@ class DLAConfig(PreTrainedConfig):
             )
         if self.num_heads % self.n_groups:
             raise ValueError(f"DLAConfig.n_groups={self.n_groups} must divide num_heads={self.num_heads}.")
-        if self.chunk_size < 1 or self.conv_kernel < 1:
-            raise ValueError("DLAConfig.chunk_size and conv_kernel must be positive integers.")
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(
+                f"DLAConfig.hidden_act={self.hidden_act!r} is not an activation transformers knows; use one of "
+                "transformers.activations.ACT2FN's keys, e.g. 'silu'."
+            )
+        for field in ("residual_in_fp32", "use_cache", "tie_word_embeddings"):
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"DLAConfig.{field}={getattr(self, field)!r} must be True or False.")
+
+    def _validate_time_steps(self):
+        if not 0 < self.time_step_min <= self.time_step_max:
+            raise ValueError(
+                f"DLAConfig: time_step_min={self.time_step_min} and time_step_max={self.time_step_max} must satisfy "
+                "0 < time_step_min <= time_step_max (the range the initial dt is drawn from); swap or fix them."
+            )
+        if self.time_step_floor < 0:
+            raise ValueError(f"DLAConfig.time_step_floor={self.time_step_floor} must be >= 0 (a lower bound on dt).")
+        limit = self.time_step_limit
+        if (
+            not isinstance(limit, (list, tuple))
+            or len(limit) != 2
+            or not all(_is_real(x) for x in limit)
+            or not 0 <= limit[0] <= limit[1]
+        ):
+            raise ValueError(
+                f"DLAConfig.time_step_limit={limit!r} must be two numbers (low, high) with 0 <= low <= high, the "
+                "clamp of dt; (0.0, float('inf')) means no clamp."
+            )
+
+
+# Integer fields and their minimum (max_states: at least 2 unless memory='vanilla', checked after).
+POSITIVE_INTEGERS = {
+    "vocab_size": 1,
+    "hidden_size": 1,
+    "num_hidden_layers": 1,
+    "max_states": 1,
+    "chunk_size": 1,
+    "num_heads": 1,
+    "head_dim": 1,
+    "state_size": 1,
+    "expand": 1,
+    "n_groups": 1,
+    "intermediate_size": 1,
+    "conv_kernel": 1,
+}
+TIME_STEP_FIELDS = ("time_step_min", "time_step_max", "time_step_floor")
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _check_integer(field: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        hint = f"; pass {field}={int(value)}" if _is_real(value) and float(value).is_integer() else ""
+        raise ValueError(f"DLAConfig.{field}={value!r} must be an integer (got {type(value).__name__}){hint}.")
+    if value < minimum:
+        raise ValueError(f"DLAConfig.{field}={value} must be at least {minimum}.")
+
+
+def _check_real(field: str, value) -> None:
+    if not _is_real(value):
+        raise ValueError(f"DLAConfig.{field}={value!r} must be a real number (int or float, not NaN).")
 
 
 __all__ = ["DLAConfig"]
