@@ -346,8 +346,11 @@ def load_student(model_args: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTo
         revision=model_args.model_revision,
         dtype=model_args.dtype,
         attn_implementation=resolve_attn_implementation(model_args.attn_implementation),
+        trust_remote_code=model_args.trust_remote_code,  # students saved with their modeling code (hf_dla models)
     )
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code
+    )
     return model, tokenizer
 
 

@@ -441,6 +441,10 @@ class DLAPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["DLABlock"]
     supports_gradient_checkpointing = True
     _is_stateful = True
+    # No softmax attention: any attn_implementation a loader requests (TRL scripts and `hf-compress sft` ask for sdpa
+    # or flash_attention_2) is accepted and changes nothing; flash-attention's packed-sequence kwargs are honoured.
+    _supports_sdpa = True
+    _supports_flash_attn = True
 
     @torch.no_grad()
     def _init_weights(self, module):
