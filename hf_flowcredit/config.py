@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
+
+from .answer import find_answer_span
+from .attention import LAYER_PRESETS
 
 TOKEN_SCORERS = ("flow", "random", "entropy", "attention", "correlation", "gradient", "none")
 MISSING_ANSWER_POLICIES = ("uniform", "last_tokens")
@@ -33,7 +38,9 @@ class FlowGRPOConfig(GRPOConfig):
             Advantage multiplier of the selected tokens; the others keep 1.0.
         flow_layers (`str`, *optional*, defaults to `"middle"`):
             Which layers' attention the flow and attention scorers read: `"middle"` (up to 5 evenly spaced layers of
-            the middle third), `"all"`, or a comma-separated list of layer indices such as `"8,10,12"`.
+            the middle third; `"early"` and `"late"` take the first and last third), `"all"`, or a comma-separated
+            list of layer indices such as `"8,10,12"` (negative ones count from the end). Checked against the model
+            when the trainer is built, with one tiny attention capture that proves the model's attention can be read.
         answer_format (`str`, *optional*, defaults to `"auto"`):
             How the answer span (the flow sinks) is found in a completion: `"auto"` takes the last of `\boxed{}`,
             `<answer></answer>`, `#### x` and `The answer is x`; one of `"boxed"`, `"answer_tag"`, `"hash"`,
@@ -140,11 +147,14 @@ class FlowGRPOConfig(GRPOConfig):
         _check_choice("weight_sign", self.weight_sign, WEIGHT_SIGNS)
         if not 0.0 < self.top_fraction <= 1.0:
             raise ValueError(f"top_fraction must be in (0, 1], got {self.top_fraction}.")
-        if self.high_weight < 0.0:
+        if not (math.isfinite(self.high_weight) and self.high_weight > 0.0):
             raise ValueError(
-                f"high_weight must be >= 0 (1.0 gives plain GRPO), got {self.high_weight}: a negative weight would "
-                "flip the sign of the advantage."
+                f"high_weight must be a finite number > 0 (1.0 gives plain GRPO, the paper uses 1.5), got "
+                f"{self.high_weight}: zero or a negative weight would cancel or flip the advantage of the selected "
+                "tokens."
             )
+        find_answer_span("", self.answer_format)  # an unknown name or an invalid regex raises here, not mid-run
+        parse_flow_layers(self.flow_layers)
         if self.answer_fallback_tokens < 1:
             raise ValueError(f"answer_fallback_tokens must be >= 1, got {self.answer_fallback_tokens}.")
         if self.flow_max_length is not None and self.flow_max_length < 2:
@@ -153,6 +163,23 @@ class FlowGRPOConfig(GRPOConfig):
             raise ValueError(
                 f"flow_recompute_min_length must be None or >= 1, got {self.flow_recompute_min_length}."
             )
+
+
+def parse_flow_layers(flow_layers: str) -> str | list[int]:
+    """`flow_layers` as the scorers take it: a preset name, or the layer indices of a list such as `"8,10,12"`.
+
+    Whether the indices exist depends on the model: `FlowGRPOTrainer` checks that when it is built.
+    """
+    text = flow_layers.strip()
+    if text in LAYER_PRESETS:
+        return text
+    parts = [part.strip() for part in text.split(",")]
+    if not all(re.fullmatch(r"-?\d+", part) for part in parts):
+        raise ValueError(
+            f"flow_layers={flow_layers!r} is not a layer selection; use one of {LAYER_PRESETS} or comma-separated "
+            "layer indices such as '8,10,12' (negative indices count from the end)."
+        )
+    return [int(part) for part in parts]
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -19,14 +19,18 @@ import warnings
 from typing import Any
 
 import torch
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl import GRPOTrainer
 
 from .answer import answer_token_mask
-from .config import FlowGRPOConfig
+from .attention import capture_attention, capture_queries_keys, resolve_layers
+from .config import FlowGRPOConfig, parse_flow_layers
 from .scoring import ScoringBatch, count_forwards, filler_batch, get_scorer, normalize_weights, select_weights
 
 # Loss types whose per-token loss multiplies the advantage token by token, so (B, T) advantages act per token.
 PER_TOKEN_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "vespo", "luspo")
+# Scorers that read the model's attention, and so need `capture_attention` to work on it.
+ATTENTION_SCORERS = ("flow", "attention")
 
 
 class FlowGRPOTrainer(GRPOTrainer):
@@ -49,6 +53,8 @@ class FlowGRPOTrainer(GRPOTrainer):
                 "takes every GRPOConfig field plus the token-credit ones."
             )
         _check_loss_takes_token_advantages(self.args)
+        if self.args.token_scorer in ATTENTION_SCORERS:
+            _check_attention_capture(self.accelerator.unwrap_model(self.model), self.args)
         self.token_scorer = None
         if self.args.token_scorer != "none":
             self.token_scorer = get_scorer(self.args.token_scorer, **_scorer_options(self.args))
@@ -188,9 +194,7 @@ class FlowGRPOTrainer(GRPOTrainer):
 def _scorer_options(args: FlowGRPOConfig) -> dict[str, Any]:
     if args.token_scorer not in ("flow", "attention"):
         return {}
-    layers = args.flow_layers
-    if all(part.strip().lstrip("-").isdigit() for part in layers.split(",")):
-        layers = [int(part) for part in layers.split(",")]
+    layers = parse_flow_layers(args.flow_layers)
     if args.token_scorer == "flow":
         return {"layers": layers, "recompute_min_length": args.flow_recompute_min_length}
     return {"layers": layers}
@@ -210,6 +214,38 @@ def _check_loss_takes_token_advantages(args: FlowGRPOConfig) -> None:
             "advantage weights collapse to a single scale per completion and token credit is lost. Use "
             "importance_sampling_level='token', or token_scorer='none'."
         )
+
+
+def _check_attention_capture(model, args: FlowGRPOConfig) -> None:
+    """Fail at construction, not at the first scored batch (possibly hours in), when the attention scorers cannot
+    work on `model`: `flow_layers` must exist in it, and capturing a 4-token probe with one padding position must
+    succeed, through the query/key path as well when the flow scorer will use it for long sequences (no gradient;
+    the model's train/eval mode, attention implementation and the RNG state are left as they were)."""
+    name = type(model).__name__
+    num_layers = model.config.get_text_config().num_hidden_layers
+    try:
+        layers = resolve_layers(parse_flow_layers(args.flow_layers), num_layers)
+    except ValueError as error:
+        raise ValueError(
+            f"flow_layers={args.flow_layers!r} does not fit {name} ({num_layers} layers): {error}"
+        ) from None
+    if is_deepspeed_zero3_enabled():
+        return  # the parameters stay partitioned until the trainer prepares the model: no forward is possible yet
+    device = next(model.parameters()).device
+    probe = torch.arange(1, 5, device=device)[None] % model.config.get_text_config().vocab_size
+    probe_mask = torch.tensor([[0, 1, 1, 1]], device=device)  # left padding: the padding-mask path runs too
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            capture_attention(model, probe, probe_mask, layers=layers)
+            if args.token_scorer == "flow" and args.flow_recompute_min_length is not None:
+                capture_queries_keys(model, probe, probe_mask, layers=layers)(0, probe.shape[1])
+        except (NotImplementedError, RuntimeError, TypeError) as error:
+            raise ValueError(
+                f"token_scorer={args.token_scorer!r} reads the attention of {name}, but capturing it fails: {error} "
+                "Use a scorer that does not read attention (token_scorer='entropy', 'gradient', 'random' or "
+                "'correlation'), or a model whose attention layers call transformers' AttentionInterface without "
+                "logit softcapping or attention sinks."
+            ) from error
 
 
 def _last_tokens(completion_mask: torch.BoolTensor, count: int) -> torch.BoolTensor:

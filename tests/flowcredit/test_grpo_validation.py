@@ -1,0 +1,114 @@
+"""FlowGRPO settings and models that cannot work are refused when the config or the trainer is built, not when the
+first batch with an answer is scored (which can be hours into a run)."""
+
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    GptOssConfig,
+    GptOssForCausalLM,
+    MambaConfig,
+    MambaForCausalLM,
+)
+
+from examples.tiny_kit import build_tokenizer, tiny_causal_lm
+from hf_flowcredit import FlowGRPOConfig, FlowGRPOTrainer
+from hf_flowcredit.config import parse_flow_layers
+from hf_flowcredit.grpo_trainer import _check_attention_capture
+
+TOKENIZER = build_tokenizer()
+SETTINGS = dict(output_dir="unused", report_to="none", use_cpu=True, per_device_train_batch_size=4, num_generations=4)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(high_weight=math.nan), "high_weight must be a finite number > 0"),
+        (dict(high_weight=math.inf), "high_weight must be a finite number > 0"),
+        (dict(high_weight=-1.5), "high_weight must be a finite number > 0"),
+        (dict(high_weight=0.0), "high_weight must be a finite number > 0"),
+        (dict(top_fraction=math.nan), r"top_fraction must be in \(0, 1\]"),
+        (dict(top_fraction=1.5), r"top_fraction must be in \(0, 1\]"),
+        (dict(answer_format="boxd"), r"Unknown answer_format='boxd'; use one of \('auto', 'boxed'"),
+        (dict(answer_format="regex:(unclosed"), "not a valid regular expression"),
+        (dict(flow_layers="midle"), r"flow_layers='midle' is not a layer selection; use one of \('middle'"),
+        (dict(flow_layers=""), r"flow_layers='' is not a layer selection.*'8,10,12'"),
+        (dict(flow_layers="8;10"), "flow_layers='8;10' is not a layer selection"),
+        (dict(flow_layers="1,,2"), "flow_layers='1,,2' is not a layer selection"),
+    ],
+    ids=lambda value: str(value) if isinstance(value, dict) else None,
+)
+def test_bad_settings_are_refused_by_the_config(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        FlowGRPOConfig(**SETTINGS, **overrides)
+
+
+def test_flow_layers_forms():
+    assert parse_flow_layers("middle") == "middle" and parse_flow_layers(" all ") == "all"
+    assert parse_flow_layers("8, 10,12") == [8, 10, 12] and parse_flow_layers("-1") == [-1]
+
+
+def _trainer(model, **overrides):
+    return FlowGRPOTrainer(
+        model=model,
+        reward_funcs=lambda completions, **kwargs: [0.0] * len(completions),
+        args=FlowGRPOConfig(**{**SETTINGS, **overrides}),
+        train_dataset=Dataset.from_dict({"prompt": ["unused"] * 4}),
+        processing_class=TOKENIZER,
+    )
+
+
+def _qwen3():
+    return tiny_causal_lm("qwen3", TOKENIZER, hidden_size=32, num_layers=3, num_heads=2, num_kv_heads=1)
+
+
+def test_layer_indices_the_model_lacks_are_refused_by_the_trainer():
+    with pytest.raises(ValueError, match=r"flow_layers='1,99' does not fit Qwen3ForCausalLM \(3 layers\).*\[99\]"):
+        _trainer(_qwen3(), flow_layers="1,99")
+
+
+# Tiny models whose attention capture_attention cannot read: logit softcapping, attention sinks, no attention at all.
+UNCAPTURABLE = {
+    "Gemma2ForCausalLM": lambda: Gemma2ForCausalLM(
+        Gemma2Config(**_SIZES, head_dim=8, num_attention_heads=2, num_key_value_heads=1, attn_logit_softcapping=50.0)
+    ),
+    "GptOssForCausalLM": lambda: GptOssForCausalLM(
+        GptOssConfig(
+            **_SIZES,
+            head_dim=8,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            num_local_experts=2,
+            num_experts_per_tok=1,
+        )  # fmt: skip
+    ),
+    "MambaForCausalLM": lambda: MambaForCausalLM(MambaConfig(**_SIZES, state_size=4)),
+}
+_SIZES = dict(vocab_size=len(TOKENIZER), hidden_size=16, intermediate_size=32, num_hidden_layers=2)
+
+
+@pytest.mark.parametrize("model_class", sorted(UNCAPTURABLE))
+def test_models_whose_attention_cannot_be_captured_are_refused_at_construction(model_class):
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=rf"reads the attention of {model_class}.*token_scorer='entropy'"):
+        _trainer(UNCAPTURABLE[model_class](), token_scorer="flow")
+
+
+@pytest.mark.parametrize("token_scorer", ["none", "entropy"])
+def test_scorers_that_do_not_read_attention_skip_the_capture_check(token_scorer):
+    torch.manual_seed(0)
+    trainer = _trainer(UNCAPTURABLE["Gemma2ForCausalLM"](), token_scorer=token_scorer)
+    assert (trainer.token_scorer is None) == (token_scorer == "none")
+
+
+def test_capture_check_leaves_rng_mode_and_attention_implementation_alone():
+    model = _qwen3().train()
+    args = FlowGRPOConfig(**SETTINGS, token_scorer="attention", flow_layers="0,2")
+    state = torch.random.get_rng_state()
+    _check_attention_capture(model, args)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert model.training and model.config._attn_implementation == "sdpa"
