@@ -338,6 +338,8 @@ class OpenAIBackend(TeacherBackend):
     def _run_all(self, jobs: list[tuple[Conversation, int]], sampling: SamplingConfig) -> list[Generation]:
         """Every job's generation, from daemon worker threads: unlike a ThreadPoolExecutor's, they do not hold
         the process open at exit, so an interrupt ends the run at once instead of after the requests in flight."""
+        if not jobs:
+            return []
         results: list[Generation | None] = [None] * len(jobs)
         pending = iter(range(len(jobs)))
         errors: list[BaseException] = []

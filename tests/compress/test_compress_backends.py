@@ -90,6 +90,7 @@ def test_openai_backend_against_a_real_server(teacher_server):
     assert "\\boxed{15}" in results[1][1].text
     assert teacher_server.behaviour.requests == 6  # one request per sample: exact per-trace usage
     assert "top_k" not in teacher_server.behaviour.last_body  # None keeps the server's default
+    assert backend.generate([], SamplingConfig(), seed=0) == []
     backend.generate(conversations(PROBLEMS[:1]), SamplingConfig(temperature=0.6, top_p=0.95, top_k=20), seed=0)
     sent = teacher_server.behaviour.last_body
     assert (sent["temperature"], sent["top_p"], sent["top_k"], sent["seed"]) == (0.6, 0.95, 20, 0)
