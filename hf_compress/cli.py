@@ -457,9 +457,10 @@ def plan_stages(recipe: dict, recipe_path: str) -> list[tuple[str, argparse.Name
     return plan
 
 
-def import_input_builder(spec: str, recipe_path: str) -> Callable:
-    """`module:function`, imported as installed, else from the current directory, else from the recipe's folder or
-    the nearest folder above it that holds the module (so `examples.tiny_kit:...` works from any directory)."""
+def locate_input_builder(spec: str, recipe_path: str) -> str:
+    """Where `module:function`'s module is, without running it: installed, else in the current directory, else in
+    the recipe's folder or the nearest folder above it that holds it (so `examples.tiny_kit:...` works from any
+    directory); that folder is put on `sys.path`. Returns the module's file."""
     module_name, _, function_name = spec.partition(":")
     if not module_name or not function_name:
         raise UsageError(f"input_builder must be `module:function` (e.g. `my_data:build_problems`), got {spec!r}.")
@@ -476,6 +477,19 @@ def import_input_builder(spec: str, recipe_path: str) -> Callable:
             raise UsageError(f"input_builder {spec!r}: module {top!r} is neither installed nor in the current "
                              "directory, the recipe's folder or a folder above it.")
         sys.path.insert(0, found)
+    try:
+        module_spec = importlib.util.find_spec(module_name)
+    except ModuleNotFoundError:
+        module_spec = None
+    if module_spec is None:
+        raise UsageError(f"input_builder {spec!r}: no module {module_name!r} in {top!r}.")
+    return module_spec.origin
+
+
+def import_input_builder(spec: str, recipe_path: str) -> Callable:
+    """The `module:function` named by a recipe's `input_builder` (see `locate_input_builder`)."""
+    locate_input_builder(spec, recipe_path)
+    module_name, _, function_name = spec.partition(":")
     function = getattr(importlib.import_module(module_name), function_name, None)
     if not callable(function):
         raise UsageError(f"input_builder {spec!r}: {module_name} has no function {function_name!r}.")
@@ -530,7 +544,7 @@ def _run_recipe(args):
     plan = plan_stages(recipe, args.recipe)
     if args.dry_run:
         if "input_builder" in recipe:
-            import_input_builder(recipe["input_builder"], args.recipe)  # importable from here? (not called)
+            print(f"input: {recipe['input_builder']} in {locate_input_builder(recipe['input_builder'], args.recipe)}")
         for name, stage_args in plan:
             print(f"{name}: " + " ".join(f"{k}={v!r}" for k, v in vars(stage_args).items() if k != "command"))
         return plan
