@@ -145,7 +145,7 @@ def test_padding_free_batch_equals_documents_alone(make_config, backend, mixer, 
     # max_states=5: loglinear holds 16 tokens, fewer than the packed row's 24 but more than its longest document
     model = build_model(make_config, mixer=mixer, memory=memory, backend=backend, max_states=5, chunk_size=4)
     docs = documents()
-    batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)([{"input_ids": d} for d in docs])
+    batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)([{"input_ids": d.tolist()} for d in docs])
     packed_logits, packed_grads = logits_and_gradients(
         model, input_ids=batch["input_ids"], position_ids=batch["position_ids"]
     )
@@ -164,7 +164,7 @@ def test_every_boundary_source_gives_the_same_documents(make_config):
     """position_ids, cu_seq_lens_q, seq_idx, and several packed rows (flattened) all give the documents alone."""
     model = build_model(make_config, mixer="gated_deltanet", memory="dla", max_states=4).eval()
     docs = documents((5, 6, 5, 8))
-    batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)([{"input_ids": d} for d in docs])
+    batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)([{"input_ids": d.tolist()} for d in docs])
     with torch.no_grad():
         expected = torch.cat([model(d[None]).logits for d in docs], 1)
         ids = batch["input_ids"]

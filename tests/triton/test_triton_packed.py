@@ -1,0 +1,114 @@
+"""Triton ops (CPU interpreter, or a GPU with TRITON_INTERPRET=0) on packed documents (fla-style ``cu_seqlens``).
+
+Each document of a packed row gives, outputs, final states and input gradients, what it gives alone; float32,
+1e-5 relative. Tiny shapes: the interpreter is slow. The model-level check through ``position_ids`` with
+``backend="triton"`` is marked slow.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton", reason="the Triton backend needs the `triton` package (pip install '.[triton]')")
+
+from hf_dla import DLAConfig, DLAForCausalLM  # noqa: E402
+from hf_dla.memory_plans import build_memory_plan  # noqa: E402
+from hf_dla.ops.triton import TritonDynamicPlan, triton_gated_delta_rule, triton_mamba2  # noqa: E402
+
+OPS = {"mamba2": triton_mamba2, "gated_deltanet": triton_gated_delta_rule}
+LENGTHS = (5, 19, 9)  # the second document spans two chunks of 16
+CLOSE = dict(rtol=1e-5, atol=1e-5)
+
+
+def packed_case(mixer, memory, device, heads=1, key_dim=16, value_dim=16, seed=0):
+    """Op inputs over the packed row, one initial state per document, and the plan."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (1, sum(LENGTHS), heads)
+    q, k = torch.randn(*shape, key_dim, generator=generator), torch.randn(*shape, key_dim, generator=generator)
+    if mixer == "gated_deltanet":
+        q, k = F.normalize(q, dim=-1) * key_dim**-0.5, F.normalize(k, dim=-1)
+    v = torch.randn(*shape, value_dim, generator=generator)
+    log_decay, beta = -torch.rand(*shape, generator=generator), torch.rand(*shape, generator=generator)
+    num_slots = {"vanilla": 1, "loglinear": 6, "dla": 3}[memory]
+    lam = None if memory == "vanilla" else torch.rand(*shape, num_slots, generator=generator) + 0.5
+    initial = 0.5 * torch.randn(len(LENGTHS), heads, num_slots, key_dim, value_dim, generator=generator)
+    if memory == "dla":
+        plan = TritonDynamicPlan(num_slots, merge_threshold=0.3)
+    else:
+        plan = build_memory_plan(memory, num_slots, merge_threshold=0.3)
+    leaves = [None if x is None else x.to(device) for x in (q, k, v, log_decay, beta, lam, initial)]
+    return plan, leaves
+
+
+def run(op, plan, leaves, cu_seqlens=None):
+    leaves = [None if x is None else x.clone().requires_grad_() for x in leaves]
+    q, k, v, log_decay, beta, lam, initial = leaves
+    valid = torch.ones(q.shape[:2], dtype=torch.bool, device=q.device)
+    if cu_seqlens is None:
+        slot_map = plan(k, valid, plan.init_state(1, k.shape[-2] * k.shape[-1], k.device)).slot_map
+    else:
+        slot_map = plan.plan_documents(k, valid, cu_seqlens).slot_map
+    out, final = op(q, k, v, log_decay, beta, slot_map, lam, initial, cu_seqlens=cu_seqlens, chunk_size=16)
+    ((out * out.cos()).sum() + (final * final.cos()).sum()).backward()  # elementwise: the same loss per document
+    return out, final, [None if x is None else x.grad for x in leaves]
+
+
+# Default set: each mixer once, with slots; the other mixer x memory pairs are marked slow (interpreter time).
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    ("mixer", "memory"),
+    [
+        ("mamba2", "loglinear"),
+        ("gated_deltanet", "dla"),
+        pytest.param("mamba2", "vanilla", marks=SLOW),
+        pytest.param("mamba2", "dla", marks=SLOW),
+        pytest.param("gated_deltanet", "vanilla", marks=SLOW),
+        pytest.param("gated_deltanet", "loglinear", marks=SLOW),
+    ],
+)
+def test_triton_packed_equals_documents_alone(mixer, memory, device):
+    plan, leaves = packed_case(mixer, memory, device)
+    cu = torch.tensor([0, *LENGTHS], device=device).cumsum(0)
+    packed_out, packed_final, packed_grads = run(OPS[mixer], plan, leaves, cu)
+    for i, (start, end) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        doc = [None if x is None else x[:, start:end] for x in leaves[:6]] + [leaves[6][i : i + 1]]
+        out, final, grads = run(OPS[mixer], plan, doc)
+        torch.testing.assert_close(packed_out[:, start:end], out, **CLOSE)
+        torch.testing.assert_close(packed_final[i : i + 1], final, **CLOSE)
+        for name, packed_grad, grad in zip(("q", "k", "v", "log_decay", "beta", "lam"), packed_grads, grads):
+            if grad is not None:
+                torch.testing.assert_close(
+                    packed_grad[:, start:end], grad, **CLOSE, msg=lambda m, n=name: f"d{n}: {m}"
+                )
+        torch.testing.assert_close(packed_grads[6][i : i + 1], grads[6], **CLOSE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("memory", ["loglinear", "dla"])
+def test_triton_model_padding_free_equals_documents_alone(memory, device):
+    """DLAForCausalLM(backend="triton") with position_ids as TRL's padding-free collator passes them."""
+    config = DLAConfig(
+        mixer="gated_deltanet", memory=memory, backend="triton", max_states=5, merge_threshold=0.6, chunk_size=16,
+        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_heads=1, head_dim=32, state_size=16,
+        intermediate_size=32, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = DLAForCausalLM(config).to(device)
+    with torch.no_grad():
+        model.model.layers[0].mixer.read_weights.proj.weight.normal_(0.0, 0.3)  # lambda away from 1
+    docs = [torch.randint(3, 64, (n,), generator=torch.Generator().manual_seed(n), device="cpu") for n in (6, 14)]
+
+    def logits_and_grads(**inputs):
+        model.zero_grad(set_to_none=True)
+        logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits
+        (logits * logits.cos()).sum().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    positions = torch.cat([torch.arange(len(d)) for d in docs])[None]
+    packed_logits, packed_grads = logits_and_grads(input_ids=torch.cat(docs)[None], position_ids=positions)
+    alone = [logits_and_grads(input_ids=d[None]) for d in docs]
+    torch.testing.assert_close(packed_logits, torch.cat([logits for logits, _ in alone], 1), **CLOSE)
+    for name, grad in packed_grads.items():
+        torch.testing.assert_close(grad, sum(grads[name] for _, grads in alone), rtol=1e-5, atol=1e-5)
