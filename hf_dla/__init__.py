@@ -12,6 +12,7 @@ Importing the package registers `DLAConfig` (`model_type="dla"`), `DLAModel` and
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .configuration_dla import DLAConfig
+from .convert import convert_mamba2, dla_config_from_mamba2, qwen3_next_gated_deltanet_state_dict
 from .memory_plans import DynamicPlan, LogLinearPlan, MemoryPlan, PlanState, VanillaPlan, build_memory_plan
 from .modeling_dla import (
     DLACache,
@@ -44,5 +45,8 @@ __all__ = [
     "PlanState",
     "VanillaPlan",
     "build_memory_plan",
+    "convert_mamba2",
+    "dla_config_from_mamba2",
     "get_multistate_op",
+    "qwen3_next_gated_deltanet_state_dict",
 ]
