@@ -53,10 +53,14 @@ def test_sft_eval_report_from_the_command_line(tmp_path, capsys):
     assert "| raw |" in capsys.readouterr().out
 
 
-def test_recipe_with_an_unknown_field_fails_before_training(tmp_path):
+def test_recipe_with_an_unknown_field_fails_before_training(tmp_path, capsys):
     recipe = yaml.safe_load(open(TINY_RECIPE))
     recipe["learning_rte"] = 1e-3
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    with pytest.raises(ValueError, match=r"'learning_rte' \(did you mean 'learning_rate'\?\)"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["sft", str(path), "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "'learning_rte' (did you mean 'learning_rate'?)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"'learning_rte' \(did you mean 'learning_rate'\?\)"):
+        main(["--debug", "sft", str(path), "--output_dir", str(tmp_path / "out")])
