@@ -273,7 +273,7 @@ class PooledServer:
 
     @property
     def name(self) -> str:
-        return self.url or "https://api.openai.com/v1"
+        return self.url or str(self.client.base_url)  # the client's default: $OPENAI_BASE_URL or api.openai.com
 
 
 class OpenAIBackend(TeacherBackend):
@@ -411,7 +411,7 @@ class OpenAIBackend(TeacherBackend):
                 # top_k is not an OpenAI parameter; vLLM, SGLang and TGI servers read it from the body.
                 extra_body={**self.extra_body, **({"top_k": sampling.top_k} if sampling.top_k is not None else {})},
             )
-            body = raw.text
+            body, content_type = raw.text, raw.headers.get("content-type", "none")
         except openai.APIConnectionError as error:  # timeouts included
             raise ServerFailure(f"{type(error).__name__}: {error}") from error
         except openai.APIStatusError as error:
@@ -428,7 +428,7 @@ class OpenAIBackend(TeacherBackend):
         try:
             return parse_chat_completion(body)
         except MalformedAnswerError as error:
-            raise ServerFailure(f"a malformed answer ({error}): {snippet(body)}") from None
+            raise ServerFailure(f"a malformed answer ({error}; content-type {content_type}): {snippet(body)}") from None
 
     def _acquire(self, stop: threading.Event) -> PooledServer:
         """The least-loaded server that has room and is not backing off; waits while there is none."""
@@ -458,7 +458,7 @@ class OpenAIBackend(TeacherBackend):
                 delay = self.backoff_seconds * 2 ** min(server.failures - 1, self.max_retries) * (0.5 + random.random())
                 server.available_at = time.monotonic() + delay
                 logger.warning("Teacher server %s failed (%s); no request goes there for %.2f s.", server.name,
-                               failed[:300], delay)
+                               failed, delay)
             self._dispatch.notify_all()
 
     def _exhausted_message(self, failures: list[str]) -> str:
