@@ -1,6 +1,6 @@
 """Attention flow throughput: how much source-to-sink attention flow passes through each token.
 
-Definition (DESIGN.md section 1.3). For one sequence with aggregated attention `attn[j, i]` (query j, key i):
+Definition. For one sequence with aggregated attention `attn[j, i]` (query j, key i):
 
 - `A[j, i] = attn[j, i]` for `i < j`, else 0: self and future edges are dropped. Padding tokens have no edges.
 - With `renormalize` (default) each row of `A` is divided by its sum; rows summing to zero stay zero.
@@ -235,7 +235,7 @@ def flow_throughput(
     block_size: int | None = None,
     implementation: str = "auto",
 ) -> torch.Tensor:
-    """Per-token attention flow throughput from source tokens to sink tokens (DESIGN.md section 1.3).
+    """Per-token attention flow throughput from source tokens to sink tokens (definition: the module docstring).
 
     Args:
         attn: `[B, T, T]` float32/float64 aggregated attention, `attn[b, j, i]` = attention of query j to key i

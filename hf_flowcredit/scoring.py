@@ -2,7 +2,8 @@
 
 A scorer is called as `scorer(model, batch)` on a `ScoringBatch` (prompt + completion in TRL's layout) and returns
 float32 `[B, T]` scores, zero outside the completion. `select_weights` turns any scorer's scores into per-token
-advantage weights with the same rule (DESIGN.md section 1.4), so baselines and flow are compared like for like.
+advantage weights with the same rule (top `top_fraction` of each completion), so baselines and flow are compared
+like for like.
 
 Model-based scorers run in eval mode on groups of consecutive rows, cut to the columns where the group has real
 tokens, with position ids that count real tokens only (as generation does): scores do not depend on how the batch
@@ -141,7 +142,7 @@ def _square(length: int) -> int:
 
 @dataclass
 class FlowScorer:
-    """Answer-targeted attention flow throughput (DESIGN.md 1.3): sources = prompt tokens, sinks = answer tokens.
+    """Answer-targeted attention flow throughput (`flow_throughput`): sources = prompt tokens, sinks = answer tokens.
 
     A row whose `answer_mask` is all False (no answer found) gets all-zero scores without running the model: the
     caller decides the fallback (`select_weights` gives such a row weight 1.0 everywhere).
