@@ -338,7 +338,11 @@ def load_variant(dataset_path: str, variant: str) -> Dataset:
     return variants[variant]
 
 
-def load_student(model_args: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_student(
+    model_args: ModelConfig, trust_remote_code: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The student and its tokenizer; `trust_remote_code` (the recipe's SFTConfig field) loads students saved with
+    their own modeling code, such as hf_dla models."""
     if not model_args.model_name_or_path:
         raise ValueError("Set `model_name_or_path` in the recipe: the student to train.")
     model = AutoModelForCausalLM.from_pretrained(
@@ -346,10 +350,10 @@ def load_student(model_args: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTo
         revision=model_args.model_revision,
         dtype=model_args.dtype,
         attn_implementation=resolve_attn_implementation(model_args.attn_implementation),
-        trust_remote_code=model_args.trust_remote_code,  # students saved with their modeling code (hf_dla models)
+        trust_remote_code=trust_remote_code,
     )
     tokenizer = AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code
+        model_args.model_name_or_path, revision=model_args.model_revision, trust_remote_code=trust_remote_code
     )
     return model, tokenizer
 
@@ -375,7 +379,7 @@ def build_sft_trainer(
     """Check the data, then build TRL's `SFTTrainer` with assistant-only loss; `model`/`tokenizer` default to
     `model_args.model_name_or_path`. Returns the trainer and the mask report (token counts before training)."""
     if model is None:
-        model, tokenizer = load_student(model_args)
+        model, tokenizer = load_student(model_args, training_args.trust_remote_code)
     elif tokenizer is None:
         raise ValueError("Pass the tokenizer together with the model.")
     if not training_args.assistant_only_loss:
