@@ -109,33 +109,71 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def _summed_head_probabilities(
-    queries: torch.Tensor, keys_t: torch.Tensor, mask: torch.Tensor, scaling: float
-) -> torch.Tensor:
-    """Softmax probabilities of `queries` over keys, summed over the query heads: `[B, n, kv]`.
+class _Workspace:
+    """One reusable buffer for the `[B, H, chunk, kv]` scores: a fresh tensor per chunk would cost a page fault per
+    4 KiB (the CPU allocator returns large blocks to the OS) and as much time as the softmax itself."""
 
-    `queries` [B, H, n, D] and `keys_t` [B, H_kv, 1, D, kv] (transposed keys, already in the compute dtype);
-    `mask` [B, 1, n, kv] is bool (True = may attend) or an additive float mask. Fully masked rows get zeros.
+    def __init__(self):
+        self.buffer = None
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        size = math.prod(shape)
+        if self.buffer is None or self.buffer.numel() < size or self.buffer.dtype != dtype:
+            self.buffer = torch.empty(size, dtype=dtype, device=device)
+        return self.buffer[:size].view(shape)
+
+
+def _add_head_summed_rows(
+    out: torch.Tensor,
+    queries: torch.Tensor,
+    keys_t: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float,
+    start: int,
+    weight: float,
+    workspace: _Workspace,
+) -> None:
+    """`out[:, :, :kv] += weight * sum over query heads of softmax(scaling * q k^T)` for the queries at `start..`.
+
+    `queries` [B, H, n, D]; `keys_t` [B * H_kv, D, K] (transposed keys, in the compute dtype); `mask` [B, 1, n, K] is
+    bool (True = may attend), an additive float mask, or None for plain causal attention. Only the first
+    `kv = start + n` keys are read unless the mask lets a query see later ones. Fully masked rows (padding queries)
+    add nothing.
     """
     batch, heads, rows, head_dim = queries.shape
-    kv_heads = keys_t.shape[1]
-    # Query head h reads key/value head h // group, as in transformers' `repeat_kv`: view the query heads by group.
-    queries = queries.to(keys_t.dtype).reshape(batch, kv_heads, heads // kv_heads, rows, head_dim)
-    scores = (queries @ keys_t).mul_(scaling)  # [B, H_kv, group, n, kv]; in place from here: one chunk's worth
-    if mask.dtype == torch.bool:
-        allowed = mask[:, :, None]
-    else:  # an additive float mask
-        scores.add_(mask[:, :, None].to(scores.dtype))
-        allowed = torch.isfinite(scores)
-    scores.masked_fill_(~allowed, float("-inf"))
-    return torch.softmax(scores, dim=-1).nan_to_num_(0.0).sum(dim=(1, 2))  # fully masked (padding) rows: no weight
+    kv_heads = keys_t.shape[0] // batch
+    kv_length = start + rows
+    if mask is not None:
+        later = mask[..., kv_length:] if mask.dtype == torch.bool else torch.isfinite(mask[..., kv_length:])
+        kv_length = keys_t.shape[-1] if later.any() else kv_length
+        mask = mask[..., :kv_length]
+    # Query head h reads key/value head h // group, as in transformers' `repeat_kv`: one batched matrix product per
+    # key head over its group of query heads (a broadcast matmul would copy the keys for every query head).
+    queries = queries.to(keys_t.dtype).reshape(batch * kv_heads, heads // kv_heads * rows, head_dim)
+    scores = workspace.take((batch * kv_heads, queries.shape[1], kv_length), keys_t.dtype, keys_t.device)
+    torch.bmm(queries, keys_t[..., :kv_length], out=scores).mul_(scaling)
+    scores = scores.view(batch, kv_heads, -1, rows, kv_length)  # [B, H_kv, group, n, kv]
+    if mask is None:  # causal: only keys after the query's own position are masked
+        future = torch.ones(rows, rows, dtype=torch.bool, device=scores.device).triu_(1)
+        scores[..., start:].masked_fill_(future, float("-inf"))
+    else:
+        if mask.dtype == torch.bool:
+            allowed = mask[:, :, None]
+        else:  # an additive float mask
+            scores.add_(mask[:, :, None].to(scores.dtype))
+            allowed = torch.isfinite(scores)
+        scores.masked_fill_(~allowed, float("-inf"))
+    torch.softmax(scores, dim=-1, out=scores)
+    if mask is not None:
+        scores.nan_to_num_(0.0)  # fully masked (padding) rows: no weight
+    width = min(kv_length, out.shape[-1])  # the caller may want fewer columns (QueryKeyAttention: causal part only)
+    out[..., :width].add_(scores.sum(dim=(1, 2))[..., :width], alpha=weight)
 
 
-def _causal_mask(start: int, end: int, kv_length: int, device: torch.device) -> torch.Tensor:
-    """Bool [1, 1, end - start, kv_length]: query start + r may attend key i <= start + r."""
-    return (torch.arange(kv_length, device=device)[None, :] <= torch.arange(start, end, device=device)[:, None])[
-        None, None
-    ]
+def _transposed_keys(key: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, H_kv, kv, D] -> [B * H_kv, D, kv] in `dtype`, contiguous for the batched matrix products."""
+    batch, kv_heads, kv_length, head_dim = key.shape
+    return key.to(dtype).transpose(-1, -2).reshape(batch * kv_heads, head_dim, kv_length).contiguous()
 
 
 def _chunk_rows(capture_chunk: int | None, batch: int, heads: int, kv_length: int) -> int:
@@ -146,17 +184,16 @@ def _add_head_averaged_probabilities(
     capture: _Capture, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float
 ) -> None:
     batch, heads, length, _ = query.shape
-    keys_t = key.to(capture.accumulator.dtype).transpose(-1, -2)[:, :, None]  # [B, H_kv, 1, D, T]
+    keys_t = _transposed_keys(key, capture.accumulator.dtype)
     chunk = _chunk_rows(capture.query_chunk_size, batch, heads, length)
     weight = 1.0 / (heads * len(capture.layers))
+    workspace = _Workspace()
     for start in range(0, length, chunk):
         end = min(length, start + chunk)
-        if attention_mask is None:
-            mask = _causal_mask(start, end, length, query.device)
-        else:
-            mask = attention_mask[:, :, start:end]
-        probabilities = _summed_head_probabilities(query[:, :, start:end], keys_t, mask, scaling)
-        capture.accumulator[:, start:end] += probabilities * weight
+        mask = None if attention_mask is None else attention_mask[:, :, start:end]
+        _add_head_summed_rows(
+            capture.accumulator[:, start:end], query[:, :, start:end], keys_t, mask, scaling, start, weight, workspace
+        )
 
 
 def _mask_recipe(capture: _Capture, attention_mask: torch.Tensor | None) -> dict | None:
@@ -241,8 +278,10 @@ def _attn_implementation(model: PreTrainedModel, name: str):
 
 
 def _is_multi_process() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and (
-        torch.distributed.get_world_size() > 1
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and (torch.distributed.get_world_size() > 1)
     )
 
 
@@ -346,6 +385,7 @@ class QueryKeyAttention:
         self.shape = (batch, self.length, self.length)
         self.dtype = _compute_dtype(layers[0].query.dtype)
         self.device = layers[0].query.device
+        self.workspace = _Workspace()
 
     def __call__(self, start: int, end: int) -> torch.Tensor:
         if not 0 <= start < end <= self.length:
@@ -366,17 +406,13 @@ class QueryKeyAttention:
         # Keys after `end - 1` matter only to a mask that lets a query see later keys (not causal; e.g. bidirectional
         # image tokens): then every key is read, so the softmax normaliser stays exact.
         kv_length = self.length if masks is not None and masks[..., end:].any() else end
-        keys_t = layer.key[:, :, :kv_length].to(self.dtype).transpose(-1, -2)[:, :, None]
+        keys_t = _transposed_keys(layer.key[:, :, :kv_length], self.dtype)
         for chunk_start in range(start, end, chunk):
             chunk_end = min(end, chunk_start + chunk)
-            if masks is None:
-                mask = _causal_mask(chunk_start, chunk_end, kv_length, self.device)
-            else:
-                mask = masks[:, :, chunk_start - start : chunk_end - start, :kv_length]
-            probabilities = _summed_head_probabilities(
-                layer.query[:, :, chunk_start:chunk_end], keys_t, mask, layer.scaling
-            )
-            rows[:, chunk_start - start : chunk_end - start] += probabilities[..., :end] * weight
+            mask = None if masks is None else masks[:, :, chunk_start - start : chunk_end - start, :kv_length]
+            query = layer.query[:, :, chunk_start:chunk_end]
+            out = rows[:, chunk_start - start : chunk_end - start]
+            _add_head_summed_rows(out, query, keys_t, mask, layer.scaling, chunk_start, weight, self.workspace)
 
     def _masks(self, layer: _LayerQueriesKeys, start: int, end: int) -> torch.Tensor | None:
         """This layer's attention mask for queries `start..end-1`, rebuilt by the mask function that made it."""

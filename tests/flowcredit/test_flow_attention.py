@@ -75,11 +75,13 @@ def test_probabilities_exist_one_query_chunk_at_a_time(tokenizer, monkeypatch):
     model = tiny_causal_lm("qwen3", tokenizer, hidden_size=64, num_layers=3)
     input_ids, attention_mask = _padded_batch(len(tokenizer))
     sizes, softmax = [], torch.softmax
-    monkeypatch.setattr(torch, "softmax", lambda scores, dim: sizes.append(scores.numel()) or softmax(scores, dim))
+    monkeypatch.setattr(
+        torch, "softmax", lambda scores, dim, **kw: sizes.append(scores.numel()) or softmax(scores, dim, **kw)
+    )
     capture_attention(model, input_ids, attention_mask, layers="all", query_chunk_size=4)
     batch, length, heads = 3, 14, 4
     assert len(sizes) == 3 * 4  # 3 layers x ceil(14 / 4) chunks
-    assert max(sizes) == batch * heads * 4 * length  # never B x H x T x T
+    assert max(sizes) <= batch * heads * 4 * length  # never B x H x T x T (a chunk reads the keys up to its end)
 
 
 def test_dropout_is_off_and_training_mode_comes_back(tokenizer):
