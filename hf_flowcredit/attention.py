@@ -149,9 +149,10 @@ def _add_head_summed_rows(
         mask = mask[..., :kv_length]
     # Query head h reads key/value head h // group, as in transformers' `repeat_kv`: one batched matrix product per
     # key head over its group of query heads (a broadcast matmul would copy the keys for every query head).
-    queries = queries.to(keys_t.dtype).reshape(batch * kv_heads, heads // kv_heads * rows, head_dim)
+    # The scaling goes on the queries (n x D values) rather than on the scores (n x kv values).
+    queries = (queries.to(keys_t.dtype) * scaling).reshape(batch * kv_heads, heads // kv_heads * rows, head_dim)
     scores = workspace.take((batch * kv_heads, queries.shape[1], kv_length), keys_t.dtype, keys_t.device)
-    torch.bmm(queries, keys_t[..., :kv_length], out=scores).mul_(scaling)
+    torch.bmm(queries, keys_t[..., :kv_length], out=scores)
     scores = scores.view(batch, kv_heads, -1, rows, kv_length)  # [B, H_kv, group, n, kv]
     if mask is None:  # causal: only keys after the query's own position are masked
         future = torch.ones(rows, rows, dtype=torch.bool, device=scores.device).triu_(1)
