@@ -285,7 +285,8 @@ class OpenAIBackend(TeacherBackend):
     request (connection error, timeout, 404, 408, 409, 429, 5xx, or an answer that is not a usable chat completion)
     is retried, on another server when there is one, up to `max_retries` times; a server that failed gets no new
     request for `backoff_seconds * 2**k` (k: its consecutive failures; with jitter). Other 4xx answers stop the run
-    at once. An interrupt (Ctrl-C) sends no new request and abandons those in flight.
+    at once. After such an error, or an interrupt (Ctrl-C), no new request is sent and those in flight are
+    abandoned: `generate` raises at once, and their answers, when they come, are dropped.
     """
 
     kind = "openai"
