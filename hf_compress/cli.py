@@ -4,14 +4,17 @@
     hf-compress verify   --input runs/c/generate --output runs/c/verify
     hf-compress compress --input runs/c/verify --output runs/c/compress --compressor extractive --tokenizer runs/sft/model
     hf-compress build    --input runs/c/compress --output runs/c/build --tokenizer runs/sft/model
-    hf-compress run examples/recipes/compress_arithmetic.yaml
-    hf-compress sft      examples/recipes/sft_lora.yaml --dataset_path runs/c/build --variant compressed --output_dir runs/c/students/compressed
+    hf-compress run examples/recipes/compress_arithmetic.yaml [generate.n=1 output_dir=runs/x ...] [--dry_run]
+    hf-compress sft      examples/recipes/sft_lora_qwen3.yaml --dataset_path runs/c/build --variant compressed --output_dir runs/c/students/compressed
     hf-compress eval     --model runs/c/students/compressed --input test_problems/
     hf-compress report   runs/c/students/raw runs/c/students/compressed --output runs/c/report
 
 Adding a subcommand is one `register(name, help, add_arguments, run)` call. A stage that reads `--input`
 and writes `--output` can also be appended to `PIPELINE`, and `run` will chain it (its recipe section holds
-its other arguments, by their argparse names).
+its other arguments, by their argparse names, parsed by the stage's own parser).
+
+Errors print one line (exit code 2: the command, recipe or inputs are wrong; 1: a failure while running);
+`hf-compress --debug <command> ...` shows the traceback.
 """
 
 from __future__ import annotations
