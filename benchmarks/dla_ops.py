@@ -86,7 +86,7 @@ def main():
     parser.add_argument("--max_states", type=int, default=None, help="default: ceil(log2 max T) + 1 for both modes")
     parser.add_argument("--merge_threshold", type=float, default=0.5)
     parser.add_argument("--chunk_size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3, help="best of N for chunk (naive runs once)")
+    parser.add_argument("--repeats", type=int, default=3, help="best of N runs, for naive and chunk alike")
     parser.add_argument("--output", type=str, default=None, help="also write the table as markdown here")
     args = parser.parse_args()
     args.max_states = args.max_states or math.ceil(math.log2(max(args.seq_lens))) + 1
@@ -96,7 +96,7 @@ def main():
     rows = [header, "|" + "---|" * 9]
     print(
         f"B={args.batch} H={args.heads} K={args.key_dim} V={args.value_dim} max_states={args.max_states} "
-        f"chunk={args.chunk_size} threads={torch.get_num_threads()}"
+        f"chunk={args.chunk_size} repeats={args.repeats} threads={torch.get_num_threads()}"
     )
     print(header)
     for mixer in args.mixers:
@@ -107,7 +107,7 @@ def main():
                 slot_map, _, plan_seconds = plan_slots(args, memory, inputs[1])
                 chunk_s, chunk_bytes = best_of(args.repeats, chunk, inputs, slot_map, chunk_size=args.chunk_size)
                 if seq_len <= args.naive_max_len:
-                    naive_s, naive_bytes = best_of(1, naive, inputs, slot_map)
+                    naive_s, naive_bytes = best_of(args.repeats, naive, inputs, slot_map)
                     cells = [f"{naive_s:.3f}", f"{chunk_s:.3f}", f"{naive_s / chunk_s:.1f}x"]
                     cells += [f"{naive_bytes / 2**20:.1f}", f"{chunk_bytes / 2**20:.1f}"]
                 else:
