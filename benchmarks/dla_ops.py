@@ -2,9 +2,9 @@
 
 For each mixer (Mamba-2, Gated DeltaNet), memory mode (vanilla, loglinear, dla) and sequence length, the
 same inputs and the same slot plan go through `hf_dla.ops.naive` and `hf_dla.ops.chunk`; the table gives the
-best wall time of forward + backward, the speed-up of chunk over naive (the baseline, measured in the same
-run), and the bytes autograd keeps for the backward pass (unique saved tensors: the op's training memory;
-CPU torch has no allocator peak counter). The dla plan (a sequential scan over the keys, no gradient) is
+best wall time of forward + backward over `--repeats` runs (naive and chunk timed the same way), the speed-up
+of chunk over naive (the baseline, measured in the same run), and the bytes autograd keeps for the backward pass
+(unique saved tensors: the op's training memory; CPU torch has no allocator peak counter). The dla plan (a sequential scan over the keys, no gradient) is
 timed on its own.
 
     python -m benchmarks.dla_ops                       # T = 256 .. 4096
