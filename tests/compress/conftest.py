@@ -164,7 +164,12 @@ def _running_server():
 def start_teacher_server():
     """`start_teacher_server()` starts a fresh server for this test; every one started is stopped at its end."""
     started = []
-    yield lambda: started.append(start_server()) or started[-1]
+
+    def start() -> TeacherServer:
+        started.append(start_server())
+        return started[-1]
+
+    yield start
     for running in started:
         running.behaviour.reset()
         running.stop()
