@@ -63,6 +63,8 @@ def release_gpu_memory():
 
 
 def main(args: CompressDistillArguments):
+    # The SFT recipe is used hours from now, after generation: a bad field must fail here, not then.
+    parse_recipe(args.recipe, model_name_or_path=args.student, output_dir=args.output_dir)
     data_dir = os.path.join(args.output_dir, "data")
     problems = gsm8k("train", args.num_train_problems)
 

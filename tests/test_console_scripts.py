@@ -102,6 +102,16 @@ def test_every_shipped_recipe_parses(recipe):
     assert parser(recipe)
 
 
+def test_compress_distill_checks_its_sft_recipe_before_generating(tmp_path, monkeypatch):
+    from examples import compress_distill
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model_name_or_path: student\nwarmup_ratio: 0.03\n")  # a field transformers 5 removed
+    monkeypatch.setattr(compress_distill, "gsm8k", lambda *a, **k: pytest.fail("loaded data before the recipe check"))
+    with pytest.raises(ValueError, match="'warmup_ratio'"):
+        compress_distill.main(compress_distill.CompressDistillArguments(recipe=str(recipe), output_dir=str(tmp_path)))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # hf-compress and flowcredit-intervention as subprocesses
 # ----------------------------------------------------------------------------------------------------------
