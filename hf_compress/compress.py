@@ -93,7 +93,16 @@ class LLMCompressor(Compressor):
             [{"role": "user", "content": self.template.format(problem=p, trace=t)}] for p, t in zip(problems, traces)
         ]
         self.backend = resolve_backend(self.backend)
-        return [g[0].text.strip() for g in self.backend.generate(conversations, self.sampling, seed=seed)]
+        return [strip_reasoning(g[0].text) for g in self.backend.generate(conversations, self.sampling, seed=seed)]
+
+
+def strip_reasoning(text: str) -> str:
+    """The rewrite without a reasoning compressor's own thinking: what follows the last `</think>`. A rewrite that
+    is still inside an unclosed `<think>` (it ran out of tokens while thinking) has no answer and becomes empty, so
+    the answer check drops it instead of keeping the compressor's thoughts as a "compressed" trace."""
+    if "</think>" in text:
+        return text.rsplit("</think>", 1)[1].strip()
+    return "" if text.lstrip().startswith("<think>") else text.strip()
 
 
 def _token_counts(tokenizer, texts: list[str]) -> list[int]:

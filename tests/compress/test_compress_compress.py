@@ -4,7 +4,7 @@ import pytest
 from datasets import Dataset
 
 from examples.tiny_kit import build_tokenizer, make_task_dataset
-from hf_compress.backends import OpenAIBackend, SamplingConfig
+from hf_compress.backends import Generation, OpenAIBackend, SamplingConfig, TeacherBackend
 from hf_compress.compress import Compressor, ExtractiveCompressor, LLMCompressor, compress
 from hf_compress.generate import generate
 from hf_compress.verify import verify
@@ -98,3 +98,22 @@ def test_compress_rejects_bad_inputs(teacher_server, tokenizer):
         LLMCompressor(backend, "v0")
     with pytest.raises(ValueError, match=r"\{trace\}"):
         LLMCompressor(backend, "mine", template="Shorten: {problem}")
+
+
+@pytest.mark.parametrize(
+    "rewrite, expected",
+    [
+        ("<think>\nshorten it\n</think>\n\n3 + 4 = 7. \\boxed{7}", "3 + 4 = 7. \\boxed{7}"),
+        ("<think>still thinking when the tokens ran out", ""),
+        ("  3 + 4 = 7. \\boxed{7} ", "3 + 4 = 7. \\boxed{7}"),
+    ],
+)
+def test_llm_compressor_drops_its_own_thinking(rewrite, expected):
+    class ThinkingBackend(TeacherBackend):
+        kind, model_name = "scripted", "thinker"
+
+        def generate(self, conversations, sampling, seed):
+            return [[Generation(text=rewrite, num_tokens=len(rewrite.split()), finish_reason="stop")] for _ in conversations]
+
+    compressor = LLMCompressor(ThinkingBackend())
+    assert compressor.compress(["What is 3 + 4?"], ["3 + 4 = 7. So the answer is \\boxed{7}."]) == [expected]
