@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 
-.PHONY: demo demo-sft demo-flow demo-dla demo-compress test test-fast test-slow lint install clean
+.PHONY: demo demo-sft demo-flow demo-dla demo-compress repro-compress test test-fast test-slow lint install clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ demo-dla: install
 
 demo-compress: install
 	$(PY) -m examples.demo_compress --output_dir runs/compress
+
+# Compress-Distill with the real model as teacher and students (hours on 2 cores; rerun to resume).
+repro-compress: install
+	$(PY) -m examples.repro_compress --output_dir runs/repro_compress
 
 lint: install
 	$(VENV)/bin/ruff check .
