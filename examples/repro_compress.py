@@ -53,16 +53,18 @@ class ReproSettings:
     n_samples: int = 8  # teacher samples per problem
     n_test: int = 500  # held-out problems for the students
     data_seed: int = 0
-    instruction: str = "Solve it step by step in a few short sentences, then give the final answer as \\boxed{number}."
+    # The kit's "steps" instruction; a terser one ("... in a few short sentences ...") cut the pass rate from 7.8%
+    # to 1.6% (64 samples each, this cap).
+    instruction: str = "Think step by step, then give the final answer as \\boxed{number}."
     temperature: float = 0.7
-    teacher_max_new_tokens: int = 96  # teacher trace cap (steps of a 1-3 step problem fit in ~60 tokens)
+    teacher_max_new_tokens: int = 96  # teacher trace cap: longer traces are rarely right (6% pass at a 160 cap)
     teacher_batch_size: int = 16  # problems per generate() call: x n_samples sequences
     shard_size: int = 32  # problems per saved generation shard (the resume unit)
     prompt_version: str = "v1"  # LLM compressor prompt
     compress_max_new_tokens: int = 96
     compressed_from: str = "extractive"  # which compressor's rewrites make the compressed/truncated variants
     max_traces_per_problem: int = 0  # correct traces kept per problem for the students (0: all)
-    eval_max_new_tokens: int = 128
+    eval_max_new_tokens: int = 96  # = the teacher's cap
     eval_batch_size: int = 64
     fast_dtype: str = "bfloat16"  # teacher sampling, LLM compression and evaluation; training stays float32
 
