@@ -10,7 +10,6 @@ correctness, its token count and whether it hit the cap) in the output folder.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from hf_compress.sft import bf16_supported, resolve_attn_implementation
+from hf_compress.stages import save_to_disk, write_json_atomically
 from hf_compress.verify import check_texts, resolve_task
 
 EVAL_FILE = "eval.json"
@@ -202,7 +202,8 @@ def evaluate_student(
 
 
 def save_evaluation(summary: dict[str, Any], table: Dataset, output_dir: str) -> None:
+    """The table first, then `eval.json` (which `report` reads) atomically: a crash never leaves a summary whose
+    table is missing, nor a truncated summary."""
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, EVAL_FILE), "w") as f:
-        json.dump(summary, f, indent=2)
-    table.save_to_disk(os.path.join(output_dir, EVAL_TABLE_DIR))
+    save_to_disk(table, os.path.join(output_dir, EVAL_TABLE_DIR))
+    write_json_atomically(os.path.join(output_dir, EVAL_FILE), summary)
