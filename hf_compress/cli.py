@@ -387,7 +387,7 @@ def stage_namespace(name: str, section: dict, input_path: str, output_path: str,
                          "folder and writes <output_dir>/<stage>. Set the first input and `split` at the top level.")
     parser = _RaisingParser(prog=f"hf-compress {name}", where=where)
     SUBCOMMANDS[name].add_arguments(parser)
-    unknown = sorted(set(section) - {action.dest for action in parser._actions})
+    unknown = sorted(set(section) - {action.dest for action in parser._actions if action.dest != "help"})
     if unknown:
         raise UsageError(f"Unknown key(s) {unknown} in {where}; see `hf-compress {name} --help`.")
     args = parser.parse_args(["--input", input_path, "--output", output_path, *section_argv(parser, section, where)])

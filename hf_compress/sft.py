@@ -14,7 +14,7 @@ training data is checked so that the comparison between variants is fair and cor
 
 bf16 and FlashAttention 2 are used only when the hardware supports them.
 
-    >>> args, training_args, model_args = parse_recipe("examples/recipes/lora_qwen3.yaml", variant="raw")
+    >>> args, training_args, model_args = parse_recipe("examples/recipes/sft_lora_qwen3.yaml", variant="raw")
     >>> summary = run_sft(args, training_args, model_args)
 """
 

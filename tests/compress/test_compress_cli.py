@@ -107,6 +107,8 @@ def test_recipe_values_are_parsed_like_the_command_line():
         stage_namespace("build", {"tokenizer": "tok", "variants": ["shortest"]}, "in", "out")
     with pytest.raises(UsageError, match=r"the following arguments are required: --tokenizer"):
         stage_namespace("build", {}, "in", "out")
+    with pytest.raises(UsageError, match=r"Unknown key\(s\) \['help'\]"):  # not argparse's -h, which would exit
+        stage_namespace("verify", {"help": True}, "in", "out")
 
 
 def test_keep_only_correct_false_in_a_recipe_keeps_every_row(teacher_server, workspace):
