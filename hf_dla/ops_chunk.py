@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .ops_naive import _check_shapes, run_documents
+from .ops_naive import _check_shapes, check_cu_seqlens, run_documents
 
 DEFAULT_CHUNK_SIZE = 64
 
@@ -61,7 +61,18 @@ def _pad_time(x: torch.Tensor, pad: int, value: float = 0.0) -> torch.Tensor:
 
 
 def _chunk_multistate(
-    q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, delta_rule, chunk_size
+    q,
+    k,
+    v,
+    log_decay,
+    beta,
+    slot_map,
+    lam,
+    initial_state,
+    output_final_state,
+    delta_rule,
+    chunk_size,
+    last_chunks=None,
 ):
     num_slots = _check_shapes(q, k, v, log_decay, beta, slot_map, lam, initial_state)
     batch, seq_len, heads, key_dim = q.shape
@@ -102,6 +113,11 @@ def _chunk_multistate(
         query_old = gamma[..., None] * q
         write_keys = k * (beta * decay_to_end)[..., None]
         carry = None
+    chunk_decay = gamma[..., -1]
+    if last_chunks is not None:  # packed documents: nothing leaves a document's last chunk (see run_documents_chunked)
+        keep = (~last_chunks).float()
+        chunk_decay, write_keys = chunk_decay * keep, write_keys * keep[:, None, None]
+        carry = None if carry is None else carry * keep[:, None, None]
 
     if slot_map is None:  # one slot: the read weight depends on the step only
         weight_old = None if lam is None else to_chunks(lam)  # (B, H, N, C, 1)
@@ -141,7 +157,7 @@ def _chunk_multistate(
         o_intra.unbind(2),
         per_chunk(weight_old, 2),
         per_chunk(carry, 2),
-        gamma[..., -1].unbind(2),
+        chunk_decay.unbind(2),
         per_chunk(to_end_slot, 1),
         write_keys.unbind(2),
         v.unbind(2),
@@ -168,6 +184,59 @@ def _chunk_multistate(
     return out.to(out_dtype), (state if output_final_state else None)
 
 
+def aligned_documents(cu_seqlens: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lay packed documents out in one row where every document starts a chunk.
+
+    Returns `source` (T',): the packed position of every laid-out step, -1 for the identity steps that pad each
+    document to a multiple of `chunk_size`; and `last_chunks` (T' / chunk_size,) bool: the last chunk of a document.
+    """
+    lengths = cu_seqlens.diff()
+    padded = (lengths + chunk_size - 1) // chunk_size * chunk_size
+    ends = padded.cumsum(0)
+    position = torch.arange(int(ends[-1]), device=cu_seqlens.device)
+    document = torch.searchsorted(ends, position, right=True)
+    offset = position - (ends - padded)[document]
+    source = torch.where(offset < lengths[document], cu_seqlens[document] + offset, -1)
+    last_chunks = torch.zeros(len(position) // chunk_size, dtype=torch.bool, device=cu_seqlens.device)
+    last_chunks[ends[lengths > 0] // chunk_size - 1] = True
+    return source, last_chunks
+
+
+def run_documents_chunked(multistate, q, k, v, log_decay, beta, slot_map, lam, cu_seqlens, delta_rule, chunk_size):
+    """Packed documents through a chunked backend in one row, restarting the state at every document start.
+
+    Each document is padded with identity steps to a multiple of `chunk_size`, so it starts a chunk; its last chunk
+    passes nothing on (zero carry, zero writes), so the next document starts from empty slots. Cost: the packed
+    tokens plus less than one chunk per document. Training path: no initial or final states (see `run_documents`).
+    `multistate` is the backend's `(q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state,
+    delta_rule, chunk_size, last_chunks)` function."""
+    cu_seqlens = check_cu_seqlens(cu_seqlens, q.shape[1], q.shape[0]).to(q.device)
+    source, last_chunks = aligned_documents(cu_seqlens, chunk_size)
+    inside = source >= 0
+
+    def laid_out(x, fill=0.0):
+        fill = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
+        return torch.where(inside.reshape(-1, *[1] * (x.ndim - 2)), x[0, source.clamp_min(0)], fill)[None]
+
+    if slot_map is not None:
+        slot_map = laid_out(slot_map, torch.arange(slot_map.shape[-1], device=slot_map.device))
+    lam = None if lam is None else laid_out(lam)
+    inputs = [laid_out(x) for x in (q, k, v, log_decay, beta)]
+    out, _ = multistate(*inputs, slot_map, lam, None, False, delta_rule, chunk_size, last_chunks)
+    return out[:, inside], None
+
+
+def _chunk_documents(op, delta_rule, q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state,
+                     cu_seqlens, chunk_size, multistate=_chunk_multistate):  # fmt: skip
+    """`cu_seqlens` dispatch shared by the chunked backends: one chunk-aligned row when no state goes in or out
+    (training), else the padded batch of documents (`run_documents`, per-document initial / final states)."""
+    if initial_state is None and not output_final_state:
+        args = (slot_map, lam, cu_seqlens, delta_rule, chunk_size)
+        return run_documents_chunked(multistate, q, k, v, log_decay, beta, *args)
+    args = (slot_map, lam, initial_state, output_final_state, cu_seqlens)
+    return run_documents(op, q, k, v, log_decay, beta, *args, chunk_size=chunk_size)
+
+
 def chunk_mamba2(
     q,
     k,
@@ -183,8 +252,8 @@ def chunk_mamba2(
 ):
     """Mamba-2 multi-state recurrence, chunked (see `hf_dla.ops` for the signature)."""
     if cu_seqlens is not None:
-        args = (slot_map, lam, initial_state, output_final_state, cu_seqlens)
-        return run_documents(chunk_mamba2, q, k, v, log_decay, beta, *args, chunk_size=chunk_size)
+        args = (slot_map, lam, initial_state, output_final_state, cu_seqlens, chunk_size)
+        return _chunk_documents(chunk_mamba2, False, q, k, v, log_decay, beta, *args)
     return _chunk_multistate(
         q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, False, chunk_size
     )
@@ -205,8 +274,8 @@ def chunk_gated_delta_rule(
 ):
     """Gated DeltaNet multi-state recurrence, chunked (see `hf_dla.ops` for the signature)."""
     if cu_seqlens is not None:
-        args = (slot_map, lam, initial_state, output_final_state, cu_seqlens)
-        return run_documents(chunk_gated_delta_rule, q, k, v, log_decay, beta, *args, chunk_size=chunk_size)
+        args = (slot_map, lam, initial_state, output_final_state, cu_seqlens, chunk_size)
+        return _chunk_documents(chunk_gated_delta_rule, True, q, k, v, log_decay, beta, *args)
     return _chunk_multistate(
         q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, True, chunk_size
     )

@@ -3,7 +3,7 @@
 Every backend exposes two functions with the SAME signature, one per backbone:
 
     {backend}_mamba2(q, k, v, log_decay, beta, slot_map=None, lam=None, initial_state=None,
-                     output_final_state=True) -> (o, final_state)
+                     output_final_state=True, cu_seqlens=None) -> (o, final_state)
     {backend}_gated_delta_rule(...same...) -> (o, final_state)
 
 with backend in ``naive`` (per-token recurrence: the ground truth and the decoding step),
@@ -30,6 +30,13 @@ Shapes (B batch, T tokens, H heads, K key dim, V value dim, S memory slots):
 - ``initial_state`` / ``final_state``: ``(B, H, S, K, V)`` float32 (fla's ``[K, V]`` state layout),
   ``None`` for zeros / when ``output_final_state=False``.
 - ``o``: ``(B, T, H, V)`` in the dtype of ``v``.
+- ``cu_seqlens``: packed documents, as in fla: ``(N + 1,)`` integers rising from 0 to ``T``; the inputs are one row
+  (``B = 1``) and document ``i`` is tokens ``cu_seqlens[i]:cu_seqlens[i + 1]``. Every document starts from its own
+  initial state (``initial_state`` and the final state are then ``(N, H, S, K, V)``), and nothing passes from one
+  document to the next. The slot map comes from ``plan.plan_documents``, which also restarts at each document.
+  With no initial or final state (training), ``chunk`` and ``triton`` lay the documents out chunk-aligned in one
+  row (padding of under one chunk per document). Otherwise, and always for ``naive``, they run as a right-padded
+  batch.
 
 Per step ``t`` and slot ``s`` (state ``h`` of shape ``[K, V]``):
 

@@ -44,7 +44,7 @@ def _op_case(mixer, memory, make_op_inputs):
     num_slots = {"vanilla": 1, "loglinear": 5, "dla": 3}[memory]
     inputs = make_op_inputs(1, sum(LENGTHS), 2, 8, 4, num_slots, mixer == "gated_deltanet")
     q, k, v, log_decay, beta, lam, _ = inputs
-    docs_initial = make_op_inputs(len(LENGTHS), 1, 2, 8, 4, num_slots, False, seed=1)[-1]  # (N, H, S, K, V)
+    docs_initial = make_op_inputs(len(LENGTHS) + 1, 1, 2, 8, 4, num_slots, False, seed=1)[-1]  # (N, H, S, K, V)
     plan = build_memory_plan(memory, num_slots, merge_threshold=0.3)
     return plan, [q, k, v, log_decay, beta, None if memory == "vanilla" else lam, docs_initial]
 
@@ -60,28 +60,43 @@ def _run_op(op, plan, leaves, cu_seqlens, kwargs):
     else:
         slot_map = plan.plan_documents(k, valid, cu_seqlens).slot_map
         out, final = op(q, k, v, log_decay, beta, slot_map, lam, initial, cu_seqlens=cu_seqlens, **kwargs)
-    loss = (out * out.cos()).sum() + (final * final.cos()).sum()  # elementwise: the same loss per document
+    loss = (out * out.cos()).sum()  # elementwise: the packed loss is the sum of the documents' losses
+    if final is not None:
+        loss = loss + (final * final.cos()).sum()
     loss.backward()
     return out, final, [None if x is None else x.grad for x in leaves]
 
 
+# "states": per-document initial and final states (the padded-batch layout); "training": none in or out (the
+# chunked backends lay the documents out chunk-aligned in one row).
+@pytest.mark.parametrize("states", ["states", "training"])
 @pytest.mark.parametrize("memory", MEMORIES)
 @pytest.mark.parametrize("mixer", MIXERS)
 @pytest.mark.parametrize("backend", ["naive", "chunk"])
-def test_packed_op_equals_documents_alone(backend, mixer, memory, make_op_inputs):
+def test_packed_op_equals_documents_alone(backend, mixer, memory, states, make_op_inputs):
     plan, leaves = _op_case(mixer, memory, make_op_inputs)
     op, kwargs = OPS[backend, mixer], ({"chunk_size": 4} if backend == "chunk" else {})
-    cu = cu_seqlens_of(LENGTHS)
+    if states == "training":
+        leaves[6], kwargs = None, {**kwargs, "output_final_state": False}
+    cu = cu_seqlens_of((*LENGTHS[:2], 0, LENGTHS[2]))  # an empty document is allowed too
     packed_out, packed_final, packed_grads = _run_op(op, plan, leaves, cu, kwargs)
+    assert packed_out.shape == leaves[2].shape
     for i, (start, end) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
-        doc = [None if x is None else x[:, start:end] for x in leaves[:6]] + [leaves[6][i : i + 1]]
-        out, final, grads = _run_op(op, plan, doc, None, kwargs)
+        if start == end:
+            continue
+        initial = None if leaves[6] is None else leaves[6][i : i + 1]
+        out, final, grads = _run_op(
+            op, plan, [None if x is None else x[:, start:end] for x in leaves[:6]] + [initial], None, kwargs
+        )
         torch.testing.assert_close(packed_out[:, start:end], out, **TIGHT)
-        torch.testing.assert_close(packed_final[i : i + 1], final, **TIGHT)
         for packed_grad, grad in zip(packed_grads[:6], grads[:6]):
             if grad is not None:
                 torch.testing.assert_close(packed_grad[:, start:end], grad, **TIGHT)
-        torch.testing.assert_close(packed_grads[6][i : i + 1], grads[6], **TIGHT)
+        if states == "states":
+            torch.testing.assert_close(packed_final[i : i + 1], final, **TIGHT)
+            torch.testing.assert_close(packed_grads[6][i : i + 1], grads[6], **TIGHT)
+        else:
+            assert packed_final is None
 
 
 @pytest.mark.parametrize("memory", ["loglinear", "dla"])
@@ -145,7 +160,9 @@ def test_padding_free_batch_equals_documents_alone(make_config, backend, mixer, 
     # max_states=5: loglinear holds 16 tokens, fewer than the packed row's 24 but more than its longest document
     model = build_model(make_config, mixer=mixer, memory=memory, backend=backend, max_states=5, chunk_size=4)
     docs = documents()
-    batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)([{"input_ids": d.tolist()} for d in docs])
+    batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(
+        [{"input_ids": d.tolist()} for d in docs]
+    )
     packed_logits, packed_grads = logits_and_gradients(
         model, input_ids=batch["input_ids"], position_ids=batch["position_ids"]
     )
@@ -164,7 +181,9 @@ def test_every_boundary_source_gives_the_same_documents(make_config):
     """position_ids, cu_seq_lens_q, seq_idx, and several packed rows (flattened) all give the documents alone."""
     model = build_model(make_config, mixer="gated_deltanet", memory="dla", max_states=4).eval()
     docs = documents((5, 6, 5, 8))
-    batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)([{"input_ids": d.tolist()} for d in docs])
+    batch = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(
+        [{"input_ids": d.tolist()} for d in docs]
+    )
     with torch.no_grad():
         expected = torch.cat([model(d[None]).logits for d in docs], 1)
         ids = batch["input_ids"]

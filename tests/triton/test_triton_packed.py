@@ -32,15 +32,12 @@ def packed_case(mixer, memory, device, heads=1, key_dim=16, value_dim=16, seed=0
     num_slots = {"vanilla": 1, "loglinear": 6, "dla": 3}[memory]
     lam = None if memory == "vanilla" else torch.rand(*shape, num_slots, generator=generator) + 0.5
     initial = 0.5 * torch.randn(len(LENGTHS), heads, num_slots, key_dim, value_dim, generator=generator)
-    if memory == "dla":
-        plan = TritonDynamicPlan(num_slots, merge_threshold=0.3)
-    else:
-        plan = build_memory_plan(memory, num_slots, merge_threshold=0.3)
+    plan = build_memory_plan(memory, num_slots, merge_threshold=0.3)  # the Triton dla plan: in the model test
     leaves = [None if x is None else x.to(device) for x in (q, k, v, log_decay, beta, lam, initial)]
     return plan, leaves
 
 
-def run(op, plan, leaves, cu_seqlens=None):
+def run(op, plan, leaves, cu_seqlens=None, with_states=True):
     leaves = [None if x is None else x.clone().requires_grad_() for x in leaves]
     q, k, v, log_decay, beta, lam, initial = leaves
     valid = torch.ones(q.shape[:2], dtype=torch.bool, device=q.device)
@@ -48,41 +45,55 @@ def run(op, plan, leaves, cu_seqlens=None):
         slot_map = plan(k, valid, plan.init_state(1, k.shape[-2] * k.shape[-1], k.device)).slot_map
     else:
         slot_map = plan.plan_documents(k, valid, cu_seqlens).slot_map
-    out, final = op(q, k, v, log_decay, beta, slot_map, lam, initial, cu_seqlens=cu_seqlens, chunk_size=16)
-    ((out * out.cos()).sum() + (final * final.cos()).sum()).backward()  # elementwise: the same loss per document
+    out, final = op(
+        q, k, v, log_decay, beta, slot_map, lam, initial, with_states, cu_seqlens=cu_seqlens, chunk_size=16
+    )
+    loss = (out * out.cos()).sum()  # elementwise: the packed loss is the sum of the documents' losses
+    if with_states:
+        loss = loss + (final * final.cos()).sum()
+    loss.backward()
     return out, final, [None if x is None else x.grad for x in leaves]
 
 
-# Default set: each mixer once, with slots; the other mixer x memory pairs are marked slow (interpreter time).
-SLOW = pytest.mark.slow
+# "states": per-document initial and final states (padded-batch layout); "training": none (one chunk-aligned row).
+# Default set: each mixer and each layout once; the rest of the mixer x memory x layout grid is marked slow.
+CASES = [
+    ("mamba2", "loglinear", "training"),
+    ("gated_deltanet", "loglinear", "states"),
+    ("gated_deltanet", "vanilla", "training"),
+]
+SLOW_CASES = [
+    pytest.param(mixer, memory, states, marks=pytest.mark.slow)
+    for mixer in ("mamba2", "gated_deltanet")
+    for memory in ("vanilla", "loglinear", "dla")
+    for states in ("states", "training")
+    if (mixer, memory, states) not in CASES
+]
 
 
-@pytest.mark.parametrize(
-    ("mixer", "memory"),
-    [
-        ("mamba2", "loglinear"),
-        ("gated_deltanet", "dla"),
-        pytest.param("mamba2", "vanilla", marks=SLOW),
-        pytest.param("mamba2", "dla", marks=SLOW),
-        pytest.param("gated_deltanet", "vanilla", marks=SLOW),
-        pytest.param("gated_deltanet", "loglinear", marks=SLOW),
-    ],
-)
-def test_triton_packed_equals_documents_alone(mixer, memory, device):
+@pytest.mark.parametrize(("mixer", "memory", "states"), CASES + SLOW_CASES)
+def test_triton_packed_equals_documents_alone(mixer, memory, states, device):
     plan, leaves = packed_case(mixer, memory, device)
+    with_states = states == "states"
+    if not with_states:
+        leaves[6] = None
     cu = torch.tensor([0, *LENGTHS], device=device).cumsum(0)
-    packed_out, packed_final, packed_grads = run(OPS[mixer], plan, leaves, cu)
+    packed_out, packed_final, packed_grads = run(OPS[mixer], plan, leaves, cu, with_states)
     for i, (start, end) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
-        doc = [None if x is None else x[:, start:end] for x in leaves[:6]] + [leaves[6][i : i + 1]]
-        out, final, grads = run(OPS[mixer], plan, doc)
+        initial = leaves[6][i : i + 1] if with_states else None
+        doc = [None if x is None else x[:, start:end] for x in leaves[:6]] + [initial]
+        out, final, grads = run(OPS[mixer], plan, doc, None, with_states)
         torch.testing.assert_close(packed_out[:, start:end], out, **CLOSE)
-        torch.testing.assert_close(packed_final[i : i + 1], final, **CLOSE)
         for name, packed_grad, grad in zip(("q", "k", "v", "log_decay", "beta", "lam"), packed_grads, grads):
             if grad is not None:
                 torch.testing.assert_close(
                     packed_grad[:, start:end], grad, **CLOSE, msg=lambda m, n=name: f"d{n}: {m}"
                 )
-        torch.testing.assert_close(packed_grads[6][i : i + 1], grads[6], **CLOSE)
+        if with_states:
+            torch.testing.assert_close(packed_final[i : i + 1], final, **CLOSE)
+            torch.testing.assert_close(packed_grads[6][i : i + 1], grads[6], **CLOSE)
+        else:
+            assert packed_final is None
 
 
 @pytest.mark.slow
@@ -96,6 +107,7 @@ def test_triton_model_padding_free_equals_documents_alone(memory, device):
     )  # fmt: skip
     torch.manual_seed(0)
     model = DLAForCausalLM(config).to(device)
+    assert isinstance(model.model.layers[0].mixer.plan, TritonDynamicPlan) == (memory == "dla")  # its plan_documents
     with torch.no_grad():
         model.model.layers[0].mixer.read_weights.proj.weight.normal_(0.0, 0.3)  # lambda away from 1
     docs = [torch.randint(3, 64, (n,), generator=torch.Generator().manual_seed(n), device="cpu") for n in (6, 14)]

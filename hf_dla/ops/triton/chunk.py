@@ -28,8 +28,8 @@ import torch
 import triton
 from triton.runtime.interpreter import InterpretedFunction
 
-from ...ops_chunk import DEFAULT_CHUNK_SIZE, _pad_time, _source_indices
-from ...ops_naive import _check_shapes, run_documents
+from ...ops_chunk import DEFAULT_CHUNK_SIZE, _chunk_documents, _pad_time, _source_indices
+from ...ops_naive import _check_shapes
 from . import kernels
 
 MAX_HEAD_DIM = 128
@@ -237,7 +237,9 @@ def _slot_weights(slot_map, lam, batch, heads, num_chunks, chunk, num_slots, pad
     )  # fmt: skip
 
 
-def _triton_multistate(q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, delta, chunk_size):
+def _triton_multistate(
+    q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, delta, chunk_size, last_chunks=None
+):
     num_slots = _check_shapes(q, k, v, log_decay, beta, slot_map, lam, initial_state)
     _check_triton_inputs(q, k, v, log_decay, beta, slot_map, lam, initial_state, chunk_size)
     batch, seq_len, heads, key_dim = q.shape
@@ -260,6 +262,10 @@ def _triton_multistate(q, k, v, log_decay, beta, slot_map, lam, initial_state, o
         prep = ChunkPrep.apply(q_c, k_c, g, beta_c, delta)
         attn, query_old, write_keys = prep[:3]
         carry = prep[3] if delta else g[..., -1].exp().contiguous()
+        if last_chunks is not None:  # packed documents: nothing leaves a document's last chunk (run_documents_chunked)
+            keep = (~last_chunks).float()
+            carry = carry * (keep[:, None, None] if delta else keep)
+            write_keys = write_keys * keep[:, None, None]
         out = IntraAttention.apply(attn, token_weights, v_c)
         out_inter, final_state = SlotRecurrence.apply(
             query_old, write_keys, carry, v_c, old_weights, end_old, end_tok, initial_state.contiguous(), delta
@@ -285,8 +291,8 @@ def triton_mamba2(
 ):
     """Mamba-2 multi-state recurrence with Triton kernels (see `hf_dla.ops` for the signature)."""
     if cu_seqlens is not None:
-        args = (slot_map, lam, initial_state, output_final_state, cu_seqlens)
-        return run_documents(triton_mamba2, q, k, v, log_decay, beta, *args, chunk_size=chunk_size)
+        args = (slot_map, lam, initial_state, output_final_state, cu_seqlens, chunk_size, _triton_multistate)
+        return _chunk_documents(triton_mamba2, False, q, k, v, log_decay, beta, *args)
     return _triton_multistate(
         q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, False, chunk_size
     )
@@ -307,8 +313,8 @@ def triton_gated_delta_rule(
 ):
     """Gated DeltaNet multi-state recurrence with Triton kernels (see `hf_dla.ops` for the signature)."""
     if cu_seqlens is not None:
-        args = (slot_map, lam, initial_state, output_final_state, cu_seqlens)
-        return run_documents(triton_gated_delta_rule, q, k, v, log_decay, beta, *args, chunk_size=chunk_size)
+        args = (slot_map, lam, initial_state, output_final_state, cu_seqlens, chunk_size, _triton_multistate)
+        return _chunk_documents(triton_gated_delta_rule, True, q, k, v, log_decay, beta, *args)
     return _triton_multistate(
         q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, True, chunk_size
     )
