@@ -3,9 +3,14 @@
 `capture_attention` runs one no-grad forward with a capturing function registered in transformers'
 `AttentionInterface` (its mask function is SDPA's, registered in `AttentionMaskInterface`). In the selected layers
 it recomputes the softmax probabilities in fp32, in query chunks, averages them over heads (grouped-query heads
-expanded) and adds them to a `[B, T, T]` accumulator; every layer's real output still comes from SDPA. The forward
-stops right after the last selected layer, so later layers (and the LM head) are never computed, and no more than
+expanded) and adds them to a `[B, T, T]` accumulator; every layer's real output still comes from SDPA. In a single
+process the forward stops inside the last selected layer, so later layers (and the LM head) are never computed; with
+several torch.distributed processes it runs to the end (a sharded model's forward is a collective). No more than
 one query chunk of `B x H x chunk x T` probabilities exists at any time.
+
+`capture_queries_keys` runs the same forward but keeps the selected layers' queries and keys (and how their masks
+were built) instead of the `[B, T, T]` matrix; the `QueryKeyAttention` it returns recomputes any block of attention
+rows from them, the lazy input of `flow_throughput_blockwise`: O(T * d) memory for any length.
 
 The model keeps whatever `attn_implementation` it was loaded with (eager, sdpa, flash, ...): it is switched to the
 capturing function for the one forward and switched back afterwards, even if the forward fails.
