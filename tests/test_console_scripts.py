@@ -88,18 +88,19 @@ def parse_dla_recipe(path: str):
     return task_args.task, model_args.max_states
 
 
-PARSERS = {"compress_": parse_compress_recipe, "sft_": parse_sft_recipe, "flowcredit_grpo_": parse_grpo_recipe,
-           "dla_": parse_dla_recipe}
+# Which script reads a recipe, told by the command its header comment gives (every shipped recipe names one).
+PARSERS = {"hf-compress run": parse_compress_recipe, "hf-compress sft": parse_sft_recipe,
+           "examples.flowcredit_grpo": parse_grpo_recipe, "examples.dla_mqar": parse_dla_recipe}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[os.path.basename(r) for r in RECIPES])
 def test_every_shipped_recipe_parses(recipe):
-    name = os.path.basename(recipe)
-    parser = next((p for prefix, p in PARSERS.items() if name.startswith(prefix)), None)
-    assert parser is not None, f"{name}: no parser known for this recipe; add its script's parser to PARSERS"
-    with open(recipe) as f:
-        assert isinstance(yaml.safe_load(f), dict)
-    assert parser(recipe)
+    text = Path(recipe).read_text()
+    header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    commands = [command for command in PARSERS if command in header]
+    assert len(commands) == 1, f"{recipe}: its header comment must name the one command that reads it, of {list(PARSERS)}"
+    assert isinstance(yaml.safe_load(text), dict)
+    assert PARSERS[commands[0]](recipe)
 
 
 def test_compress_distill_checks_its_sft_recipe_before_generating(tmp_path, monkeypatch):
