@@ -167,11 +167,11 @@ def _mask_padding(hidden_states: torch.Tensor, attention_mask: torch.Tensor | No
 
 
 def packed_cu_seqlens(
-    attention_mask: torch.Tensor | None,
+    shape: tuple[int, int],
+    attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
     cu_seq_lens: torch.Tensor | None = None,
     seq_idx: torch.Tensor | None = None,
-    shape: tuple[int, int] | None = None,
 ) -> torch.Tensor | None:
     """Document boundaries of a packed batch of `shape` (B, T), as fla-style `cu_seqlens` over its B * T
     flattened tokens; None when every row holds one document (the ordinary path).
@@ -587,10 +587,8 @@ class DLAModel(DLAPreTrainedModel):
             attention_mask = attention_mask[:, -inputs_embeds.shape[1] :]
         cu_seqlens = None
         if any(x is not None for x in (position_ids, cu_seq_lens_q, cu_seq_lens_k, seq_idx)):
-            cu_seqlens = packed_cu_seqlens(
-                attention_mask, position_ids, cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k,
-                seq_idx, shape=inputs_embeds.shape[:2],
-            )  # fmt: skip
+            cu_seq_lens = cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k
+            cu_seqlens = packed_cu_seqlens(inputs_embeds.shape[:2], attention_mask, position_ids, cu_seq_lens, seq_idx)
         input_shape = inputs_embeds.shape
         if cu_seqlens is not None:  # packed documents: one flattened row, restarted at every document
             if cache is not None and cache.get_plan_state(0) is not None:  # a filled cache, not a fresh one
