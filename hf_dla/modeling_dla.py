@@ -27,7 +27,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from .configuration_dla import DLAConfig
 from .memory_plans import MemoryPlan, PlanState, build_memory_plan
 from .ops_chunk import chunk_gated_delta_rule, chunk_mamba2
-from .ops_naive import batch_to_documents, documents_to_batch, naive_gated_delta_rule, naive_mamba2
+from .ops_naive import naive_gated_delta_rule, naive_mamba2
 
 _OPS = {
     ("naive", "mamba2"): naive_mamba2,
@@ -166,6 +166,25 @@ def _mask_padding(hidden_states: torch.Tensor, attention_mask: torch.Tensor | No
     return hidden_states * attention_mask[:, :, None].to(hidden_states.dtype)
 
 
+def packed_causal_conv(
+    hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cu_seqlens: torch.Tensor
+) -> torch.Tensor:
+    """Depthwise causal conv (weight (C, 1, W)) over documents packed into one row (1, T, C): a tap that would
+    reach back past its document's start reads zero, as when the document runs alone. W shifted products, in place
+    of a padded batch of the documents."""
+    seq_len, width = hidden_states.shape[1], weight.shape[-1]
+    position = torch.arange(seq_len, device=hidden_states.device)
+    cu_seqlens = cu_seqlens.to(hidden_states.device)
+    since_start = position - cu_seqlens[torch.searchsorted(cu_seqlens, position, right=True) - 1]
+    padded = F.pad(hidden_states, (0, 0, width - 1, 0))
+    out = torch.zeros_like(hidden_states) if bias is None else bias.expand_as(hidden_states)
+    for tap in range(width):
+        lag = width - 1 - tap  # this tap reads token t - lag
+        reach = (since_start >= lag).to(hidden_states.dtype)[None, :, None]
+        out = out + padded[:, tap : tap + seq_len] * reach * weight[:, 0, tap]
+    return out
+
+
 def packed_cu_seqlens(
     shape: tuple[int, int],
     attention_mask: torch.Tensor | None = None,
@@ -244,8 +263,7 @@ class DLAMixerBase(nn.Module):
         """Depthwise causal conv over (B, T, C); with a cache, continue from (and update) its window. With
         `cu_seqlens` (documents packed into one row) each document is convolved alone: no window spans two."""
         if cu_seqlens is not None:
-            documents = documents_to_batch(hidden_states, cu_seqlens)
-            return batch_to_documents(self.causal_conv(documents, None), cu_seqlens)
+            return packed_causal_conv(hidden_states, self.conv1d.weight, self.conv1d.bias, cu_seqlens)
         seq_len = hidden_states.shape[1]
         window = hidden_states.transpose(1, 2)
         if cache is not None:
