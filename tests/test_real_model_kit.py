@@ -63,4 +63,5 @@ def test_conversion_gives_a_loadable_llama_folder(tmp_path):
     path = real_model_path(cache_dir=tmp_path)
     config = AutoConfig.from_pretrained(path)
     assert config.model_type == "llama" and config.num_hidden_layers == 30
+    assert getattr(config, "quantization_config", None) is None  # a plain float32 model that trainers accept
     assert real_model_path(cache_dir=tmp_path) == path  # converted once, reused
