@@ -225,11 +225,14 @@ def intervention_analysis(
     answer_format: str = "auto",
     batch_size: int = 16,
     seed: int = 0,
+    traces: Sequence[Trace] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Rate of changed answers when attention to chosen reasoning tokens is blocked.
 
     Returns `{selection: {"changed_rate", "num_traces", "blocked_tokens_mean"}}` for each of `selections`
     ("top" / "bottom" of `scorer`'s ranking, "random", and "none", the control, which should be ~0).
+    `traces`: reuse the `finished_traces` of an earlier call (e.g. to repeat "random" over seeds); `prompts` is then
+    ignored.
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
@@ -238,14 +241,16 @@ def intervention_analysis(
     was_training = model.training
     model.eval()
     try:
-        traces = finished_traces(
-            model,
-            tokenizer,
-            list(prompts),
-            max_new_tokens=max_new_tokens,
-            answer_format=answer_format,
-            batch_size=batch_size,
-        )
+        if traces is None:
+            traces = finished_traces(
+                model,
+                tokenizer,
+                list(prompts),
+                max_new_tokens=max_new_tokens,
+                answer_format=answer_format,
+                batch_size=batch_size,
+            )
+        traces = list(traces)
         if not traces:
             raise ValueError(
                 "No greedy trace had an answer after some reasoning, so there is nothing to intervene on; check "
