@@ -1,11 +1,14 @@
-"""Draw one arithmetic completion coloured by its FlowTracer score (the picture in the README).
+"""Draw one completion coloured by its FlowTracer score (the picture in the README).
 
-    python -m examples.plot_flow_example --output docs/flow_example.png
+    python -m examples.plot_flow_example --real_model --output docs/flow_example.png   # the README's picture
+    python -m examples.plot_flow_example --output runs/flow_example_tiny.png          # the tiny SFT model
     python -m examples.plot_flow_example --model_dir runs/sft/model --output runs/flow_example.png
 
-Without `--model_dir` it trains (or reuses) the tiny SFT model of `examples.demo_sft` under `--sft_dir`. The
-completion is the task's worked trace, scored by the flow scorer from the prompt to the `\\boxed{}` answer; the top
-40% of its tokens (the ones GRPO would up-weight) are underlined. An HTML version is written beside the PNG.
+With `--real_model` the completion is a real greedy answer of SmolLM2-135M-Instruct (`examples.real_model`) to a
+held-out word problem (the first of `--seed`'s problems that it answers correctly), scored from the prompt to its
+final number. Otherwise it trains (or reuses) the tiny SFT model of `examples.demo_sft` under `--sft_dir` (or loads
+`--model_dir`) and scores the arithmetic task's worked trace up to its `\\boxed{}` answer. The top 40% of the tokens
+(the ones GRPO would up-weight) are underlined. An HTML version is written beside the PNG.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from hf_flowcredit import ScoringBatch, answer_token_mask, get_scorer, select_we
 from hf_flowcredit.viz import render_html, render_png, token_strings
 
 
-def scored_example(model, tokenizer, messages: list[dict], completion: str, layers="middle"):
+def scored_example(model, tokenizer, messages: list[dict], completion: str, layers="middle", answer_format="auto"):
     """Flow scores, answer mask and selected mask over the tokens of `completion` answering the chat `messages`."""
     prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     prompt_ids = list(prompt_ids["input_ids"])
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    answer, missing = answer_token_mask([completion], torch.tensor([completion_ids]), tokenizer)
+    answer, missing = answer_token_mask(
+        [completion], torch.tensor([completion_ids]), tokenizer, answer_format=answer_format
+    )
     if missing.any():
         raise ValueError(f"No answer found in the completion {completion!r}.")
     prompt_mask = torch.tensor([[True] * len(prompt_ids) + [False] * len(completion_ids)])
@@ -48,6 +53,27 @@ def scored_example(model, tokenizer, messages: list[dict], completion: str, laye
     )
 
 
+def real_model_example(seed: int, layers="middle", candidates: int = 8):
+    """`scored_example` of the real model's own greedy answer to the first of `candidates` held-out word problems
+    that it answers correctly, with the last number as the answer (the flow's sinks)."""
+    from examples.real_flow import answer_format_for, generate
+    from examples.real_model import load_real_model, make_word_problem_dataset, word_problem_reward
+
+    model, tokenizer = load_real_model()
+    test = make_word_problem_dataset(candidates, seed=seed, split="test", instruction="number", max_steps=1)
+    completions = [c[0] for c in generate(model, tokenizer, list(test["prompt"]), max_new_tokens=48)]
+    correct = word_problem_reward(completions, test["answer"])
+    if not any(correct):
+        raise ValueError(
+            f"None of the {candidates} problems of seed {seed} was answered correctly; try another --seed."
+        )
+    i = correct.index(1.0)
+    scored = scored_example(
+        model, tokenizer, test[i]["prompt"], completions[i].strip(), layers, answer_format_for("number-1")
+    )
+    return (*scored, test[i]["problem"])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="docs/flow_example.png", help="PNG path (the HTML goes beside it).")
@@ -55,21 +81,28 @@ def main(argv=None):
         "--model_dir", default=None, help="A saved causal LM + tokenizer; default: the tiny SFT model."
     )
     parser.add_argument("--sft_dir", default="runs/sft", help="Where the tiny SFT model is trained or reused.")
-    parser.add_argument("--seed", type=int, default=3, help="Which held-out arithmetic problem to draw.")
+    parser.add_argument("--seed", type=int, default=3, help="Which held-out problem(s) to draw.")
+    parser.add_argument(
+        "--real_model", action="store_true", help="Score a greedy answer of the real model (SmolLM2-135M-Instruct)."
+    )
     parser.add_argument("--layers", default="middle", help="Layers whose attention is used (preset name).")
     args = parser.parse_args(argv)
 
-    model_dir = args.model_dir
-    if model_dir is None:
-        from examples.demo_sft import train_tiny_sft
+    if args.real_model:
+        tokens, scores, answer, selected, problem = real_model_example(args.seed, args.layers)
+        title = f"SmolLM2-135M-Instruct, flow throughput, prompt -> answer: {problem}"
+    else:
+        model_dir = args.model_dir
+        if model_dir is None:
+            from examples.demo_sft import train_tiny_sft
 
-        model_dir = train_tiny_sft(args.sft_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    row = make_task_dataset("arithmetic", n=1, seed=args.seed, split="test", max_ops=3)[0]
-    tokens, scores, answer, selected = scored_example(model, tokenizer, row["prompt"], row["trace"], args.layers)
+            model_dir = train_tiny_sft(args.sft_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        row = make_task_dataset("arithmetic", n=1, seed=args.seed, split="test", max_ops=3)[0]
+        tokens, scores, answer, selected = scored_example(model, tokenizer, row["prompt"], row["trace"], args.layers)
+        title = f"Flow throughput, prompt -> answer: {row['problem']}"
 
-    title = f"Flow throughput, prompt -> answer: {row['problem']}"
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     render_png(tokens, scores, answer_mask=answer, selected_mask=selected, title=title, path=args.output)
     html_path = os.path.splitext(args.output)[0] + ".html"
