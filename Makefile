@@ -38,6 +38,12 @@ demo-sft: install
 demo-flow: install
 	$(PY) -m examples.demo_flow --output_dir runs/flow
 
+# FlowTracer on the real model (SmolLM2-135M-Instruct): base accuracy, intervention, scorer cost, then GRPO vs
+# FlowGRPO vs random over 3 seeds. Hours on 2 cores; resumable (rerun to continue), e.g. in the background:
+#   nohup make repro-flow > runs/repro-flow.log 2>&1 &
+repro-flow: install
+	$(PY) -m examples.real_flow all --output_dir runs/real_flow
+
 demo-dla: install
 	$(PY) -m examples.demo_dla --output_dir runs/dla
 

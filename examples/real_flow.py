@@ -487,7 +487,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--settings",
         nargs="+",
-        default=["number-1", "boxed-1", "number-1to3"],
+        default=["number-1", "boxed-1"],
         choices=list(SETTINGS),
         help="base: the settings compared.",
     )
