@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 
-.PHONY: demo demo-sft demo-flow demo-dla demo-compress repro-compress test test-fast test-slow lint install clean
+.PHONY: demo demo-sft demo-flow demo-dla demo-compress repro-compress repro-flow test test-fast test-slow lint install clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
