@@ -202,10 +202,18 @@ def run_intervention(args) -> None:
     if not traces_file.is_file():
         prompts = test_split(args.setting, args.intervention_prompts)["prompt"]
         traces = finished_traces(
-            model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, answer_format=answer_format, batch_size=32
-        )
+            model, tokenizer, prompts, max_new_tokens=args.trace_max_new_tokens, answer_format=answer_format,
+            batch_size=32,
+        )  # fmt: skip
         _write_json(traces_file, {"prompts": len(prompts), "traces": [vars(t) for t in traces]})
-    traces = [Trace(**t) for t in json.loads(traces_file.read_text())["traces"]][: args.intervention_traces]
+    # Only traces that ended (EOS before the token cap): in a cut trace the last number may be mid-reasoning, and
+    # regenerating past the cap would change it with nothing blocked.
+    traces = [Trace(**t) for t in json.loads(traces_file.read_text())["traces"]]
+    traces = [t for t in traces if len(t.completion_ids) < args.trace_max_new_tokens][: args.intervention_traces]
+    if len(traces) < args.intervention_traces:
+        print(
+            f"only {len(traces)} finished traces (asked for {args.intervention_traces}); raise --intervention_prompts"
+        )
     units = [("none", 0), ("top", 0), ("bottom", 0)] + [("random", seed) for seed in args.random_seeds]
     for selection, seed in units:
         path = folder / f"{selection}-seed{seed}.json"
@@ -261,7 +269,6 @@ def intervention_table(output_dir: str, setting: str) -> str:
 
 def run_scorer_cost(args) -> None:
     from benchmarks.flow_scoring import _return_freed_memory_to_the_os, measure
-    from hf_flowcredit import get_scorer
     from hf_flowcredit.intervention import Trace, _reasoning_scores
 
     _return_freed_memory_to_the_os()
@@ -298,7 +305,6 @@ def run_scorer_cost(args) -> None:
         Path(args.output_dir) / "scorer_cost.json",
         {"records": records, "threads": torch.get_num_threads(), "mean_length": statistics.mean(lengths)},
     )
-    del get_scorer
     print(scorer_cost_table(args.output_dir))
 
 
@@ -493,7 +499,7 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--setting",
-        default="boxed-1to2",
+        default="number-1",
         choices=list(SETTINGS),
         help="intervention / grpo: the task and prompt used.",
     )
@@ -509,8 +515,9 @@ def parse_args(argv=None):
     parser.add_argument("--k", type=int, default=8, help="base: samples per problem for pass@k.")
     parser.add_argument("--max_new_tokens", type=int, default=48, help="Token cap of greedy/sampled answers.")
     # intervention
-    parser.add_argument("--intervention_prompts", type=int, default=192, help="Prompts traced (those answered kept).")
+    parser.add_argument("--intervention_prompts", type=int, default=256, help="Prompts traced (those answered kept).")
     parser.add_argument("--intervention_traces", type=int, default=128, help="Traces intervened on (at most).")
+    parser.add_argument("--trace_max_new_tokens", type=int, default=64, help="Token cap of the traced answers.")
     parser.add_argument("--fraction", type=float, default=0.2, help="Fraction of reasoning tokens blocked.")
     parser.add_argument("--random_seeds", nargs="+", type=int, default=[0, 1, 2])
     # scorer_cost
@@ -520,10 +527,10 @@ def parse_args(argv=None):
     parser.add_argument("--methods", nargs="+", default=list(METHOD_SCORERS), choices=list(METHOD_SCORERS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--max_steps", type=int, default=40, help="Optimizer steps per run (the same for all).")
-    parser.add_argument("--learning_rate", type=float, default=5e-6)
+    parser.add_argument("--learning_rate", type=float, default=1e-5)
     parser.add_argument("--lora_r", type=int, default=0, help="LoRA rank (all linear layers); 0: full fine-tuning.")
     parser.add_argument("--num_generations", type=int, default=8, help="Completions per prompt.")
-    parser.add_argument("--per_device_train_batch_size", type=int, default=16, help="Completions per step.")
+    parser.add_argument("--per_device_train_batch_size", type=int, default=8, help="Completions per step.")
     parser.add_argument("--max_completion_length", type=int, default=48)
     parser.add_argument("--n_train", type=int, default=2000)
     args = parser.parse_args(argv)
