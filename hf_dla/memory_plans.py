@@ -93,7 +93,9 @@ class MemoryPlan:
         num_docs = cu_seqlens.numel() - 1
         if state is None:
             state = self.init_state(num_docs, keys.shape[-2] * keys.shape[-1], keys.device)
-        planned = self(documents_to_batch(keys, cu_seqlens), documents_to_batch(valid, cu_seqlens, False), state)
+        # Plans that do not compare keys (vanilla, loglinear) get empty ones: no padded copy of the keys.
+        keys = documents_to_batch(keys if self.keeps_summary else keys[..., :0, :0], cu_seqlens)
+        planned = self(keys, documents_to_batch(valid, cu_seqlens, False), state)
         slot_map = None if planned.slot_map is None else batch_to_documents(planned.slot_map, cu_seqlens)
         trace = planned.trace and {name: batch_to_documents(x, cu_seqlens) for name, x in planned.trace.items()}
         return PlanOutput(slot_map, planned.state, trace)
@@ -160,6 +162,19 @@ class DynamicPlan(MemoryPlan):
 
     @torch.no_grad()
     def __call__(self, keys, valid, state):
+        batch, seq_len = keys.shape[:2]
+        return self._scan(keys, valid, state, [(b, 0, seq_len) for b in range(batch)])
+
+    @torch.no_grad()
+    def plan_documents(self, keys, valid, cu_seqlens, state=None):
+        # Scanned in place on the packed row, document after document, each from its own (empty) plan state.
+        bounds = check_cu_seqlens(cu_seqlens, keys.shape[1], keys.shape[0]).tolist()
+        if state is None:
+            state = self.init_state(len(bounds) - 1, keys.shape[-2] * keys.shape[-1], keys.device)
+        return self._scan(keys, valid, state, [(0, start, end) for start, end in zip(bounds, bounds[1:])])
+
+    def _scan(self, keys, valid, state, spans) -> PlanOutput:
+        """Scan the token spans `(row, start, end)` of the keys, span i with row i of the plan state."""
         batch, seq_len, heads, key_dim = keys.shape
         # One segmentation shared by the heads: concatenate the per-head unit keys.
         kappa = F.normalize(keys.float(), dim=-1, eps=1e-6).reshape(batch, seq_len, heads * key_dim)
@@ -171,8 +186,10 @@ class DynamicPlan(MemoryPlan):
         drift = np.zeros((batch, seq_len))
         merged = np.full((batch, seq_len), -1, dtype=np.int64)
         rows = [
-            self._scan_sequence(kappa[b], valid_rows[b], state, b, step_codes[b], drift[b], merged[b])
-            for b in range(batch)
+            self._scan_sequence(
+                kappa[r, a:b], valid_rows[r, a:b], state, i, step_codes[r, a:b], drift[r, a:b], merged[r, a:b]
+            )
+            for i, (r, a, b) in enumerate(spans)
         ]
         device = keys.device
         slots = self.num_slots
@@ -181,7 +198,7 @@ class DynamicPlan(MemoryPlan):
             padded = [list(v) + [fill] * (slots - len(v)) for v in values]
             return torch.tensor(padded, dtype=dtype, device=device)
 
-        summaries = torch.zeros(batch, slots, kappa.shape[-1], dtype=torch.float64, device=device)
+        summaries = torch.zeros(len(rows), slots, kappa.shape[-1], dtype=torch.float64, device=device)
         for b, row in enumerate(rows):
             if row["tokens"]:
                 sums = torch.from_numpy(np.stack(row["sums"])).to(device)

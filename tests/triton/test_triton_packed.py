@@ -124,3 +124,16 @@ def test_triton_model_padding_free_equals_documents_alone(memory, device):
     torch.testing.assert_close(packed_logits, torch.cat([logits for logits, _ in alone], 1), **CLOSE)
     for name, grad in packed_grads.items():
         torch.testing.assert_close(grad, sum(grads[name] for _, grads in alone), rtol=1e-5, atol=1e-5)
+
+
+def test_triton_dla_plan_scans_packed_documents_in_place(device):
+    """One kernel program per packed document: the slot maps and plan states of the PyTorch plan, per document."""
+    keys = torch.randn(1, sum(LENGTHS), 2, 8, generator=torch.Generator().manual_seed(0)).to(device)
+    valid = torch.ones(keys.shape[:2], dtype=torch.bool, device=device)
+    valid[0, 3] = False  # padding inside a document changes nothing
+    cu = torch.tensor([0, *LENGTHS], device=device).cumsum(0)
+    expected = build_memory_plan("dla", 3, merge_threshold=0.3).plan_documents(keys, valid, cu)
+    actual = TritonDynamicPlan(3, merge_threshold=0.3).plan_documents(keys, valid, cu)
+    assert torch.equal(actual.slot_map, expected.slot_map) and (expected.trace["merged"] >= 0).any()
+    for name in ("seen", "count", "tokens", "information", "summary", "start"):
+        torch.testing.assert_close(getattr(actual.state, name), getattr(expected.state, name), check_dtype=False)

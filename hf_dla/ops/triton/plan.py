@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from ...memory_plans import _NO_START, DynamicPlan, PlanOutput, PlanState
+from ...ops_naive import check_cu_seqlens
 from .chunk import SEQUENTIAL, check_device, launch_device
 
 SUMMARY_BLOCK = 256  # summary columns per pass
@@ -51,13 +52,16 @@ def _pick(vector, rs, index):
 @triton.jit
 def dla_plan_kernel(
     kappa_ptr, valid_ptr, seen_ptr, count_ptr, tokens_ptr, information_ptr, start_ptr, summary_ptr, buffer_ptr,
-    map_ptr, drift_ptr, opened_ptr, merged_ptr,
-    T, D, S, threshold,
+    map_ptr, drift_ptr, opened_ptr, merged_ptr, bounds_ptr,
+    D, S, threshold,
     BS: tl.constexpr, BD: tl.constexpr,
 ):  # fmt: skip
-    """One program per sequence. State tensors are read and overwritten in place (recency order), except the
-    summaries: `summary_ptr` (B, S, D) holds the physical buffers and `buffer_ptr` (B, S) the table."""
+    """One program per sequence: program b scans the flattened steps bounds[b]:bounds[b + 1] (a batch row, or a
+    document packed into a row) with row b of the plan state. State tensors are read and overwritten in place
+    (recency order), except the summaries: `summary_ptr` (N, S, D) holds the physical buffers and `buffer_ptr`
+    (N, S) the table."""
     b = tl.program_id(0).to(tl.int64)
+    first, end = tl.load(bounds_ptr + b), tl.load(bounds_ptr + b + 1)  # this sequence's steps in the flat buffers
     rs = tl.arange(0, BS)
     live = rs < S
     seen = tl.load(seen_ptr + b)
@@ -68,9 +72,9 @@ def dla_plan_kernel(
     buffer = rs  # physical summary buffer of every recency rank
     summaries = summary_ptr + b * S * D
     pair = (rs[:, None] == rs[None, :] + 1) | (rs[:, None] == rs[None, :])  # rows s, s + 1 of pair s
-    for t in range(T):
-        real = tl.load(valid_ptr + b * T + t) != 0
-        key_ptr = kappa_ptr + (b * T + t) * D
+    for t in range(first, end):
+        real = tl.load(valid_ptr + t) != 0
+        key_ptr = kappa_ptr + t * D
         empty = count == 0
         cosine = _summary_cosine(key_ptr, summaries + _pick(buffer, rs, 0) * D, D, BD)
         drift = tl.where(empty, 1.0, 1.0 - cosine)
@@ -116,10 +120,10 @@ def dla_plan_kernel(
         tl.debug_barrier()
         count += opens.to(count.dtype) - merges.to(count.dtype)
         seen += real.to(seen.dtype)
-        tl.store(map_ptr + (b * T + t) * S + rs, step_map.to(tl.int64), mask=live)
-        tl.store(drift_ptr + b * T + t, tl.where(real, drift, 0.0))
-        tl.store(opened_ptr + b * T + t, opens.to(tl.int8))
-        tl.store(merged_ptr + b * T + t, tl.where(merges, lowest_pair, -1).to(tl.int64))
+        tl.store(map_ptr + t * S + rs, step_map.to(tl.int64), mask=live)
+        tl.store(drift_ptr + t, tl.where(real, drift, 0.0))
+        tl.store(opened_ptr + t, opens.to(tl.int8))
+        tl.store(merged_ptr + t, tl.where(merges, lowest_pair, -1).to(tl.int64))
     tl.store(seen_ptr + b, seen)
     tl.store(count_ptr + b, count)
     tl.store(tokens_ptr + b * S + rs, tokens, mask=live)
@@ -133,23 +137,37 @@ class TritonDynamicPlan(DynamicPlan):
 
     @torch.no_grad()
     def __call__(self, keys, valid, state):
+        batch, seq_len = keys.shape[:2]
+        return self._scan(keys, valid, state, torch.arange(batch + 1, device=keys.device) * seq_len)
+
+    @torch.no_grad()
+    def plan_documents(self, keys, valid, cu_seqlens, state=None):
+        # One program per packed document, scanning it in place on the packed row from its own (empty) plan state.
+        cu_seqlens = check_cu_seqlens(cu_seqlens, keys.shape[1], keys.shape[0]).to(keys.device)
+        if state is None:
+            state = self.init_state(cu_seqlens.numel() - 1, keys.shape[-2] * keys.shape[-1], keys.device)
+        return self._scan(keys, valid, state, cu_seqlens)
+
+    def _scan(self, keys, valid, state, bounds) -> PlanOutput:
+        """Scan sequence i = flattened tokens bounds[i]:bounds[i + 1] of the keys (B, T, H, K) with row i of the
+        plan state; the slot map and the trace keep the keys' (B, T) layout."""
         check_device(keys.device)
         batch, seq_len, heads, key_dim = keys.shape
         kappa = F.normalize(keys.float(), dim=-1, eps=1e-6).reshape(batch, seq_len, heads * key_dim).contiguous()
         if state.summary.shape[-1] != kappa.shape[-1]:
             raise ValueError(f"plan state summary has dim {state.summary.shape[-1]}, keys give {kappa.shape[-1]}.")
         seen, count, tokens, information, summary, start = (t.clone().contiguous() for t in state.tensors())
-        slots, device = self.num_slots, keys.device
-        buffer = torch.empty(batch, slots, dtype=torch.int32, device=device)
+        slots, device, sequences = self.num_slots, keys.device, bounds.numel() - 1
+        buffer = torch.empty(sequences, slots, dtype=torch.int32, device=device)
         slot_map = torch.empty(batch, seq_len, slots, dtype=torch.long, device=device)
         drift = torch.empty(batch, seq_len, device=device)
         opened = torch.empty(batch, seq_len, dtype=torch.int8, device=device)
         merged = torch.empty(batch, seq_len, dtype=torch.long, device=device)
         with launch_device(device):
-            dla_plan_kernel[(batch,)](
+            dla_plan_kernel[(sequences,)](
                 kappa, valid.to(torch.int8).contiguous(), seen, count, tokens, information, start, summary, buffer,
-                slot_map, drift, opened, merged,
-                seq_len, kappa.shape[-1], slots, float(self.merge_threshold),
+                slot_map, drift, opened, merged, bounds.long().contiguous(),
+                kappa.shape[-1], slots, float(self.merge_threshold),
                 BS=triton.next_power_of_2(slots), BD=min(SUMMARY_BLOCK, triton.next_power_of_2(max(kappa.shape[-1], 1))),
                 num_stages=SEQUENTIAL,
             )  # fmt: skip
