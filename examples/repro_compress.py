@@ -64,6 +64,9 @@ class ReproSettings:
     compress_max_new_tokens: int = 96
     compressed_from: str = "extractive"  # which compressor's rewrites make the compressed/truncated variants
     max_traces_per_problem: int = 0  # correct traces kept per problem for the students (0: all)
+    # Only traces the teacher ended itself: a trace cut by the cap whose last number happens to be the answer
+    # passes verification but would teach the students to stop mid-sentence.
+    require_stop: bool = True
     eval_max_new_tokens: int = 96  # = the teacher's cap
     eval_batch_size: int = 64
     fast_dtype: str = "bfloat16"  # teacher sampling, LLM compression and evaluation; training stays float32
@@ -142,6 +145,9 @@ def run_pipeline(settings: ReproSettings, model_path: str, fast_path: str, data_
                       prompt_template="{problem} " + settings.instruction.replace("{", "{{").replace("}", "}}"),
                       shard_size=settings.shard_size, batch_size=settings.teacher_batch_size)
     correct = verify(traces, keep_only_correct=True, output_dir=folder["verify"])
+    n_correct = len(correct)
+    if settings.require_stop:
+        correct = correct.filter(lambda reason: reason == "stop", input_columns="finish_reason", keep_in_memory=True)
     tokenizer = load_tokenizer(model_path)
     compressed = {
         "extractive": compress(correct, ExtractiveCompressor(), tokenizer, output_dir=folder["compress_extractive"]),
@@ -159,7 +165,7 @@ def run_pipeline(settings: ReproSettings, model_path: str, fast_path: str, data_
     rows = keep_first_traces(compressed[settings.compressed_from], settings.max_traces_per_problem)
     build(rows, tokenizer, output_dir=folder["build"])
     stats = {name: read_stage_record(path)["stats"] for name, path in folder.items()}
-    stats["correct_traces"] = trace_lengths(compressed["extractive"])
+    stats["correct_traces"] = {**trace_lengths(compressed["extractive"]), "cut_by_cap_dropped": n_correct - len(correct)}
     return stats
 
 
@@ -274,7 +280,8 @@ def pipeline_summary(stats: dict) -> str:
         f"- verified: pass rate {verified['pass_rate']:.3f} over traces, mean per-problem pass rate "
         f"{verified['mean_problem_pass_rate']:.3f}, problems with >= 1 correct trace {verified['problems_solved']:,} "
         f"({verified['problems_solved'] / max(1, verified['problems']):.1%})",
-        f"- correct traces: {lengths['n']:,}, {lengths['tokens_mean']:.1f} tokens (p90 {lengths['tokens_p90']:.0f}), "
+        f"- correct traces kept: {lengths['n']:,} ({lengths['cut_by_cap_dropped']:,} correct but cut by the cap "
+        f"dropped), {lengths['tokens_mean']:.1f} tokens (p90 {lengths['tokens_p90']:.0f}), "
         f"{lengths['chars_mean']:.0f} characters (p90 {lengths['chars_p90']:.0f}); "
         f"{lengths['multi_sentence_fraction']:.1%} have more than one sentence or line",
     ]

@@ -14,7 +14,8 @@ from hf_compress.build import VARIANTS
 
 
 class ScriptedTeacher(TeacherBackend):
-    """The task's worked solution for even samples, a wrong final answer for odd ones (pass rate 1/2)."""
+    """Per problem: the task's worked solution, a wrong final answer, then the solution again but cut by the
+    token cap (pass rate 2/3; the cut one is dropped before the students)."""
 
     kind = "scripted"
     model_name = "scripted-word-problems"
@@ -29,7 +30,8 @@ class ScriptedTeacher(TeacherBackend):
             text = conversation[-1]["content"]
             trace, answer = next(v for problem, v in self.traces.items() if text.startswith(problem))
             wrong = trace.replace(f"\\boxed{{{answer}}}", f"\\boxed{{{int(answer) + 1}}}")
-            results.append([Generation(trace if i % 2 == 0 else wrong, 20, "stop") for i in range(sampling.n)])
+            samples = [Generation(trace, 20, "stop"), Generation(wrong, 20, "stop"), Generation(trace, 96, "length")]
+            results.append(samples[: sampling.n])
         return results
 
 
@@ -44,16 +46,17 @@ def tiny_model_path(tmp_path_factory):
 
 @pytest.mark.slow  # ~20 s of CPU, more on a loaded machine
 def test_driver_writes_every_stage_and_student_and_a_rerun_skips_them(tiny_model_path, tmp_path, monkeypatch):
-    settings = repro_compress.ReproSettings(n_train=6, n_samples=2, n_test=4, teacher_batch_size=4, shard_size=4,
+    settings = repro_compress.ReproSettings(n_train=6, n_samples=3, n_test=4, teacher_batch_size=4, shard_size=4,
                                             compress_max_new_tokens=8, eval_max_new_tokens=8, eval_batch_size=4)
     output_dir = str(tmp_path / "repro")
     run = dict(model_path=tiny_model_path, teacher=ScriptedTeacher(6), recipe_overrides={"logging_steps": 1})
     report = repro_compress.run(settings, output_dir, [0], **run)
 
     summary = json.load(open(os.path.join(output_dir, "summary.json")))
-    assert summary["pipeline"]["verify"]["pass_rate"] == 0.5
+    assert summary["pipeline"]["verify"]["pass_rate"] == pytest.approx(2 / 3)
     assert summary["pipeline"]["verify"]["problems_solved"] == 6
     assert summary["pipeline"]["correct_traces"]["n"] == 6
+    assert summary["pipeline"]["correct_traces"]["cut_by_cap_dropped"] == 6
     assert [row["variant"] for row in summary["students"]] == list(VARIANTS)
     assert summary["base"]["n"] == 4
     for variant in VARIANTS:
