@@ -74,8 +74,8 @@ def comparison_table(rows: list[dict[str, Any]], baseline: str = BASELINE) -> Da
     return Dataset.from_list(table)
 
 
-def markdown_table(table: Dataset) -> str:
-    header = ["variant"] + [f"{label} (x raw)" for _, label, _ in COMPARED] + ["output tokens p90", "hit cap"]
+def markdown_table(table: Dataset, baseline: str = BASELINE) -> str:
+    header = ["variant"] + [f"{label} (x {baseline})" for _, label, _ in COMPARED] + ["output tokens p90", "hit cap"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table:
         cells = [row["variant"]]
@@ -117,7 +117,7 @@ def write_report(
     """Write `report.md`, `comparison.json` and the PNG plot; return the table and its markdown."""
     os.makedirs(output_dir, exist_ok=True)
     table = comparison_table(rows, baseline)
-    markdown = markdown_table(table)
+    markdown = markdown_table(table, baseline)
     plot_accuracy_vs_tokens(table, os.path.join(output_dir, PLOT_FILE), title)
     table.to_json(os.path.join(output_dir, TABLE_FILE), lines=False, indent=2)
     with open(os.path.join(output_dir, REPORT_FILE), "w") as f:

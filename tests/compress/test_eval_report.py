@@ -53,6 +53,9 @@ def test_ratios_to_raw_table_and_plot(tmp_path):
     assert "| compressed | 0.600 ± 0.049 (1.20) | 700 (0.70) |" in markdown
     assert (tmp_path / "report" / PLOT_FILE).read_bytes()[:4] == b"\x89PNG"
     assert markdown in (tmp_path / "report" / REPORT_FILE).read_text()
+    assert "accuracy (x raw)" in markdown
+    _, markdown = write_report(load_runs(paths), str(tmp_path / "report_c"), baseline="compressed")
+    assert "accuracy (x compressed)" in markdown and "| raw | 0.500 ± 0.050 (0.83) |" in markdown
 
 
 def test_missing_raw_or_missing_eval_is_a_clear_error(tmp_path):
