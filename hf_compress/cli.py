@@ -269,6 +269,9 @@ def _add_eval(parser):
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--task", default="auto", choices=["auto", "math", "countdown"])
     parser.add_argument("--answer_column", default="answer")
+    parser.add_argument(
+        "--trust_remote_code", action="store_true", help="Load a student whose modeling code is saved with it (hf_dla)."
+    )
 
 
 def _run_eval(args):
@@ -282,6 +285,7 @@ def _run_eval(args):
         batch_size=args.batch_size,
         task=args.task,
         answer_column=args.answer_column,
+        trust_remote_code=args.trust_remote_code,
     )
     save_evaluation(summary, table, args.output or args.model)
     print(yaml.safe_dump(summary, sort_keys=False))

@@ -55,20 +55,25 @@ def eval_prompts(dataset: Dataset) -> list[list[dict]]:
     )
 
 
-def load_student_for_eval(path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A trained student folder: full weights, or a LoRA adapter merged into its base model."""
+def load_student_for_eval(
+    path: str, trust_remote_code: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A trained student folder: full weights, or a LoRA adapter merged into its base model. `trust_remote_code`
+    loads students whose modeling code is saved with them (e.g. `hf_dla` models), as in `hf-compress sft`."""
     dtype = torch.bfloat16 if bf16_supported() else torch.float32
     attn = resolve_attn_implementation(None)
     if os.path.exists(os.path.join(path, "adapter_config.json")):
         from peft import AutoPeftModelForCausalLM
 
         model = AutoPeftModelForCausalLM.from_pretrained(
-            path, dtype=dtype, attn_implementation=attn
+            path, dtype=dtype, attn_implementation=attn, trust_remote_code=trust_remote_code
         ).merge_and_unload()
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, attn_implementation=attn, trust_remote_code=trust_remote_code
+        )
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device), AutoTokenizer.from_pretrained(path)
+    return model.to(device), AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
 def _stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
@@ -137,6 +142,7 @@ def evaluate_student(
     task: str = "auto",
     answer_column: str = "answer",
     verifier: Callable[[list[str], dict], list[bool]] | None = None,
+    trust_remote_code: bool = False,
 ) -> tuple[dict[str, Any], Dataset]:
     """Greedy accuracy and output length of a student on an eval set with gold answers.
 
@@ -159,7 +165,7 @@ def evaluate_student(
         raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and {batch_size}.")
     name = model if isinstance(model, str) else getattr(model, "name_or_path", type(model).__name__)
     if isinstance(model, str):
-        model, tokenizer = load_student_for_eval(model)
+        model, tokenizer = load_student_for_eval(model, trust_remote_code)
     elif tokenizer is None:
         raise ValueError("Pass the tokenizer together with the model.")
     prompts = eval_prompts(dataset)

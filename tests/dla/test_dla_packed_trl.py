@@ -5,6 +5,9 @@ The loss TRL computes on a packed batch equals the loss of its documents run one
 so do the gradients; without the document boundaries the loss differs, which is what the trainer used to train on.
 """
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,3 +117,11 @@ def test_hf_compress_sft_trains_a_saved_dla_student(tmp_path):
     assert trained.config.model_type == "dla" and trained.config.memory == "loglinear"
     before = AutoModelForCausalLM.from_pretrained(student, trust_remote_code=True)
     assert not torch.equal(trained.lm_head.weight, before.lm_head.weight)  # it trained
+
+    # `hf-compress eval` in a fresh process (hf_compress never imports hf_dla) loads it with its saved code.
+    make_task_dataset("arithmetic", 4, seed=0, split="test").save_to_disk(tmp_path / "test_set")
+    command = [sys.executable, "-m", "hf_compress.cli", "eval", "--model", str(out), "--input", str(tmp_path / "test_set"),
+               "--max_new_tokens", "4", "--trust_remote_code"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((out / "eval.json").read_text())["n"] == 4
