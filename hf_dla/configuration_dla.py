@@ -26,6 +26,10 @@ class DLAConfig(PreTrainedConfig):
         `2 ** (max_states - 1)` tokens) or `"dla"` (dynamic merging, at most `max_states` slots).
     max_states (`int`, defaults to 16):
         Number of memory slots (lambda indices) for `loglinear` and `dla`; at least 2 (ignored by `vanilla`).
+    read_weights_init_std (`float`, defaults to 0.0):
+        Spread of the read-weight logits `W x` at initialisation, the same at any width:
+        `W ~ N(0, read_weights_init_std / sqrt(hidden_size))`. 0 starts every lambda at exactly 1, so a fresh (or converted) model is its
+        backbone; a small spread (e.g. 0.16) can help multi-state models trained from scratch.
     merge_threshold (`float`, defaults to 0.5):
         DLA opens a new slot when the drift `1 - cos(key, newest slot summary)` exceeds it; in `[0, 2)`.
     backend (`str`, defaults to `"chunk"`):
@@ -61,6 +65,7 @@ class DLAConfig(PreTrainedConfig):
     memory: str = "dla"
     max_states: int = 16
     merge_threshold: float = 0.5
+    read_weights_init_std: float = 0.0
     backend: str = "chunk"
     chunk_size: int = 64
     num_heads: int = 24
@@ -106,7 +111,13 @@ class DLAConfig(PreTrainedConfig):
                 f"DLAConfig.max_states={self.max_states} must be at least 2 (multi-state memory); "
                 "use memory='vanilla' for a single state."
             )
-        for field in ("merge_threshold", "rms_norm_eps", "initializer_range", *TIME_STEP_FIELDS):
+        for field in (
+            "merge_threshold",
+            "read_weights_init_std",
+            "rms_norm_eps",
+            "initializer_range",
+            *TIME_STEP_FIELDS,
+        ):
             _check_real(field, getattr(self, field))
         if not 0.0 <= self.merge_threshold < 2.0:
             raise ValueError(
@@ -117,8 +128,9 @@ class DLAConfig(PreTrainedConfig):
                 f"DLAConfig.rms_norm_eps={self.rms_norm_eps} must be positive (it keeps 1/sqrt(mean x^2 + eps) "
                 "finite); the usual value is 1e-5 or 1e-6."
             )
-        if self.initializer_range < 0:
-            raise ValueError(f"DLAConfig.initializer_range={self.initializer_range} is a std: use a value >= 0.")
+        for field in ("initializer_range", "read_weights_init_std"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"DLAConfig.{field}={getattr(self, field)} is a std: use a value >= 0.")
         self._validate_time_steps()
         if self.num_heads * self.head_dim != self.expand * self.hidden_size:
             raise ValueError(

@@ -480,10 +480,14 @@ class DLAPreTrainedModel(PreTrainedModel):
             dt = dt.clamp(min=config.time_step_floor)
             init.copy_(module.dt_bias, dt + torch.log(-torch.expm1(-dt)))
         if isinstance(module, DLAMemoryReadWeights):
-            # W = 0 and softplus(b) = 1: lambda = 1 exactly at any width (W ~ N(0, 0.02) on RMS-normalised input
-            # spreads Wx with std 0.02 * sqrt(hidden), lambda in [0.3, 2.2] at 1536), so a fresh model is its
-            # backbone; W still gets gradients (dL/dW = dL/dlogit * x).
-            init.zeros_(module.proj.weight)
+            # By default W = 0 and softplus(b) = 1: lambda = 1 exactly at any width (W ~ N(0, 0.02) on RMS-normalised
+            # input spreads Wx with std 0.02 * sqrt(hidden), lambda in [0.3, 2.2] at 1536), so a fresh model is its
+            # backbone; W still gets gradients (dL/dW = dL/dlogit * x). A positive read_weights_init_std spreads Wx
+            # by that std at any width (helped loglinear learn MQAR from scratch, see RESULTS.md).
+            if config.read_weights_init_std > 0:
+                init.normal_(module.proj.weight, std=config.read_weights_init_std / math.sqrt(config.hidden_size))
+            else:
+                init.zeros_(module.proj.weight)
             init.constant_(module.proj.bias, math.log(math.e - 1.0))
             init.ones_(module.scale)
 

@@ -35,6 +35,7 @@ import hf_dla
         ({"rms_norm_eps": -1}, r"rms_norm_eps=-1 must be positive.*1e-5"),
         ({"rms_norm_eps": 0.0}, r"rms_norm_eps=0.0 must be positive"),
         ({"initializer_range": -0.02}, r"initializer_range=-0.02 is a std"),
+        ({"read_weights_init_std": -0.1}, r"read_weights_init_std=-0.1 is a std: use a value >= 0"),
         ({"time_step_min": 0.5}, r"time_step_min=0.5 and time_step_max=0.1 must satisfy 0 < time_step_min <="),
         ({"time_step_min": 0.0}, r"time_step_min=0.0 and time_step_max=0.1 must satisfy"),
         ({"time_step_floor": -1e-4}, r"time_step_floor=-0.0001 must be >= 0"),

@@ -45,3 +45,16 @@ def test_read_weight_projection_starts_at_zero_and_still_learns(make_config):
     model(ids, labels=ids).loss.backward()
     assert read_weights.proj.weight.grad.abs().sum() > 0  # dL/dW = dL/dlogit * x: W moves off zero
     assert read_weights.scale.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("hidden_size", [64, WIDTH])
+def test_read_weights_init_std_spreads_the_logits_by_the_same_std_at_any_width(hidden_size):
+    config = hf_dla.DLAConfig(
+        memory="dla", vocab_size=8, hidden_size=hidden_size, num_hidden_layers=1, num_heads=hidden_size // 32,
+        head_dim=32, expand=1, state_size=8, max_states=8, read_weights_init_std=0.5,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    read_weights = hf_dla.DLAForCausalLM(config).model.layers[0].mixer.read_weights
+    hidden = torch.randn(64, hidden_size)  # RMS-normalised input: mean square 1
+    logits = read_weights.proj(hidden) - read_weights.proj.bias
+    assert logits.std().item() == pytest.approx(0.5, rel=0.1)
