@@ -53,21 +53,24 @@ class ReproSettings:
     n_samples: int = 8  # teacher samples per problem
     n_test: int = 500  # held-out problems for the students
     data_seed: int = 0
-    # The kit's "steps" instruction; a terser one ("... in a few short sentences ...") cut the pass rate from 7.8%
-    # to 1.6% (64 samples each, this cap).
-    instruction: str = "Think step by step, then give the final answer as \\boxed{number}."
-    temperature: float = 0.7
-    teacher_max_new_tokens: int = 96  # teacher trace cap: longer traces are rarely right (6% pass at a 160 cap)
+    max_steps: int = 1  # steps per word problem (1-3); SmolLM2-135M solves too few of the 2-3 step ones
+    # Measured on 64 samples (T=0.7): the kit's "steps" instruction gives 4% correct traces on 1-3 step problems at
+    # a 96-token cap, 86% of them cut by the cap and only 0.2% both correct and ended; "boxed" on 1-step problems
+    # gives 6% (greedy 9-14%), and the model still writes its steps (97% multi-line).
+    instruction: str = "Give the final answer as \\boxed{number}."
+    temperature: float = 0.5
+    teacher_max_new_tokens: int = 64  # teacher trace cap: a 1-step solution takes 20-45 tokens
     teacher_batch_size: int = 16  # problems per generate() call: x n_samples sequences
     shard_size: int = 32  # problems per saved generation shard (the resume unit)
     prompt_version: str = "v1"  # LLM compressor prompt
-    compress_max_new_tokens: int = 96
+    compress_max_new_tokens: int = 64
     compressed_from: str = "extractive"  # which compressor's rewrites make the compressed/truncated variants
     max_traces_per_problem: int = 0  # correct traces kept per problem for the students (0: all)
-    # Only traces the teacher ended itself: a trace cut by the cap whose last number happens to be the answer
-    # passes verification but would teach the students to stop mid-sentence.
-    require_stop: bool = True
-    eval_max_new_tokens: int = 96  # = the teacher's cap
+    # Only traces the teacher ended itself? A trace cut by the cap passes verification when its last number is the
+    # answer (often the answer was stated, then the model rambled on), but is sometimes right by coincidence. With
+    # this teacher only ~1% of traces are correct and ended, too few to train on: off, and both counts reported.
+    require_stop: bool = False
+    eval_max_new_tokens: int = 64  # = the teacher's cap
     eval_batch_size: int = 64
     fast_dtype: str = "bfloat16"  # teacher sampling, LLM compression and evaluation; training stays float32
 
@@ -113,7 +116,7 @@ def word_problems(settings: ReproSettings, split: str):
     from examples.real_model import make_word_problem_dataset
 
     n = settings.n_train if split == "train" else settings.n_test
-    problems = make_word_problem_dataset(n, seed=settings.data_seed, split=split)
+    problems = make_word_problem_dataset(n, seed=settings.data_seed, split=split, max_steps=settings.max_steps)
     # The students see the bare problem (build writes it as the user turn), so the eval prompts are the bare
     # problem too: the `prompt` column (problem + instruction) is dropped.
     return problems.select_columns(["problem", "answer", "steps"])
@@ -179,6 +182,7 @@ def trace_lengths(rows) -> dict:
         "chars_mean": float(chars.mean()),
         "chars_p90": float(np.percentile(chars, 90)),
         "multi_sentence_fraction": float(np.mean([t.count(". ") + t.count("\n") >= 1 for t in rows["generation"]])),
+        "ended_fraction": float(np.mean([reason == "stop" for reason in rows["finish_reason"]])),
     }
 
 
@@ -280,8 +284,9 @@ def pipeline_summary(stats: dict) -> str:
         f"- verified: pass rate {verified['pass_rate']:.3f} over traces, mean per-problem pass rate "
         f"{verified['mean_problem_pass_rate']:.3f}, problems with >= 1 correct trace {verified['problems_solved']:,} "
         f"({verified['problems_solved'] / max(1, verified['problems']):.1%})",
-        f"- correct traces kept: {lengths['n']:,} ({lengths['cut_by_cap_dropped']:,} correct but cut by the cap "
-        f"dropped), {lengths['tokens_mean']:.1f} tokens (p90 {lengths['tokens_p90']:.0f}), "
+        f"- correct traces kept: {lengths['n']:,} ({lengths['ended_fraction']:.1%} ended by the teacher, the rest cut "
+        f"by the cap; {lengths['cut_by_cap_dropped']:,} cut ones dropped), {lengths['tokens_mean']:.1f} tokens (p90 "
+        f"{lengths['tokens_p90']:.0f}), "
         f"{lengths['chars_mean']:.0f} characters (p90 {lengths['chars_p90']:.0f}); "
         f"{lengths['multi_sentence_fraction']:.1%} have more than one sentence or line",
     ]
@@ -367,18 +372,56 @@ def _with_overrides(recipe: str, overrides: dict | None, output_dir: str) -> str
     return path
 
 
+def progress(output_dir: str) -> str:
+    """What a running (or interrupted) reproduction has finished so far: the teacher traces of the saved
+    generation shards, verified in memory, and the students trained and evaluated."""
+    from datasets import concatenate_datasets, load_from_disk
+
+    shards_dir = os.path.join(output_dir, "data", "generate", ".shards")
+    shards = sorted(n for n in os.listdir(shards_dir) if n.startswith("shard-")) if os.path.isdir(shards_dir) else []
+    lines = [f"generation shards finished: {len(shards)}"]
+    if shards:
+        traces = concatenate_datasets([load_from_disk(os.path.join(shards_dir, name)) for name in shards])
+        checked = verify(traces)
+        stats = read_stage_record(os.path.join(output_dir, "data", "generate")) or {}
+        correct = checked.filter(lambda ok, reason: ok and reason == "stop", input_columns=["correct", "finish_reason"])
+        tokens, chars = np.array(correct["num_tokens"] or [0]), np.array([len(t) for t in correct["generation"]] or [0])
+        lines += [
+            f"traces {len(traces):,} on {len(set(traces['problem'])):,} problems, mean {np.mean(traces['num_tokens']):.1f} "
+            f"tokens, {np.mean([r == 'length' for r in traces['finish_reason']]):.1%} cut by the cap"
+            + (" (stage finished)" if stats else ""),
+            f"pass rate {np.mean(checked['correct']):.3f}; problems with >= 1 correct trace "
+            f"{len(set(checked.filter(lambda ok: ok, input_columns='correct')['problem'])):,}; correct and ended by "
+            f"the teacher: {len(correct):,}, {tokens.mean():.1f} tokens incl. end of turn (p90 "
+            f"{np.percentile(tokens, 90):.0f}), {chars.mean():.0f} characters (p90 {np.percentile(chars, 90):.0f})",
+        ]
+    students = os.path.join(output_dir, "students")
+    for seed in sorted(os.listdir(students)) if os.path.isdir(students) else []:
+        done = {v: [f for f in (SUMMARY_FILE, EVAL_FILE) if os.path.exists(os.path.join(students, seed, v, f))]
+                for v in VARIANTS}
+        lines.append(f"students {seed}: " + ", ".join(f"{v} {'+'.join(f) or '-'}" for v, f in done.items()))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="runs/repro_compress")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--pipeline_only", action="store_true", help="Stop after the data pipeline.")
+    parser.add_argument("--progress", action="store_true", help="Print what is finished so far and exit.")
     for name, value in asdict(ReproSettings()).items():
+        if isinstance(value, bool):
+            parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=value)
+            continue
         choices = COMPRESSORS if name == "compressed_from" else None
         parser.add_argument(f"--{name}", type=type(value), default=value, choices=choices)
     args = parser.parse_args(argv)
     settings = ReproSettings(**{name: getattr(args, name) for name in asdict(ReproSettings())})
     if min(settings.n_train, settings.n_samples, settings.n_test) < 1:
         parser.error("--n_train, --n_samples and --n_test must be positive.")
+    if args.progress:
+        print(progress(args.output_dir))
+        return
     torch.manual_seed(0)
     if args.pipeline_only:
         model_path = default_model_path()

@@ -20,8 +20,8 @@ class ScriptedTeacher(TeacherBackend):
     kind = "scripted"
     model_name = "scripted-word-problems"
 
-    def __init__(self, n_problems: int):
-        rows = make_word_problem_dataset(n_problems, seed=0, split="train")
+    def __init__(self, n_problems: int, max_steps: int = repro_compress.ReproSettings.max_steps):
+        rows = make_word_problem_dataset(n_problems, seed=0, split="train", max_steps=max_steps)
         self.traces = {row["problem"]: (row["trace"], row["answer"]) for row in rows}
 
     def generate(self, conversations, sampling, seed):
@@ -47,7 +47,7 @@ def tiny_model_path(tmp_path_factory):
 @pytest.mark.slow  # ~20 s of CPU, more on a loaded machine
 def test_driver_writes_every_stage_and_student_and_a_rerun_skips_them(tiny_model_path, tmp_path, monkeypatch):
     settings = repro_compress.ReproSettings(n_train=6, n_samples=3, n_test=4, teacher_batch_size=4, shard_size=4,
-                                            compress_max_new_tokens=8, eval_max_new_tokens=8, eval_batch_size=4)
+                                            require_stop=True, compress_max_new_tokens=8, eval_max_new_tokens=8, eval_batch_size=4)
     output_dir = str(tmp_path / "repro")
     run = dict(model_path=tiny_model_path, teacher=ScriptedTeacher(6), recipe_overrides={"logging_steps": 1})
     report = repro_compress.run(settings, output_dir, [0], **run)
@@ -57,6 +57,7 @@ def test_driver_writes_every_stage_and_student_and_a_rerun_skips_them(tiny_model
     assert summary["pipeline"]["verify"]["problems_solved"] == 6
     assert summary["pipeline"]["correct_traces"]["n"] == 6
     assert summary["pipeline"]["correct_traces"]["cut_by_cap_dropped"] == 6
+    assert summary["pipeline"]["correct_traces"]["ended_fraction"] == 1.0
     assert [row["variant"] for row in summary["students"]] == list(VARIANTS)
     assert summary["base"]["n"] == 4
     for variant in VARIANTS:
