@@ -122,6 +122,12 @@ def word_problems(settings: ReproSettings, split: str):
     return problems.select_columns(["problem", "answer", "steps"])
 
 
+def with_instruction(problems, instruction: str):
+    """The problems as the teacher saw them: a `prompt` column of one user turn, problem then instruction."""
+    return problems.map(lambda row: {"prompt": [{"role": "user", "content": f"{row['problem']} {instruction}"}]},
+                        keep_in_memory=True)
+
+
 def keep_first_traces(dataset, k: int):
     """The first `k` rows (by sample index) of every problem; all rows when k == 0."""
     if k <= 0:
@@ -244,7 +250,7 @@ def aggregate(rows_by_seed: dict[int, list[dict]]) -> list[dict]:
     return table
 
 
-def student_table(table: list[dict], base: dict | None) -> str:
+def student_table(table: list[dict], base: dict[str, dict] | None) -> str:
     raw = next((row for row in table if row["variant"] == "raw"), None)
 
     def ratio(row, key):
@@ -263,10 +269,10 @@ def student_table(table: list[dict], base: dict | None) -> str:
             f"{row['output_tokens_mean']:.1f}{ratio(row, 'output_tokens_mean')} | "
             f"{row['output_tokens_p90']:.0f}{ratio(row, 'output_tokens_p90')} |"
         )
-    if base:
+    for name, summary in (base or {}).items():
         lines.append(
-            f"| base model (no fine-tuning) | {base['accuracy']:.3f} ± {base['accuracy_stderr']:.3f} | - | 0 | 0 | "
-            f"{base['output_tokens_mean']:.1f} | {base['output_tokens_p90']:.0f} |"
+            f"| {name} | {summary['accuracy']:.3f} ± {summary['accuracy_stderr']:.3f} | - | 0 | 0 | "
+            f"{summary['output_tokens_mean']:.1f} | {summary['output_tokens_p90']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -343,8 +349,15 @@ def run(settings: ReproSettings, output_dir: str, seeds: list[int], *, model_pat
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base_tokenizer = AutoTokenizer.from_pretrained(model_path)
-    base = evaluate_into(os.path.join(output_dir, "base"), AutoModelForCausalLM.from_pretrained(model_path), test,
-                         settings, tokenizer=base_tokenizer)
+    base_model = AutoModelForCausalLM.from_pretrained(model_path)
+    # Two references: the base model on the students' prompt (the bare problem), and on the teacher's prompt.
+    base = {
+        "base model (no fine-tuning)": evaluate_into(os.path.join(output_dir, "base"), base_model, test, settings,
+                                                     tokenizer=base_tokenizer),
+        "base model, teacher's prompt": evaluate_into(os.path.join(output_dir, "base_teacher_prompt"), base_model,
+                                                      with_instruction(test, settings.instruction), settings,
+                                                      tokenizer=base_tokenizer),
+    }
     rows_by_seed = {}
     for seed in seeds:
         folders = [os.path.join(output_dir, "students", f"seed{seed}", variant) for variant in VARIANTS]

@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+from datasets import load_from_disk
 
 from examples import repro_compress
 from examples.real_model import make_word_problem_dataset
@@ -59,13 +60,15 @@ def test_driver_writes_every_stage_and_student_and_a_rerun_skips_them(tiny_model
     assert summary["pipeline"]["correct_traces"]["cut_by_cap_dropped"] == 6
     assert summary["pipeline"]["correct_traces"]["ended_fraction"] == 1.0
     assert [row["variant"] for row in summary["students"]] == list(VARIANTS)
-    assert summary["base"]["n"] == 4
+    assert [reference["n"] for reference in summary["base"].values()] == [4, 4]
+    teacher_prompts = load_from_disk(os.path.join(output_dir, "base_teacher_prompt", "eval_table"))["prompt"]
+    assert teacher_prompts[0][0]["content"].endswith(settings.instruction)
     for variant in VARIANTS:
         student = os.path.join(output_dir, "students", "seed0", variant)
         assert json.load(open(os.path.join(student, "compress_sft.json")))["n_examples"] == 6
         assert json.load(open(os.path.join(student, "eval.json")))["n"] == 4
     assert os.path.exists(os.path.join(output_dir, "seed0", "accuracy_vs_training_tokens.png"))
-    assert "| answer_only |" in report and "base model (no fine-tuning)" in report
+    assert "| answer_only |" in report and "| base model, teacher's prompt |" in report
     # The fast (bfloat16) copy made the LLM compressor's backend; the stage cache records it.
     assert os.path.exists(os.path.join(output_dir, "model-bfloat16", "config.json"))
 
