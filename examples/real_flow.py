@@ -404,14 +404,22 @@ def train_one(args, method: str, seed: int) -> dict:
     }
 
 
-def base_accuracy(args) -> dict:
-    """Greedy held-out accuracy of the untrained model on the test split the GRPO runs are scored on."""
-    path = Path(args.output_dir) / "grpo" / f"base-{args.setting}-n{args.n_test}-t{args.max_new_tokens}.json"
-    if not path.is_file():
-        model, tokenizer = load_real_model()
-        correct = greedy_accuracy(model, tokenizer, test_split(args.setting, args.n_test), args.max_new_tokens)
-        _write_json(path, {"accuracy": statistics.mean(correct), "n_test": len(correct)})
-    return json.loads(path.read_text())
+def base_accuracy(args, compute: bool = True) -> dict | None:
+    """Greedy held-out accuracy of the untrained model on the test split the GRPO runs are scored on: the `base`
+    command's result when it used the same problems and token cap, else computed here (None if not `compute`)."""
+    for path in (
+        Path(args.output_dir) / "base" / f"{args.setting}-greedy-t{args.max_new_tokens}.json",
+        Path(args.output_dir) / "grpo" / f"base-{args.setting}-n{args.n_test}-t{args.max_new_tokens}.json",
+    ):
+        result = _read_json(path)
+        if result is not None and result["n_test"] == args.n_test:
+            return {"accuracy": result.get("greedy", result.get("accuracy")), "n_test": result["n_test"]}
+    if not compute:
+        return None
+    model, tokenizer = load_real_model()
+    correct = greedy_accuracy(model, tokenizer, test_split(args.setting, args.n_test), args.max_new_tokens)
+    _write_json(path, {"accuracy": statistics.mean(correct), "n_test": len(correct)})
+    return {"accuracy": statistics.mean(correct), "n_test": len(correct)}
 
 
 def run_grpo(args) -> None:
@@ -428,7 +436,9 @@ def run_grpo(args) -> None:
 
 
 def grpo_table(args) -> str:
-    base = base_accuracy(args)
+    base = base_accuracy(args, compute=False)
+    if base is None:
+        return "(no base accuracy yet: run `grpo`)"
     folder = Path(args.output_dir) / "grpo" / run_name(args, "x", 0).split("/")[0]
     runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
     n = base["n_test"]
