@@ -283,6 +283,10 @@ def main(argv: list[str] | None = None) -> None:
             "",
             interventions,
             "",
+            "The same on a real pretrained model (SmolLM2-135M-Instruct, 128 traces, random over 3 seeds) takes about "
+            "15 minutes on the 2-core machine, too long for this demo: `python -m examples.real_flow intervention` "
+            "(RESULTS.md).",
+            "",
             "## Step-time overhead (same runs; 2-core CPU shared with other jobs, so timings are noisy)",
             "",
             overhead,
