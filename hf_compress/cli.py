@@ -77,6 +77,12 @@ def add_io_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="Discard an output folder from other arguments.")
 
 
+def add_task_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", default="auto", choices=["auto", "math", "countdown"],
+                        help="How answers are checked; auto: Countdown rules for rows with `numbers` and `target`, "
+                             "math-verify (with exact and numeric fallbacks) for the others.")
+
+
 def add_trace_column_arguments(parser: argparse.ArgumentParser) -> None:
     """The columns that verify, compress and build read: the trace, its gold answer and its problem."""
     parser.add_argument("--completion_column", default="generation", help="Column holding the teacher trace.")
@@ -95,9 +101,9 @@ def _add_generate(parser):
     add_io_arguments(parser)
     add_dataclass_arguments(parser, BackendConfig)
     add_dataclass_arguments(parser, SamplingConfig)
-    parser.add_argument("--problem_column", default="problem")
-    parser.add_argument("--answer_column", default="answer")
-    parser.add_argument("--system_prompt", default=None)
+    parser.add_argument("--problem_column", default="problem", help="Column holding the problem text.")
+    parser.add_argument("--answer_column", default="answer", help="Column holding the gold final answer.")
+    parser.add_argument("--system_prompt", default=None, help="System message of every prompt (default: none).")
     parser.add_argument("--prompt_template", default="{problem}", help="User message; must contain {problem}.")
     parser.add_argument("--shard_size", type=int, default=256, help="Problems per saved shard (resume unit).")
     parser.add_argument("--problems_per_call", type=int, default=64, help="Problems sent to the backend at once.")
@@ -128,11 +134,11 @@ register("generate", "Sample teacher traces (n per problem), resumably.", _add_g
 
 def _add_verify(parser):
     add_io_arguments(parser)
-    parser.add_argument("--task", default="auto", choices=["auto", "math", "countdown"])
+    add_task_argument(parser)
     add_trace_column_arguments(parser)
     parser.add_argument("--keep_only_correct", action="store_true", help="Drop incorrect traces (after pass rates).")
     parser.add_argument("--timeout_seconds", type=int, default=5, help="math-verify deadline per parse/compare.")
-    parser.add_argument("--shard_size", type=int, default=2048)
+    parser.add_argument("--shard_size", type=int, default=2048, help="Traces per saved shard (resume unit).")
 
 
 def _run_verify(args):
@@ -161,15 +167,17 @@ def _add_compress(parser):
     from .backends import BackendConfig
 
     add_io_arguments(parser)
-    parser.add_argument("--compressor", default="extractive", choices=["extractive", "llm"])
+    parser.add_argument("--compressor", default="extractive", choices=["extractive", "llm"],
+                        help="extractive: keep each sentence's equations and the final answer (no model); llm: "
+                             "rewrite with --model.")
     parser.add_argument("--prompt_version", default="v1", help="llm: key of COMPRESSION_PROMPTS.")
     parser.add_argument("--temperature", type=float, default=0.0, help="llm: sampling temperature.")
     parser.add_argument("--max_new_tokens", type=int, default=1024, help="llm: cap on the rewrite's tokens.")
     add_dataclass_arguments(parser, BackendConfig)  # llm: the compressor model; --tokenizer also counts tokens
-    parser.add_argument("--task", default="auto", choices=["auto", "math", "countdown"])
+    add_task_argument(parser)
     add_trace_column_arguments(parser)
-    parser.add_argument("--shard_size", type=int, default=256)
-    parser.add_argument("--problems_per_call", type=int, default=64)
+    parser.add_argument("--shard_size", type=int, default=256, help="Traces per saved shard (resume unit).")
+    parser.add_argument("--problems_per_call", type=int, default=64, help="llm: traces sent to the backend at once.")
 
 
 def _run_compress(args):
@@ -209,7 +217,8 @@ def _add_build(parser):
 
     add_io_arguments(parser)
     parser.add_argument("--tokenizer", required=True, help="Tokenizer counting tokens (and cutting `truncated`).")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                        help="Variants to write, one split each.")
     add_trace_column_arguments(parser)
     parser.add_argument("--push_to_hub", default=None, help="Hub dataset repo to push the variants to (configs).")
 
@@ -263,12 +272,12 @@ register("sft", "Train a student on one variant with TRL's SFTTrainer (checked a
 def _add_eval(parser):
     parser.add_argument("--model", required=True, help="Trained student folder (full weights or LoRA adapter).")
     parser.add_argument("--input", required=True, help="Eval set with gold answers: `datasets` folder or Hub id.")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default="test", help="Split to read when the input has several.")
     parser.add_argument("--output", default=None, help="Where eval.json and eval_table/ go (default: --model).")
     parser.add_argument("--max_new_tokens", type=int, default=8192, help="Token cap per completion.")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--task", default="auto", choices=["auto", "math", "countdown"])
-    parser.add_argument("--answer_column", default="answer")
+    parser.add_argument("--batch_size", type=int, default=32, help="Prompts per generate call.")
+    add_task_argument(parser)
+    parser.add_argument("--answer_column", default="answer", help="Column holding the gold final answer.")
     parser.add_argument(
         "--trust_remote_code", action="store_true", help="Load a student whose modeling code is saved with it (hf_dla)."
     )
@@ -570,12 +579,25 @@ def _run_recipe(args):
 register("run", "Chain the pipeline stages from a YAML recipe.", _add_run, _run_recipe)
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """`--help` names each option's default, as transformers' and TRL's parsers do; unset (None) and off flags are
+    left out, and so is an option whose help already states its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if not action.option_strings or unset or "default" in help:
+            return action.help
+        return f"{help} (default: %(default)s)".lstrip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-compress", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="Show the full traceback of an error.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, subcommand in SUBCOMMANDS.items():
-        subparser = subparsers.add_parser(name, help=subcommand.help, description=subcommand.help)
+        subparser = subparsers.add_parser(name, help=subcommand.help, description=subcommand.help,
+                                          formatter_class=DefaultsHelpFormatter)
         subcommand.add_arguments(subparser)
         if name != "sft":  # sft passes every option after the recipe to TRL: use `hf-compress --debug sft ...`
             subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
