@@ -87,7 +87,8 @@ class FlowGRPOConfig(GRPOConfig):
     flow_layers: str = field(
         default="middle",
         metadata={
-            "help": "Layers whose attention the flow/attention scorers read: 'middle', 'all', or indices like '8,10,12'."
+            "help": "Layers whose attention the flow/attention scorers read: 'middle', 'early', 'late', 'all', or "
+            "indices like '8,10,12'."
         },
     )
     answer_format: str = field(
