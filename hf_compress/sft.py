@@ -87,7 +87,7 @@ class CompressSFTArguments:
         default=False,
         metadata={
             "help": "Give the student `EMBEDDED_CHAT_TEMPLATE` (ChatML with generation markers) when its tokenizer "
-            "has no chat template or one without `{% generation %}` markers that TRL cannot patch."
+            "has no chat template or one without generation markers that TRL cannot patch."  # no '%': argparse
         },
     )
 
