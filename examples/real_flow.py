@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+from transformers import TrainerCallback
 
 from examples.real_model import load_real_model, make_word_problem_dataset, real_model_path, word_problem_reward
 
@@ -336,6 +337,19 @@ def run_name(args, method: str, seed: int) -> str:
     )
 
 
+class _ProgressLine(TrainerCallback):
+    """`step, reward, step time` per logged step, so that a background run shows where it is."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "reward" in logs:
+            print(
+                f"step {state.global_step}/{state.max_steps} reward {logs['reward']:.3f} "
+                f"step_time {logs.get('step_time', float('nan')):.1f}s",
+                flush=True,
+            )
+
+
 def train_one(args, method: str, seed: int) -> dict:
     from peft import LoraConfig
     from transformers import PrinterCallback
@@ -382,7 +396,8 @@ def train_one(args, method: str, seed: int) -> dict:
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(PrinterCallback)  # one short line per step instead of TRL's full log dicts
+    trainer.add_callback(_ProgressLine())
     start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - start
