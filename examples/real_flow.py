@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import TrainerCallback
+from transformers import AutoTokenizer, TrainerCallback
 
 from examples.real_model import load_real_model, make_word_problem_dataset, real_model_path, word_problem_reward
 
@@ -401,7 +401,8 @@ def train_one(args, method: str, seed: int) -> dict:
     start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - start
-    _, eval_tokenizer = load_real_model()
+    # a fresh tokenizer: TRL's trainer changed the padding side of its own
+    eval_tokenizer = AutoTokenizer.from_pretrained(real_model_path(), padding_side="left")
     test = test_split(args.setting, args.n_test)
     correct = greedy_accuracy(trainer.model, eval_tokenizer, test, args.max_new_tokens)
     log = trainer.state.log_history
