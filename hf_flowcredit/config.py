@@ -136,8 +136,8 @@ class FlowGRPOConfig(GRPOConfig):
     normalize_weights: bool = field(
         default=False,
         metadata={
-            "help": "Rescale token weights so their mean over each completion is 1 (the paper's top-40% x1.5 rule "
-            "raises it to 1.2)."
+            "help": "Rescale token weights so their mean over each completion is 1 (the paper's rule, top 40 percent "
+            "x1.5, raises it to 1.2)."  # no percent sign: argparse formats help strings
         },
     )
 

@@ -103,6 +103,16 @@ def test_flowgrpo_config_options_table_lists_every_field_with_its_default():
         assert f"{f.name} (`" in FlowGRPOConfig.__doc__, f"FlowGRPOConfig's docstring does not document {f.name}"
 
 
+def test_flowgrpo_script_prints_its_help():
+    from trl import ModelConfig, TrlParser
+
+    from examples.flowcredit_grpo import FlowGRPOScriptArguments
+
+    # What `python -m examples.flowcredit_grpo --help` prints: argparse %-formats every field's help.
+    text = TrlParser((FlowGRPOScriptArguments, FlowGRPOConfig, ModelConfig)).format_help()
+    assert "--normalize_weights" in text and "--flow_recompute_min_length" in text
+
+
 def test_flow_layers_help_names_every_preset():
     help_text = next(f for f in dataclasses.fields(FlowGRPOConfig) if f.name == "flow_layers").metadata["help"]
     assert all(f"'{preset}'" in help_text for preset in LAYER_PRESETS), help_text
