@@ -126,6 +126,7 @@ def test_compress_distill_checks_its_sft_recipe_before_generating(tmp_path, monk
 # ----------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 5-7 s on the loaded 2-core CPU: two fresh `hf-compress` processes, each importing hf_compress
 def test_readme_recipe_resolves_from_the_repository_root_and_from_elsewhere(tmp_path):
     # The README's command, from the repository root: the recipe's input builder must be importable from there.
     at_root = run_script("hf-compress", "run", "examples/recipes/compress_arithmetic.yaml", "--dry_run", cwd=REPO_ROOT)

@@ -104,6 +104,7 @@ RESUMABLE_RUN = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # 6-8 s on the loaded 2-core CPU, most of it the generating subprocess importing hf_compress
 def test_killed_run_resumes_with_nothing_lost_or_duplicated(teacher_server, tmp_path):
     data = problems(12)
     data.save_to_disk(str(tmp_path / "problems"))
