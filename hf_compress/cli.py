@@ -254,7 +254,8 @@ register("build", "Write the SFT variants (raw, compressed, answer_only, truncat
 
 def _add_sft(parser):
     parser.add_argument("recipe", help="YAML recipe of trl.SFTConfig + trl.ModelConfig + CompressSFTArguments fields.")
-    parser.add_argument("overrides", nargs=argparse.REMAINDER, help="Any recipe field as `--name value`.")
+    parser.add_argument("overrides", nargs=argparse.REMAINDER,
+                        help="Any recipe field as `--name value` (`hf-compress sft RECIPE --help` lists them).")
 
 
 def _run_sft(args):
