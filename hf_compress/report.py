@@ -27,6 +27,11 @@ COMPARED = (
     ("train_seconds", "training time (s)", "{:.1f}"),
     ("output_tokens_mean", "output tokens (mean)", "{:.1f}"),
 )
+# What the table reads from each student's files (written by `hf-compress sft` and `hf-compress eval`).
+REQUIRED_FIELDS = {
+    SUMMARY_FILE: ("variant", "train_tokens", "loss_tokens", "train_seconds"),
+    EVAL_FILE: ("n", "accuracy", "accuracy_stderr", "output_tokens_mean", "output_tokens_p90", "hit_cap_rate"),
+}
 REPORT_FILE = "report.md"
 PLOT_FILE = "accuracy_vs_training_tokens.png"
 TABLE_FILE = "comparison.json"
@@ -41,6 +46,9 @@ def load_run(path: str) -> dict[str, Any]:
             raise FileNotFoundError(f"{file} is missing: run `{hint}` for this student first.")
         with open(file) as f:
             parts[name] = json.load(f)
+        missing = [field for field in REQUIRED_FIELDS[name] if field not in parts[name]]
+        if missing:
+            raise ValueError(f"{file} lacks {missing}: it was not written by this version of `{hint}`; rerun it.")
     return {**parts[EVAL_FILE], **parts[SUMMARY_FILE], "path": path}
 
 

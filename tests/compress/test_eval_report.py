@@ -62,6 +62,9 @@ def test_missing_raw_or_missing_eval_is_a_clear_error(tmp_path):
     path = write_run(tmp_path / "compressed", "compressed", RUNS["compressed"])
     with pytest.raises(ValueError, match="relative to the 'raw' student, which is missing"):
         comparison_table(load_runs([path]))
+    (tmp_path / "compressed" / EVAL_FILE).write_text(json.dumps({"accuracy": 0.6, "n": 100}))  # an older eval.json
+    with pytest.raises(ValueError, match=r"eval.json lacks \['accuracy_stderr', .*rerun"):
+        load_runs([path])
     (tmp_path / "compressed" / EVAL_FILE).unlink()
     with pytest.raises(FileNotFoundError, match="hf-compress eval"):
         load_runs([path])
