@@ -64,7 +64,13 @@ def load_input(source: str, split: str = "train") -> Dataset:
         return loaded
     if os.path.exists(source):
         raise ValueError(f"{source} exists but is not a `datasets` folder (no state.json); write it with save_to_disk.")
-    return load_dataset(source, split=split)
+    not_here = f"{source} is not a folder here (a typo, or another working directory?)"
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:  # a path: Hub ids are `name` or `org/name`
+        raise FileNotFoundError(f"{not_here}.")
+    try:
+        return load_dataset(source, split=split)
+    except OSError as error:  # not found on the Hub, or no connection (e.g. offline)
+        raise FileNotFoundError(f"{not_here}, and the Hub did not give it as a dataset id: {error}") from error
 
 
 def load_tokenizer(tokenizer):

@@ -40,6 +40,21 @@ def truncate(path: str) -> None:
         f.truncate(os.path.getsize(path) // 2)
 
 
+def test_an_input_that_is_neither_a_folder_here_nor_on_the_hub_is_named(tmp_path, monkeypatch):
+    def offline(source, split):
+        raise ConnectionError(f"Couldn't reach {source!r} on the Hub")
+
+    monkeypatch.setattr(stages, "load_dataset", offline)
+    for path in (str(tmp_path / "typo"), "./typo", "runs/c/typo"):  # paths, never Hub ids: no Hub request
+        with pytest.raises(FileNotFoundError, match="is not a folder here"):
+            stages.load_input(path)
+    with pytest.raises(FileNotFoundError, match=r"out/typo is not a folder here.*did not give it.*Couldn't reach"):
+        stages.load_input("out/typo")  # could be a Hub id `org/name`: asked, and both failures named
+    monkeypatch.setattr(stages, "load_dataset", lambda source, split: pytest.fail(f"asked the Hub for {source}"))
+    with pytest.raises(FileNotFoundError):
+        stages.load_input(str(tmp_path / "typo"))
+
+
 def test_a_truncated_shard_is_detected_and_redone(tmp_path):
     output = str(tmp_path / "out")
     with pytest.raises(RuntimeError, match="crash"):
