@@ -48,6 +48,11 @@ def require_columns(dataset: Dataset, columns: list[str], stage: str, hint: str 
         )
 
 
+def looks_like_a_path(name: str) -> bool:
+    """True for names that cannot be Hub ids (those are `name` or `org/name`), so a missing one is a typo."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
 def load_input(source: str, split: str = "train") -> Dataset:
     """A `datasets` folder written by `save_to_disk` (or by a previous stage), or a Hub dataset id."""
     if os.path.isdir(source) and (
@@ -65,7 +70,7 @@ def load_input(source: str, split: str = "train") -> Dataset:
     if os.path.exists(source):
         raise ValueError(f"{source} exists but is not a `datasets` folder (no state.json); write it with save_to_disk.")
     not_here = f"{source} is not a folder here (a typo, or another working directory?)"
-    if source.startswith((".", "/", "~")) or source.count("/") > 1:  # a path: Hub ids are `name` or `org/name`
+    if looks_like_a_path(source):
         raise FileNotFoundError(f"{not_here}.")
     try:
         return load_dataset(source, split=split)
@@ -77,6 +82,8 @@ def load_tokenizer(tokenizer):
     """A tokenizer object as given, or loaded from a path or Hub id (transformers imported only then)."""
     if not isinstance(tokenizer, str):
         return tokenizer
+    if looks_like_a_path(tokenizer) and not os.path.isdir(tokenizer):
+        raise FileNotFoundError(f"tokenizer {tokenizer} is not a folder here (a typo, or another working directory?).")
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tokenizer)
