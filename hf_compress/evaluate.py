@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from hf_compress.sft import bf16_supported, resolve_attn_implementation
-from hf_compress.stages import save_to_disk, write_json_atomically
+from hf_compress.stages import looks_like_a_path, save_to_disk, write_json_atomically
 from hf_compress.verify import check_texts, resolve_task
 
 EVAL_FILE = "eval.json"
@@ -60,6 +60,8 @@ def load_student_for_eval(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A trained student folder: full weights, or a LoRA adapter merged into its base model. `trust_remote_code`
     loads students whose modeling code is saved with them (e.g. `hf_dla` models), as in `hf-compress sft`."""
+    if looks_like_a_path(path) and not os.path.isdir(path):
+        raise FileNotFoundError(f"student {path} is not a folder here (a typo, or another working directory?).")
     dtype = torch.bfloat16 if bf16_supported() else torch.float32
     attn = resolve_attn_implementation(None)
     if os.path.exists(os.path.join(path, "adapter_config.json")):

@@ -72,3 +72,8 @@ def test_eval_set_without_answers_is_rejected(student):
     test = make_task_dataset("arithmetic", 3, seed=0, split="test").remove_columns("answer")
     with pytest.raises(ValueError, match=r"no \['answer'\] column.*gold answers"):
         evaluate_student(model, test, tokenizer=tokenizer)
+
+
+def test_a_student_path_that_is_not_a_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="student .*typo is not a folder here"):
+        evaluate_student(str(tmp_path / "typo"), make_task_dataset("arithmetic", 2, seed=0, split="test"))
