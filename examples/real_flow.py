@@ -331,9 +331,10 @@ def scorer_cost_table(output_dir: str) -> str:
 
 def run_name(args, method: str, seed: int) -> str:
     lora = f"lora{args.lora_r}" if args.lora_r else "full"
+    temperature = "" if args.temperature == 1.0 else f"-t{args.temperature:g}"
     return (
         f"{args.setting}-{lora}-lr{args.learning_rate:g}-s{args.max_steps}-g{args.num_generations}"
-        f"-b{args.per_device_train_batch_size}-c{args.max_completion_length}/{method}-seed{seed}"
+        f"-b{args.per_device_train_batch_size}-c{args.max_completion_length}{temperature}/{method}-seed{seed}"
     )
 
 
@@ -368,7 +369,7 @@ def train_one(args, method: str, seed: int) -> dict:
         learning_rate=args.learning_rate,
         warmup_steps=0,
         lr_scheduler_type="constant",
-        temperature=1.0,
+        temperature=args.temperature,
         num_generations=args.num_generations,
         per_device_train_batch_size=args.per_device_train_batch_size,
         steps_per_generation=1,
@@ -558,6 +559,7 @@ def parse_args(argv=None):
     parser.add_argument("--num_generations", type=int, default=8, help="Completions per prompt.")
     parser.add_argument("--per_device_train_batch_size", type=int, default=8, help="Completions per step.")
     parser.add_argument("--max_completion_length", type=int, default=48)
+    parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature of the rollouts.")
     parser.add_argument("--n_train", type=int, default=2000)
     args = parser.parse_args(argv)
     for name in ("n_test", "n_pass", "k", "max_new_tokens", "max_steps", "num_generations", "intervention_traces"):
