@@ -124,7 +124,7 @@ def run_base(args) -> None:
     model, tokenizer = load_real_model()
     for stage in args.stages:
         for setting in args.settings:
-            name = "greedy" if stage == "greedy" else f"pass{args.k}"
+            name = "greedy" if stage == "greedy" else f"pass{args.k}-n{args.n_pass}"
             path = Path(args.output_dir) / "base" / f"{setting}-{name}-t{args.max_new_tokens}.json"
             if path.is_file():
                 continue
