@@ -623,10 +623,6 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"hf-compress {args.command}: interrupted. Finished shards are kept: rerun the same command to resume.",
               file=sys.stderr)
-        if argv is None:  # the console script: leave now. A normal shutdown runs atexit hooks that join worker
-            sys.stdout.flush()  # threads of thread pools (the libraries'), which may still wait on a server that
-            sys.stderr.flush()  # does not answer; finished shards are already on disk (fsynced, renamed).
-            os._exit(130)
         sys.exit(130)
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into a message and an exit code
         if args.debug:

@@ -40,7 +40,10 @@ def test_one_ctrl_c_stops_a_run_against_a_hanging_server_and_the_rerun_resumes(t
                "--shard_size", "2", "--problems_per_call", "2", "--max_concurrency", "2"]
     teacher_server.behaviour.hang_after = 8  # two shards (2 problems x 2 samples each), then no more answers
     env = {**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # As from a terminal: Ctrl-C's default action. A test run started as a background job (`cmd &` in a
+    # non-interactive shell) ignores SIGINT, and a child inherits that, so Python would never see the signal.
+    process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while len(finished_shards(output)) < 2 or teacher_server.behaviour.requests < 10:
@@ -51,7 +54,7 @@ def test_one_ctrl_c_stops_a_run_against_a_hanging_server_and_the_rerun_resumes(t
         interrupted = time.monotonic()
         process.send_signal(signal.SIGINT)  # one press
         with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=30)
+            process.wait(timeout=15)
         exit_seconds = time.monotonic() - interrupted
     finally:
         if process.poll() is None:
