@@ -57,7 +57,7 @@ repro-compress: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-# The whole suite, slow tests included (about 5 minutes on 2 cores); a bare `pytest` skips the slow ones.
+# The whole suite, slow tests included (about 8 minutes on 2 cores); a bare `pytest` skips the slow ones.
 test: lint
 	$(PY) -m pytest -q -m "slow or not slow"
 
