@@ -93,30 +93,43 @@ def train_tiny_sft(output_dir: str, task: str = "arithmetic", seed: int = 0, **o
 
 
 @torch.no_grad()
-def greedy_completions(
+def sample_completions(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[list[dict]],
     *,
+    num_samples: int = 1,
     batch_size: int = 64,
     max_new_tokens: int = 64,
     desc: str = "generating",
-) -> list[str]:
-    """Greedy completions of conversational prompts, batched with left padding."""
+) -> list[list[str]]:
+    """Completions of conversational prompts, batched with left padding: greedy when `num_samples == 1`, else
+    `num_samples` samples per prompt at temperature 1 (no top-k / top-p). Returns one list per prompt."""
     tokenizer.padding_side = "left"
     model.eval()
-    texts = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc):
+    prompts_per_batch = max(1, batch_size // num_samples)
+    sampling = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0} if num_samples > 1 else {"do_sample": False}
+    out = []
+    for start in tqdm(range(0, len(prompts), prompts_per_batch), desc=desc, leave=False):
         batch = tokenizer.apply_chat_template(
-            prompts[start : start + batch_size],
+            prompts[start : start + prompts_per_batch],
             add_generation_prompt=True,
             return_tensors="pt",
             padding=True,
             return_dict=True,
         )
-        output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-        texts += tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    return texts
+        output = model.generate(
+            **batch, max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
+            pad_token_id=tokenizer.pad_token_id, **sampling,
+        )  # fmt: skip
+        texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        out += [texts[i : i + num_samples] for i in range(0, len(texts), num_samples)]
+    return out
+
+
+def greedy_completions(model, tokenizer, prompts, **kwargs) -> list[str]:
+    """Greedy completions of conversational prompts, batched with left padding (see `sample_completions`)."""
+    return [texts[0] for texts in sample_completions(model, tokenizer, prompts, num_samples=1, **kwargs)]
 
 
 def held_out_accuracy(model_dir: str, task: str = "arithmetic", n_test: int = 300, seed: int = 0, **kwargs) -> float:

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer, TrainerCallback
 
+from examples.demo_sft import sample_completions
 from examples.real_model import load_real_model, make_word_problem_dataset, real_model_path, word_problem_reward
 
 # Base-model settings compared by `base`: (instruction, min_steps, max_steps).
@@ -74,32 +74,11 @@ def train_split(setting: str, n: int):
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts, *, max_new_tokens: int, num_samples: int = 1, batch_size: int = 64, desc=""):
-    """Completions of conversational prompts, batched with left padding: greedy when `num_samples == 1`, else
-    `num_samples` samples per prompt at the model's default sampling (temperature 1.0). Returns one list per prompt."""
-    tokenizer.padding_side = "left"
-    model.eval()
-    prompts_per_batch = max(1, batch_size // num_samples)
-    out = []
-    for start in tqdm(range(0, len(prompts), prompts_per_batch), desc=desc, leave=False):
-        batch = tokenizer.apply_chat_template(
-            prompts[start : start + prompts_per_batch],
-            add_generation_prompt=True,
-            return_tensors="pt",
-            padding=True,
-            return_dict=True,
-        )
-        sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": 0} if num_samples > 1 else {}
-        output = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            do_sample=num_samples > 1,
-            num_return_sequences=num_samples,
-            pad_token_id=tokenizer.pad_token_id,
-            **sampling,
-        )
-        texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        out += [texts[i : i + num_samples] for i in range(0, len(texts), num_samples)]
-    return out
+    """Greedy (`num_samples == 1`) or sampled completions, one list per prompt (`demo_sft.sample_completions`)."""
+    return sample_completions(
+        model, tokenizer, prompts, num_samples=num_samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        desc=desc,
+    )
 
 
 def greedy_accuracy(model, tokenizer, test, max_new_tokens: int, batch_size: int = 64) -> list[float]:
