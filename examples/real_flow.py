@@ -443,9 +443,9 @@ def grpo_table(args) -> str:
         f"Setting `{run_name(args, 'x', 0).split('/')[0]}`; held-out: {n} problems, greedy.",
         "",
         "| method | held-out accuracy, mean ± s.e. over seeds | per seed | gain over base, in base s.e. | "
-        "mean step time (s) | step time / GRPO's, same seed: median (per seed) |",
-        "|---|---|---|---|---|---|",
-        f"| base model (no RL) | {base['accuracy']:.3f} ± {base_error:.3f} (binomial) | - | - | - | - |",
+        "mean step time (s) | step time / GRPO's, same seed: median (per seed) | token scoring per step: s (share) |",
+        "|---|---|---|---|---|---|---|",
+        f"| base model (no RL) | {base['accuracy']:.3f} ± {base_error:.3f} (binomial) | - | - | - | - | - |",
     ]
     grpo_step = {r["seed"]: r["mean_step_time"] for r in runs if r["method"] == "grpo"}
     for method in args.methods:
@@ -465,9 +465,18 @@ def grpo_table(args) -> str:
         per_seed = ", ".join(f"{r['seed']}: {r['accuracy']:.3f}" for r in mine)
         lines.append(
             f"| {method} | {mean:.3f} ± {error:.3f} | {per_seed} | {(mean - base['accuracy']) / max(base_error, 1e-9):+.1f} | "
-            f"{step:.1f} | {ratio} |"
+            f"{step:.1f} | {ratio} | {scorer_share(mine)} |"
         )
     return "\n".join(lines)
+
+
+def scorer_share(runs: list[dict]) -> str:
+    """Seconds per step spent scoring tokens (the trainer's `flow/seconds`) and their share of the step, both timed
+    inside the same steps: unlike the ratio to GRPO's separate run, this does not depend on the machine's load."""
+    seconds = [entry["flow/seconds"] for run in runs for entry in run.get("log", []) if "flow/seconds" in entry]
+    if not seconds:
+        return "-"
+    return f"{statistics.mean(seconds):.2f} ({statistics.mean(seconds) / statistics.mean(r['mean_step_time'] for r in runs):.1%})"
 
 
 def run_all(args) -> None:

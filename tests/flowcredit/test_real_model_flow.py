@@ -50,10 +50,13 @@ def test_grpo_table_times_each_seed_against_grpo_of_the_same_seed(tmp_path):
     for method, times in steps.items():
         for seed, step in enumerate(times):
             path = tmp_path / "grpo" / (real_flow.run_name(args, method, seed) + ".json")
+            log = [{"flow/seconds": 0.5}, {"flow/seconds": 1.5}] if method == "flow" else [{"loss": 0.0}]
             real_flow._write_json(path, {"method": method, "seed": seed, "accuracy": 0.1 + seed / 100,
-                                         "mean_step_time": step})
-    flow_row = next(line for line in real_flow.grpo_table(args).splitlines() if line.startswith("| flow |"))
-    assert "0.110 ± 0.006" in flow_row and "| 1.10x (0.28, 1.10, 1.10) |" in flow_row
+                                         "mean_step_time": step, "log": log})
+    table = real_flow.grpo_table(args).splitlines()
+    flow_row = next(line for line in table if line.startswith("| flow |"))
+    assert "0.110 ± 0.006" in flow_row and "| 1.10x (0.28, 1.10, 1.10) | 1.00 (8.5%) |" in flow_row
+    assert next(line for line in table if line.startswith("| grpo |")).endswith("| 1.00x (1.00, 1.00, 1.00) | - |")
 
 
 @pytest.mark.slow
