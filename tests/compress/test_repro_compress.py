@@ -72,6 +72,15 @@ def test_driver_writes_every_stage_and_student_and_a_rerun_skips_them(tiny_model
     # The fast (bfloat16) copy made the LLM compressor's backend; the stage cache records it.
     assert os.path.exists(os.path.join(output_dir, "model-bfloat16", "config.json"))
 
+    # The cap control re-scores a finished student with another token cap, beside its main evaluation.
+    from examples import repro_compress_cap_control
+
+    raw_student = os.path.join(output_dir, "students", "seed0", "raw")
+    repro_compress_cap_control.main(["--students", raw_student, "--cap", "4"])
+    control = json.load(open(os.path.join(raw_student, "eval_cap4", "eval.json")))
+    assert control["max_new_tokens"] == 4 and control["n"] == repro_compress.ReproSettings().n_test
+    assert json.load(open(os.path.join(raw_student, "eval.json")))["n"] == 4
+
     def must_not_run(*args, **kwargs):
         raise AssertionError("a cached part was recomputed")
 
