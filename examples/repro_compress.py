@@ -38,7 +38,7 @@ from hf_compress.build import VARIANTS, build
 from hf_compress.compress import ExtractiveCompressor, LLMCompressor, compress
 from hf_compress.evaluate import EVAL_FILE, evaluate_student, load_student_for_eval, save_evaluation
 from hf_compress.generate import generate
-from hf_compress.report import load_runs, write_report
+from hf_compress.report import PLOT_FILE, load_runs, plot_accuracy_vs_tokens, write_report
 from hf_compress.sft import SUMMARY_FILE, parse_recipe, run_sft
 from hf_compress.stages import load_tokenizer, read_stage_record
 from hf_compress.verify import verify
@@ -243,7 +243,10 @@ def aggregate(rows_by_seed: dict[int, list[dict]]) -> list[dict]:
             "accuracy": statistics.mean(r["accuracy"] for r in runs),
             "accuracy_stderr": stderr,
             "seed_accuracies": [round(r["accuracy"], 3) for r in runs],
+            "n": runs[0]["n"],
             "train_tokens": statistics.mean(r["train_tokens"] for r in runs),
+            "loss_tokens": statistics.mean(r["loss_tokens"] for r in runs),
+            "hit_cap_rate": statistics.mean(r["hit_cap_rate"] for r in runs),
             "train_seconds": statistics.mean(r["train_seconds"] for r in runs),
             "output_tokens_mean": statistics.mean(r["output_tokens_mean"] for r in runs),
             "output_tokens_p90": statistics.mean(r["output_tokens_p90"] for r in runs),
@@ -258,22 +261,23 @@ def student_table(table: list[dict], base: dict[str, dict] | None) -> str:
         return f" ({row[key] / raw[key]:.2f}x)" if raw and raw[key] else ""
 
     lines = [
-        "| student | accuracy ± s.e. | per seed | training tokens | training time (s) | output tokens mean | "
-        "output tokens p90 |",
-        "|---|---|---|---|---|---|---|",
+        "| student | accuracy ± s.e. | per seed | training tokens | of which trace (loss) tokens | training time (s) | "
+        "output tokens mean | output tokens p90 | answers at the cap |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table:
         lines.append(
             f"| {row['variant']} | {row['accuracy']:.3f} ± {row['accuracy_stderr']:.3f}{ratio(row, 'accuracy')} | "
             f"{', '.join(map(str, row['seed_accuracies']))} | {row['train_tokens']:,.0f}{ratio(row, 'train_tokens')} | "
+            f"{row['loss_tokens']:,.0f}{ratio(row, 'loss_tokens')} | "
             f"{row['train_seconds']:.0f}{ratio(row, 'train_seconds')} | "
             f"{row['output_tokens_mean']:.1f}{ratio(row, 'output_tokens_mean')} | "
-            f"{row['output_tokens_p90']:.0f}{ratio(row, 'output_tokens_p90')} |"
+            f"{row['output_tokens_p90']:.0f}{ratio(row, 'output_tokens_p90')} | {row['hit_cap_rate']:.1%} |"
         )
     for name, summary in (base or {}).items():
         lines.append(
-            f"| {name} | {summary['accuracy']:.3f} ± {summary['accuracy_stderr']:.3f} | - | 0 | 0 | "
-            f"{summary['output_tokens_mean']:.1f} | {summary['output_tokens_p90']:.0f} |"
+            f"| {name} | {summary['accuracy']:.3f} ± {summary['accuracy_stderr']:.3f} | - | 0 | 0 | 0 | "
+            f"{summary['output_tokens_mean']:.1f} | {summary['output_tokens_p90']:.0f} | {summary['hit_cap_rate']:.1%} |"
         )
     return "\n".join(lines)
 
@@ -323,11 +327,17 @@ def write_repro_report(output_dir: str, settings: ReproSettings, stats: dict, ta
         "",
         student_table(table, base),
         "",
-        "Plots: " + ", ".join(f"`seed{s}/accuracy_vs_training_tokens.png`" for s in seeds),
+        f"![accuracy against training tokens, seeds {seeds}]({PLOT_FILE})",
+        "",
+        "Per seed: " + ", ".join(f"`seed{s}/accuracy_vs_training_tokens.png`" for s in seeds),
         "",
         f"Settings: `{json.dumps(asdict(settings))}`. This run's wall time (this invocation only): {seconds:.0f} s.",
         "",
     ])
+    if table:
+        plot_accuracy_vs_tokens(table, os.path.join(output_dir, PLOT_FILE),
+                                title=f"Real-teacher students, mean of seeds {seeds}",
+                                references={name: summary["accuracy"] for name, summary in (base or {}).items()})
     with open(os.path.join(output_dir, "report.md"), "w") as f:
         f.write(text)
     with open(os.path.join(output_dir, "summary.json"), "w") as f:

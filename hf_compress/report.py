@@ -97,7 +97,14 @@ def markdown_table(table: Dataset, baseline: str = BASELINE) -> str:
     return "\n".join(lines)
 
 
-def plot_accuracy_vs_tokens(table: Dataset, path: str, title: str = "Accuracy against training tokens") -> None:
+def plot_accuracy_vs_tokens(
+    table: Dataset | list[dict[str, Any]],
+    path: str,
+    title: str = "Accuracy against training tokens",
+    references: dict[str, float] | None = None,
+) -> None:
+    """One point per student (accuracy ± s.e. against training tokens); `references` (name -> accuracy, e.g. the
+    model before fine-tuning) are drawn as dashed horizontal lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,6 +114,10 @@ def plot_accuracy_vs_tokens(table: Dataset, path: str, title: str = "Accuracy ag
     for row in table:
         ax.errorbar(row["train_tokens"], row["accuracy"], yerr=row["accuracy_stderr"], fmt="o", capsize=3)
         ax.annotate(row["variant"], (row["train_tokens"], row["accuracy"]), textcoords="offset points", xytext=(6, 4))
+    for name, accuracy in (references or {}).items():
+        ax.axhline(accuracy, linestyle="--", linewidth=1, color="gray")
+        ax.annotate(name, (0.01, accuracy), xycoords=("axes fraction", "data"), xytext=(0, 3),
+                    textcoords="offset points", fontsize=8, color="gray")
     ax.set_xlabel("training tokens")
     ax.set_ylabel(f"greedy accuracy (n={table[0]['n']}, ±1 s.e.)")
     ax.set_title(title)

@@ -68,6 +68,7 @@ def test_driver_writes_every_stage_and_student_and_a_rerun_skips_them(tiny_model
         assert json.load(open(os.path.join(student, "compress_sft.json")))["n_examples"] == 6
         assert json.load(open(os.path.join(student, "eval.json")))["n"] == 4
     assert os.path.exists(os.path.join(output_dir, "seed0", "accuracy_vs_training_tokens.png"))
+    assert os.path.exists(os.path.join(output_dir, "accuracy_vs_training_tokens.png"))  # over the seeds
     assert "| answer_only |" in report and "| base model, teacher's prompt |" in report
     # The fast (bfloat16) copy made the LLM compressor's backend; the stage cache records it.
     assert os.path.exists(os.path.join(output_dir, "model-bfloat16", "config.json"))
@@ -93,8 +94,9 @@ def test_driver_writes_every_stage_and_student_and_a_rerun_skips_them(tiny_model
 
 def test_aggregate_pools_seeds_and_table_gives_ratios_to_raw():
     def row(variant, accuracy, tokens):
-        return {"variant": variant, "accuracy": accuracy, "accuracy_stderr": 0.02, "train_tokens": tokens,
-                "train_seconds": 10.0, "output_tokens_mean": tokens / 100, "output_tokens_p90": tokens / 50}
+        return {"variant": variant, "n": 500, "accuracy": accuracy, "accuracy_stderr": 0.02, "train_tokens": tokens,
+                "loss_tokens": tokens / 2, "hit_cap_rate": 0.1, "train_seconds": 10.0,
+                "output_tokens_mean": tokens / 100, "output_tokens_p90": tokens / 50}
 
     table = repro_compress.aggregate({0: [row("raw", 0.5, 1000), row("compressed", 0.4, 250)],
                                       1: [row("raw", 0.3, 1000), row("compressed", 0.4, 250)]})
@@ -102,7 +104,7 @@ def test_aggregate_pools_seeds_and_table_gives_ratios_to_raw():
     assert raw["accuracy"] == pytest.approx(0.4) and raw["seed_accuracies"] == [0.5, 0.3]
     assert raw["accuracy_stderr"] == pytest.approx(0.02 / 2**0.5)
     text = repro_compress.student_table(table, None)
-    assert "| compressed | 0.400 ± 0.014 (1.00x) | 0.4, 0.4 | 250 (0.25x) |" in text
+    assert "| compressed | 0.400 ± 0.014 (1.00x) | 0.4, 0.4 | 250 (0.25x) | 125 (0.25x) |" in text
 
 
 def test_keep_first_traces_keeps_k_per_problem():
