@@ -454,8 +454,8 @@ def grpo_table(args) -> str:
             continue
         mean, error = mean_and_error([r["accuracy"] for r in mine])
         step = statistics.mean(r["mean_step_time"] for r in mine)
-        # Each seed's run is timed against GRPO's run of the same seed (run next to it, under the same load); the
-        # median of those ratios is robust to one pair that ran under different load.
+        # Each seed's run is timed against GRPO's run of the same seed; the median damps one pair that ran under a
+        # different load, but on a shared machine read the scorer-share column, which no load changes.
         ratios = {r["seed"]: r["mean_step_time"] / grpo_step[r["seed"]] for r in mine if r["seed"] in grpo_step}
         ratio = (
             f"{statistics.median(ratios.values()):.2f}x (" + ", ".join(f"{v:.2f}" for v in ratios.values()) + ")"
