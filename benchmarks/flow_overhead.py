@@ -29,8 +29,8 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, Qwen3Config
 
-from examples.tiny_kit import build_tokenizer
 from hf_flowcredit import FlowGRPOConfig, FlowGRPOTrainer
+from kit.tiny import build_tokenizer
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Preset:
 
 
 PRESETS = {
-    # The demo's configuration: tiny Qwen3 (as examples/demo_sft.py), 16 completions of ~30 tokens after ~45.
+    # The demo's configuration: tiny Qwen3 (as examples/repro/demo_sft.py), 16 completions of ~30 tokens after ~45.
     "cpu-tiny": Preset(128, 4, 4, 2, 512, None, 16, 45, (32,)),
     # Qwen3-0.6B shapes (28 layers, hidden 1024, GQA 16/8, vocab 151936), sequences of 1-4K tokens.
     "gpu-0.6b": Preset(1024, 28, 16, 8, 3072, 151936, 8, 512, (512, 1536, 3584)),

@@ -112,7 +112,7 @@ def benchmark(lengths, dense_max: int, capture_max: int, repeats: int) -> list[d
         del attn, runs  # free the T x T input before the capture runs
         if length <= capture_max:
             if model is None:
-                from examples.tiny_kit import build_tokenizer, tiny_causal_lm
+                from kit.tiny import build_tokenizer, tiny_causal_lm
 
                 tokenizer = build_tokenizer()
                 model = tiny_causal_lm("qwen3", tokenizer, max_position_embeddings=max(lengths))

@@ -476,7 +476,7 @@ def plan_stages(recipe: dict, recipe_path: str) -> list[tuple[str, argparse.Name
 
 def locate_input_builder(spec: str, recipe_path: str) -> str:
     """Where `module:function`'s module is, without running it: installed, else in the current directory, else in
-    the recipe's folder or the nearest folder above it that holds it (so `examples.tiny_kit:...` works from any
+    the recipe's folder or the nearest folder above it that holds it (so `kit.tiny:...` works from any
     directory); that folder is put on `sys.path`. Returns the module's file."""
     module_name, _, function_name = spec.partition(":")
     if not module_name or not function_name:

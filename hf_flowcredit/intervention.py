@@ -325,10 +325,10 @@ class InterventionArguments:
 def _load_prompts(args: InterventionArguments) -> list:
     if args.dataset_name is None:
         try:
-            from examples.tiny_kit import make_task_dataset
+            from kit.tiny import make_task_dataset
         except ImportError:
             raise ValueError(
-                "No --dataset_name given and the repository's embedded tasks (examples.tiny_kit) are not importable "
+                "No --dataset_name given and the repository's embedded tasks (kit.tiny) are not importable "
                 "from here; pass --dataset_name (a Hub dataset, a local folder or a .jsonl file with prompts)."
             ) from None
 

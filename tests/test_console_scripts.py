@@ -69,9 +69,9 @@ def parse_sft_recipe(path: str):
 def parse_grpo_recipe(path: str):
     from trl import ModelConfig, TrlParser
 
-    from examples.flowcredit_grpo import FlowGRPOConfig, FlowGRPOScriptArguments
+    from examples.scripts.flowcredit_grpo import FlowGRPOConfig, FlowGRPOScriptArguments
 
-    # As `examples/flowcredit_grpo.py` parses it; GPU-only settings (bf16) turned off on this CPU machine.
+    # As `examples/scripts/flowcredit_grpo.py` parses it; GPU-only settings (bf16) turned off on this CPU machine.
     parser = TrlParser((FlowGRPOScriptArguments, FlowGRPOConfig, ModelConfig))
     _, config, _ = parser.parse_args_and_config(["--config", path, "--bf16", "false", "--use_cpu", "true"])
     return config.token_scorer, config.top_fraction
@@ -81,7 +81,7 @@ def parse_dla_recipe(path: str):
     from transformers import TrainingArguments
     from trl import TrlParser
 
-    from examples.dla_mqar import RetrievalTaskArguments, TinyDLAArguments, check_settings
+    from examples.repro.dla_mqar import RetrievalTaskArguments, TinyDLAArguments, check_settings
 
     task_args, model_args, _ = TrlParser((RetrievalTaskArguments, TinyDLAArguments, TrainingArguments)
                                          ).parse_args_and_config(["--config", path])
@@ -91,7 +91,7 @@ def parse_dla_recipe(path: str):
 
 # Which script reads a recipe, told by the command its header comment gives (every shipped recipe names one).
 PARSERS = {"hf-compress run": parse_compress_recipe, "hf-compress sft": parse_sft_recipe,
-           "examples.flowcredit_grpo": parse_grpo_recipe, "examples.dla_mqar": parse_dla_recipe}
+           "examples.scripts.flowcredit_grpo": parse_grpo_recipe, "examples.repro.dla_mqar": parse_dla_recipe}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[os.path.basename(r) for r in RECIPES])
@@ -112,7 +112,7 @@ def test_every_shipped_recipe_parses(recipe):
 
 
 def test_compress_distill_checks_its_sft_recipe_before_generating(tmp_path, monkeypatch):
-    from examples import compress_distill
+    from examples.scripts import compress_distill
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("model_name_or_path: student\nwarmup_ratio: 0.03\n")  # a field transformers 5 removed
@@ -169,7 +169,7 @@ def test_readme_pipeline_runs_end_to_end_from_the_repository_root(teacher_server
     """`hf-compress run examples/recipes/compress_arithmetic.yaml`, with the teacher served on 127.0.0.1 and 8
     problems; then a changed builder argument rebuilds the input and the stages refuse their stale results."""
     tokenizer = tmp_path / "tokenizer"
-    from examples.tiny_kit import build_tokenizer
+    from kit.tiny import build_tokenizer
 
     build_tokenizer().save_pretrained(str(tokenizer))
     overrides = [f"output_dir={tmp_path / 'pipeline'}", "input_builder_kwargs.n=8", "generate.backend=openai",
@@ -192,7 +192,7 @@ def test_readme_pipeline_runs_end_to_end_from_the_repository_root(teacher_server
 def test_tiny_sft_recipe_trains_a_few_steps_from_another_directory(tmp_path):
     from datasets import DatasetDict
 
-    from examples.tiny_kit import build_tokenizer, make_task_dataset, tiny_causal_lm
+    from kit.tiny import build_tokenizer, make_task_dataset, tiny_causal_lm
 
     tokenizer = build_tokenizer()
     tiny_causal_lm("qwen3", tokenizer, hidden_size=32, num_layers=1).save_pretrained(tmp_path / "student")

@@ -106,9 +106,9 @@ def test_flowgrpo_config_options_table_lists_every_field_with_its_default():
 def test_flowgrpo_script_prints_its_help():
     from trl import ModelConfig, TrlParser
 
-    from examples.flowcredit_grpo import FlowGRPOScriptArguments
+    from examples.scripts.flowcredit_grpo import FlowGRPOScriptArguments
 
-    # What `python -m examples.flowcredit_grpo --help` prints: argparse %-formats every field's help.
+    # What `python -m examples.scripts.flowcredit_grpo --help` prints: argparse %-formats every field's help.
     text = TrlParser((FlowGRPOScriptArguments, FlowGRPOConfig, ModelConfig)).format_help()
     assert "--normalize_weights" in text and "--flow_recompute_min_length" in text
 

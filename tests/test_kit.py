@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from examples.tiny_kit import (
+from kit.tiny import (
     TINY_ARCHS,
     arithmetic_reward,
     build_tokenizer,
@@ -108,7 +108,7 @@ def test_bad_input_names_the_argument(call, match):
 
 
 def test_tiny_sft_trains_and_reuses_a_finished_run(tmp_path):
-    from examples.demo_sft import train_tiny_sft
+    from kit.teacher import train_tiny_sft
 
     settings = dict(n_train=64, num_train_epochs=1.0, hidden_size=32, num_layers=1, batch_size=16)
     model_dir = train_tiny_sft(str(tmp_path), **settings)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from examples import real_model
-from examples.real_model import (
+from kit import real_model
+from kit.real_model import (
     extract_number_answer,
     make_word_problem_dataset,
     real_model_path,

@@ -8,7 +8,6 @@ import types
 
 import pytest
 
-from examples.tiny_kit import build_tokenizer, tiny_causal_lm
 from hf_compress.backends import (
     BackendConfig,
     OpenAIBackend,
@@ -18,6 +17,7 @@ from hf_compress.backends import (
     TransformersBackend,
     VLLMBackend,
 )
+from kit.tiny import build_tokenizer, tiny_causal_lm
 
 PROBLEMS = ["Compute 3 + 4 from left to right.", "Compute 12 - 5 * 2 from left to right.", "Compute 7 from left to right."]
 

@@ -5,13 +5,13 @@ import os
 import pytest
 from datasets import Dataset, load_from_disk
 
-from examples.tiny_kit import build_tokenizer, make_task_dataset
 from hf_compress.backends import OpenAIBackend, SamplingConfig
 from hf_compress.build import VARIANTS, build, load_variants, truncate_keeping_answer
 from hf_compress.compress import ExtractiveCompressor, compress
 from hf_compress.generate import generate
 from hf_compress.stages import StageMismatchError
 from hf_compress.verify import verify
+from kit.tiny import build_tokenizer, make_task_dataset
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from datasets import load_from_disk
 
-from examples.tiny_kit import build_tokenizer, make_task_dataset
 from hf_compress.build import VARIANTS, load_variants
 from hf_compress.cli import PIPELINE, SUBCOMMANDS, Subcommand, UsageError, build_parser, main, stage_namespace
+from kit.tiny import build_tokenizer, make_task_dataset
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

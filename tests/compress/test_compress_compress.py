@@ -3,11 +3,11 @@
 import pytest
 from datasets import Dataset
 
-from examples.tiny_kit import build_tokenizer, make_task_dataset
 from hf_compress.backends import Generation, OpenAIBackend, SamplingConfig, TeacherBackend
 from hf_compress.compress import Compressor, ExtractiveCompressor, LLMCompressor, compress
 from hf_compress.generate import generate
 from hf_compress.verify import verify
+from kit.tiny import build_tokenizer, make_task_dataset
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import time
 import pytest
 from datasets import Dataset, load_from_disk
 
-from examples.tiny_kit import build_tokenizer, make_task_dataset, tiny_causal_lm
 from hf_compress.backends import (
     BackendConfig,
     OpenAIBackend,
@@ -22,6 +21,7 @@ from hf_compress.backends import (
 )
 from hf_compress.generate import generate
 from hf_compress.stages import SHARDS_DIR, STAGE_FILE, StageMismatchError, read_stage_record
+from kit.tiny import build_tokenizer, make_task_dataset, tiny_causal_lm
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

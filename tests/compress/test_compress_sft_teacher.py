@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from examples.tiny_kit import arithmetic_reward, make_task_dataset
+from kit.tiny import arithmetic_reward, make_task_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +18,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 @pytest.fixture(scope="module")
 def sft_teacher():
-    from examples.demo_sft import train_tiny_sft
+    from kit.teacher import train_tiny_sft
 
     return train_tiny_sft(os.path.join(REPO_ROOT, "runs", "sft"))
 

@@ -6,9 +6,9 @@ import time
 import pytest
 from datasets import Dataset
 
-from examples.tiny_kit import make_task_dataset
 from hf_compress.helper_process import HelperProcess
 from hf_compress.verify import check_countdown, check_math, extract_answer, verify
+from kit.tiny import make_task_dataset
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ import json
 import pytest
 from datasets import load_from_disk
 
-from examples.tiny_kit import build_tokenizer, make_task_dataset, tiny_causal_lm
 from hf_compress.evaluate import (
     EVAL_FILE,
     EVAL_TABLE_DIR,
@@ -15,6 +14,7 @@ from hf_compress.evaluate import (
     pipeline_verifier,
     save_evaluation,
 )
+from kit.tiny import build_tokenizer, make_task_dataset, tiny_causal_lm
 
 
 @pytest.fixture(scope="module")

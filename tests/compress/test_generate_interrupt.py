@@ -11,8 +11,8 @@ import time
 import pytest
 from datasets import load_from_disk
 
-from examples.tiny_kit import make_task_dataset
 from hf_compress.stages import SHARDS_DIR
+from kit.tiny import make_task_dataset
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

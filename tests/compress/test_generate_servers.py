@@ -7,10 +7,10 @@ import pytest
 import yaml
 from datasets import load_from_disk
 
-from examples.tiny_kit import make_task_dataset
 from hf_compress.backends import BackendConfig, OpenAIBackend, SamplingConfig, TeacherUnavailableError
 from hf_compress.cli import main
 from hf_compress.generate import generate
+from kit.tiny import make_task_dataset
 
 SAMPLING = SamplingConfig(n=2, temperature=0.7, seed=3)
 

@@ -7,11 +7,11 @@ import os
 import pytest
 from datasets import load_from_disk
 
-from examples import repro_compress
-from examples.real_model import make_word_problem_dataset
-from examples.tiny_kit import build_tokenizer, tiny_causal_lm
+from examples.repro import repro_compress
 from hf_compress.backends import Generation, TeacherBackend
 from hf_compress.build import VARIANTS
+from kit.real_model import make_word_problem_dataset
+from kit.tiny import build_tokenizer, tiny_causal_lm
 
 
 class ScriptedTeacher(TeacherBackend):
@@ -74,7 +74,7 @@ def test_driver_writes_every_stage_and_student_and_a_rerun_skips_them(tiny_model
     assert os.path.exists(os.path.join(output_dir, "model-bfloat16", "config.json"))
 
     # The cap control re-scores a finished student with another token cap, beside its main evaluation.
-    from examples import repro_compress_cap_control
+    from examples.repro import repro_compress_cap_control
 
     raw_student = os.path.join(output_dir, "students", "seed0", "raw")
     repro_compress_cap_control.main(["--students", raw_student, "--cap", "4"])

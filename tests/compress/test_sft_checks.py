@@ -4,7 +4,6 @@ import pytest
 import torch
 from datasets import Dataset
 
-from examples.tiny_kit import CHAT_TEMPLATE, build_tokenizer, make_task_dataset, tiny_causal_lm
 from hf_compress.sft import (
     EMBEDDED_CHAT_TEMPLATE,
     build_sft_trainer,
@@ -13,6 +12,7 @@ from hf_compress.sft import (
     parse_recipe,
     prepare_chat_template,
 )
+from kit.tiny import CHAT_TEMPLATE, build_tokenizer, make_task_dataset, tiny_causal_lm
 
 TEMPLATE_WITHOUT_MARKERS = CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")
 # Marks the whole conversation as generated: the prompt would be trained on.

@@ -7,8 +7,8 @@ import pytest
 import yaml
 from datasets import DatasetDict
 
-from examples.tiny_kit import build_tokenizer, make_task_dataset, tiny_causal_lm
 from hf_compress.cli import main
+from kit.tiny import build_tokenizer, make_task_dataset, tiny_causal_lm
 
 TINY_RECIPE = str(Path(__file__).parents[2] / "examples" / "recipes" / "sft_tiny_student.yaml")
 

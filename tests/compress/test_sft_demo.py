@@ -1,12 +1,12 @@
-"""The miniature's glue (`examples.demo_compress`) on a few problems, with a tiny untrained stand-in teacher."""
+"""The miniature's glue (`examples.repro.demo_compress`) on a few problems, with a tiny untrained stand-in teacher."""
 
 import json
 
 import pytest
 
-from examples.demo_compress import DemoSettings, build_variants, train_and_evaluate, write_demo_report
-from examples.tiny_kit import build_tokenizer, make_task_dataset, tiny_causal_lm
+from examples.repro.demo_compress import DemoSettings, build_variants, train_and_evaluate, write_demo_report
 from hf_compress.report import load_runs, markdown_table, write_report
+from kit.tiny import build_tokenizer, make_task_dataset, tiny_causal_lm
 
 
 @pytest.mark.slow

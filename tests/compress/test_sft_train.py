@@ -8,8 +8,8 @@ import yaml
 from datasets import Dataset, DatasetDict
 from transformers import AutoModelForCausalLM
 
-from examples.tiny_kit import build_tokenizer, make_task_dataset, tiny_causal_lm
 from hf_compress.sft import SUMMARY_FILE, load_variant, parse_recipe, run_sft, train_student
+from kit.tiny import build_tokenizer, make_task_dataset, tiny_causal_lm
 
 RECIPE = {
     "per_device_train_batch_size": 8,

@@ -9,8 +9,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Mamba2Config, Mamb
 from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextGatedDeltaNet
 
 import hf_dla
-from examples.tiny_kit import build_tokenizer
 from hf_dla.modeling_dla import DLAGatedDeltaNetMixer
+from kit.tiny import build_tokenizer
 
 MAMBA2_CONFIGS = [  # small, but every field the conversion reads takes a non-default value somewhere
     dict(hidden_size=32, num_heads=4, head_dim=16, state_size=8, n_groups=2, tie_word_embeddings=True),

@@ -17,9 +17,9 @@ from datasets import Dataset, DatasetDict
 from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
 
-from examples.tiny_kit import build_tokenizer, make_task_dataset
 from hf_compress.cli import main as hf_compress_main
 from hf_dla import DLAConfig, DLAForCausalLM
+from kit.tiny import build_tokenizer, make_task_dataset
 
 TINY_RECIPE = str(Path(__file__).parents[2] / "examples" / "recipes" / "sft_tiny_student.yaml")
 

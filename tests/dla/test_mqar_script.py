@@ -1,11 +1,11 @@
-"""The MQAR comparison script (examples/dla_mqar.py): metric, live-state counting, settings check, a tiny run."""
+"""The MQAR comparison script (examples/repro/dla_mqar.py): metric, live-state counting, settings check, a tiny run."""
 
 import numpy as np
 import pytest
 import torch
 from transformers import EvalPrediction, TrainingArguments
 
-from examples.dla_mqar import (
+from examples.repro.dla_mqar import (
     RetrievalTaskArguments,
     TinyDLAArguments,
     check_settings,

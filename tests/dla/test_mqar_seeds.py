@@ -1,4 +1,4 @@
-"""examples/dla_mqar.py over several seeds: per-model results saved when finished, skipped on a rerun, refused
+"""examples/repro/dla_mqar.py over several seeds: per-model results saved when finished, skipped on a rerun, refused
 when the folder holds other settings, and the mean +- std table assembled from the finished run folders."""
 
 import json
@@ -6,8 +6,8 @@ import json
 import pytest
 from transformers import TrainingArguments
 
-from examples import dla_mqar
-from examples.dla_mqar import RetrievalTaskArguments, TinyDLAArguments, run_seeds, seed_table, summarize_runs
+from examples.repro import dla_mqar
+from examples.repro.dla_mqar import RetrievalTaskArguments, TinyDLAArguments, run_seeds, seed_table, summarize_runs
 
 TINY_MODEL = TinyDLAArguments(
     hidden_size=16, num_hidden_layers=1, num_heads=2, state_size=8, intermediate_size=32, max_states=6, chunk_size=8

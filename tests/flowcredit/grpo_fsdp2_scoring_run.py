@@ -19,9 +19,9 @@ from accelerate import Accelerator
 from torch.distributed.fsdp import fully_shard
 
 import hf_flowcredit.scoring as scoring
-from examples.tiny_kit import build_tokenizer, tiny_causal_lm
 from hf_flowcredit import FlowGRPOTrainer
 from hf_flowcredit.scoring import FlowScorer, ScoringBatch
+from kit.tiny import build_tokenizer, tiny_causal_lm
 
 LENGTH = 12
 

@@ -10,9 +10,9 @@ import sys
 import torch
 from accelerate import PartialState
 
-from examples.tiny_kit import build_tokenizer, make_task_dataset, tiny_causal_lm
 from hf_flowcredit import FlowGRPOConfig, FlowGRPOTrainer
 from hf_flowcredit.scoring import FlowScorer
+from kit.tiny import build_tokenizer, make_task_dataset, tiny_causal_lm
 
 
 def uneven_reward(completions, **kwargs):

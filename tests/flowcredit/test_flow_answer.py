@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from examples.tiny_kit import build_tokenizer
 from hf_flowcredit.answer import answer_token_mask, find_answer_span
+from kit.tiny import build_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from examples.tiny_kit import build_tokenizer, tiny_causal_lm
 from hf_flowcredit.attention import CAPTURE_ATTN_IMPLEMENTATION, capture_attention, resolve_layers
+from kit.tiny import build_tokenizer, tiny_causal_lm
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen3Config
 
-from examples.tiny_kit import build_tokenizer, tiny_causal_lm
 from hf_flowcredit import FlowGRPOConfig
 from hf_flowcredit.attention import capture_attention, capture_queries_keys
 from hf_flowcredit.flow import flow_throughput_blockwise, flow_throughput_dense
 from hf_flowcredit.scoring import FlowScorer, ScoringBatch, normalize_weights, select_weights
+from kit.tiny import build_tokenizer, tiny_causal_lm
 
 TOKENIZER = build_tokenizer()
 LENGTH = 14

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from examples.tiny_kit import build_tokenizer, tiny_causal_lm
 from hf_flowcredit import scoring
 from hf_flowcredit.answer import answer_token_mask
 from hf_flowcredit.attention import capture_attention
 from hf_flowcredit.flow import flow_throughput
 from hf_flowcredit.scoring import SCORERS, ScoringBatch, get_scorer, select_weights
+from kit.tiny import build_tokenizer, tiny_causal_lm
 
 PROMPTS = ["Compute 3 + 4 from left to right.", "Compute 12 - 5 * 2 from left to right."]
 COMPLETIONS = [

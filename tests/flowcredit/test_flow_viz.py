@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from examples.tiny_kit import build_tokenizer
 from hf_flowcredit.viz import ANSWER_COLOUR, SELECTED_COLOUR, render_html, render_png, token_strings
+from kit.tiny import build_tokenizer
 
 TOKENS = ["3", " +", " 4", " =", " 7", ".", " <b>", "\\boxed{", "7", "}"]
 SCORES = torch.tensor([0.1, 0.0, 0.3, 0.2, 0.9, 0.0, 0.1, 0.2, 1.0, 0.1])

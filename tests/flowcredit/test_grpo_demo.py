@@ -1,4 +1,4 @@
-"""examples/demo_flow.py end to end at toy size (slow: a dozen GRPO steps and evaluations)."""
+"""examples/repro/demo_flow.py end to end at toy size (slow: a dozen GRPO steps and evaluations)."""
 
 import json
 import os
@@ -6,9 +6,9 @@ from dataclasses import asdict
 
 import pytest
 
-from examples.demo_flow import main
-from examples.demo_sft import TinySFTSettings
-from examples.tiny_kit import build_tokenizer, tiny_causal_lm
+from examples.repro.demo_flow import main
+from kit.teacher import TinySFTSettings
+from kit.tiny import build_tokenizer, tiny_causal_lm
 
 
 @pytest.mark.slow

@@ -1,13 +1,13 @@
-"""examples/flowcredit_grpo.py: the tiny YAML recipe parses into FlowGRPOConfig and trains end to end."""
+"""examples/scripts/flowcredit_grpo.py: the tiny YAML recipe parses into FlowGRPOConfig and trains end to end."""
 
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM
 from trl import ModelConfig, TrlParser
 
-from examples.flowcredit_grpo import FlowGRPOScriptArguments, main
-from examples.tiny_kit import build_tokenizer, tiny_causal_lm
+from examples.scripts.flowcredit_grpo import FlowGRPOScriptArguments, main
 from hf_flowcredit import FlowGRPOConfig
+from kit.tiny import build_tokenizer, tiny_causal_lm
 
 RECIPES = Path(__file__).resolve().parents[2] / "examples" / "recipes"
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from examples.tiny_kit import build_tokenizer, tiny_causal_lm
 from hf_flowcredit.intervention import (
     _BLOCKED_KEYS,
     attention_blocking,
@@ -17,6 +16,7 @@ from hf_flowcredit.intervention import (
     intervention_analysis,
     main,
 )
+from kit.tiny import build_tokenizer, tiny_causal_lm
 
 TOKENIZER = build_tokenizer()
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from datasets import Dataset
 
-from examples.tiny_kit import build_tokenizer, tiny_causal_lm
 from hf_flowcredit import FlowGRPOConfig, FlowGRPOTrainer
 from hf_flowcredit.scoring import ScoringBatch, count_forwards, filler_batch, get_scorer
+from kit.tiny import build_tokenizer, tiny_causal_lm
 
 TOKENIZER = build_tokenizer()
 

@@ -8,8 +8,8 @@ import torch
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
-from examples.tiny_kit import build_tokenizer, make_task_dataset, tiny_causal_lm
 from hf_flowcredit import FlowGRPOConfig, FlowGRPOTrainer
+from kit.tiny import build_tokenizer, make_task_dataset, tiny_causal_lm
 
 TOKENIZER = build_tokenizer()
 

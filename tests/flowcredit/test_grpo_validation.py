@@ -15,10 +15,10 @@ from transformers import (
     MambaForCausalLM,
 )
 
-from examples.tiny_kit import build_tokenizer, tiny_causal_lm
 from hf_flowcredit import FlowGRPOConfig, FlowGRPOTrainer
 from hf_flowcredit.config import parse_flow_layers
 from hf_flowcredit.grpo_trainer import _check_attention_capture
+from kit.tiny import build_tokenizer, tiny_causal_lm
 
 TOKENIZER = build_tokenizer()
 SETTINGS = dict(output_dir="unused", report_to="none", use_cpu=True, per_device_train_batch_size=4, num_generations=4)

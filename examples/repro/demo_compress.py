@@ -1,10 +1,10 @@
 """Compress-Distill in miniature: does a student trained on compressed teacher traces keep the accuracy of one
 trained on the full traces, at a lower training and inference cost?
 
-    python -m examples.demo_compress --output_dir runs/compress
+    python -m examples.repro.demo_compress --output_dir runs/compress
 
 1. Traces for the training problems of the embedded arithmetic task. `--traces teacher`: greedy traces of the
-   tiny Qwen3 SFT model of `examples.demo_sft` (reused from `--teacher_dir`, trained there if absent). It solves
+   tiny Qwen3 SFT model of `examples.repro.demo_sft` (reused from `--teacher_dir`, trained there if absent). It solves
    under a third of the problems, too few traces to distil from, so the default `--traces scripted` uses the
    task's worked solutions, each after a restatement of the problem as reasoning models write one: verified
    traces with prose for compression to remove.
@@ -30,8 +30,6 @@ import datasets
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from examples.demo_sft import train_tiny_sft
-from examples.tiny_kit import make_task_dataset, tiny_causal_lm
 from hf_compress.backends import SamplingConfig, TransformersBackend
 from hf_compress.build import VARIANTS, build
 from hf_compress.compress import ExtractiveCompressor, compress
@@ -41,6 +39,8 @@ from hf_compress.report import PLOT_FILE, load_runs, markdown_table, write_repor
 from hf_compress.sft import parse_recipe, train_student
 from hf_compress.stages import read_stage_record
 from hf_compress.verify import verify
+from kit.teacher import train_tiny_sft
+from kit.tiny import make_task_dataset, tiny_causal_lm
 
 RECIPE = os.path.join(os.path.dirname(__file__), "recipes", "sft_tiny_student.yaml")
 INITS = ("scratch", "teacher")
@@ -172,7 +172,7 @@ def write_demo_report(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="runs/compress")
-    parser.add_argument("--teacher_dir", default="runs/sft", help="examples.demo_sft output (trained if absent).")
+    parser.add_argument("--teacher_dir", default="runs/sft", help="examples.repro.demo_sft output (trained if absent).")
     parser.add_argument("--inits", nargs="+", default=list(INITS), choices=INITS)
     for name, value in asdict(DemoSettings()).items():
         choices = TRACE_SOURCES if name == "traces" else None

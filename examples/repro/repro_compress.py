@@ -1,9 +1,9 @@
 """Compress-Distill with a real teacher: SmolLM2-135M-Instruct's own traces on word problems, compressed, and
 students fine-tuned on each variant, on a CPU.
 
-    python -m examples.repro_compress --output_dir runs/repro_compress      # or: make repro-compress
+    python -m examples.repro.repro_compress --output_dir runs/repro_compress      # or: make repro-compress
 
-1. Teacher traces: the real model (`examples.real_model`, bfloat16 copy for speed) through the `transformers`
+1. Teacher traces: the real model (`kit.real_model`, bfloat16 copy for speed) through the `transformers`
    backend, `--n_samples` per problem on `--n_train` training word problems, prompt = problem + an instruction
    that asks for steps; verified with `hf_compress.verify`.
 2. Compressors on the correct traces: extractive, and the real model as LLM compressor with the versioned prompt
@@ -103,7 +103,7 @@ def fast_copy(model_path: str, folder: str, dtype: str) -> str:
 
 
 def default_model_path() -> str:
-    from examples.real_model import real_model_path
+    from kit.real_model import real_model_path
 
     return real_model_path()
 
@@ -114,7 +114,7 @@ def default_model_path() -> str:
 
 
 def word_problems(settings: ReproSettings, split: str):
-    from examples.real_model import make_word_problem_dataset
+    from kit.real_model import make_word_problem_dataset
 
     n = settings.n_train if split == "train" else settings.n_test
     problems = make_word_problem_dataset(n, seed=settings.data_seed, split=split, max_steps=settings.max_steps)

@@ -1,11 +1,11 @@
-"""Control for `examples.repro_compress`: re-evaluate finished students with a larger token cap.
+"""Control for `examples.repro.repro_compress`: re-evaluate finished students with a larger token cap.
 
 The reproduction evaluates students with the teacher's 64-token cap. Students that learned long traces (`raw`)
 hit that cap often, so part of their accuracy gap could be the cap rather than what they learned. This scores
 the same students, greedily on the same held-out problems, with another cap, into `<student>/eval_cap<N>/`
 (cached like the main evaluations):
 
-    python -m examples.repro_compress_cap_control --students runs/repro_compress/students/seed0/raw --cap 128
+    python -m examples.repro.repro_compress_cap_control --students runs/repro_compress/students/seed0/raw --cap 128
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 import os
 
-from examples.repro_compress import ReproSettings, evaluate_into, word_problems
+from examples.repro.repro_compress import ReproSettings, evaluate_into, word_problems
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,10 +2,10 @@
 `GRPOConfig` option plus `token_scorer`, `top_fraction`, `high_weight`, ...
 
     # Embedded tiny model and synthetic arithmetic (CPU; trains the tiny SFT warm start first if it is missing):
-    python -m examples.flowcredit_grpo --config examples/recipes/flowcredit_grpo_tiny.yaml
+    python -m examples.scripts.flowcredit_grpo --config examples/recipes/flowcredit_grpo_tiny.yaml
 
     # A real model on GPUs, any dataset with `prompt` and `solution` columns (math-verify accuracy reward):
-    accelerate launch -m examples.flowcredit_grpo --config examples/recipes/flowcredit_grpo_qwen3.yaml
+    accelerate launch -m examples.scripts.flowcredit_grpo --config examples/recipes/flowcredit_grpo_qwen3.yaml
 
 Every field can be overridden on the command line (`--token_scorer entropy --high_weight 2.0`).
 """
@@ -53,7 +53,7 @@ def _reward(name: str):
 def load_training_data(script_args: FlowGRPOScriptArguments):
     """(train dataset, reward functions)."""
     if script_args.dataset_name is None:
-        from examples.tiny_kit import make_task_dataset, reward_for_task
+        from kit.tiny import make_task_dataset, reward_for_task
 
         train = make_task_dataset(script_args.task, n=script_args.num_train_samples, seed=1, split="train")
         return train.remove_columns(["completion", "trace"]), [reward_for_task(script_args.task)]
@@ -64,7 +64,7 @@ def load_training_data(script_args: FlowGRPOScriptArguments):
 def main(script_args: FlowGRPOScriptArguments, training_args: FlowGRPOConfig, model_args: ModelConfig) -> None:
     model = model_args.model_name_or_path
     if model is None:
-        from examples.demo_sft import train_tiny_sft
+        from kit.teacher import train_tiny_sft
 
         model = train_tiny_sft(script_args.sft_dir, task=script_args.task)
     training_args.model_init_kwargs = {

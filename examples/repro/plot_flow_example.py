@@ -1,12 +1,12 @@
 """Draw one completion coloured by its FlowTracer score (the picture in the README).
 
-    python -m examples.plot_flow_example --real_model --output docs/flow_example.png   # the README's picture
-    python -m examples.plot_flow_example --output runs/flow_example_tiny.png          # the tiny SFT model
-    python -m examples.plot_flow_example --model_dir runs/sft/model --output runs/flow_example.png
+    python -m examples.repro.plot_flow_example --real_model --output docs/flow_example.png   # the README's picture
+    python -m examples.repro.plot_flow_example --output runs/flow_example_tiny.png          # the tiny SFT model
+    python -m examples.repro.plot_flow_example --model_dir runs/sft/model --output runs/flow_example.png
 
-With `--real_model` the completion is a real greedy answer of SmolLM2-135M-Instruct (`examples.real_model`) to a
+With `--real_model` the completion is a real greedy answer of SmolLM2-135M-Instruct (`kit.real_model`) to a
 held-out word problem (the first of `--seed`'s problems that it answers correctly), scored from the prompt to its
-final number. Otherwise it trains (or reuses) the tiny SFT model of `examples.demo_sft` under `--sft_dir` (or loads
+final number. Otherwise it trains (or reuses) the tiny SFT model of `examples.repro.demo_sft` under `--sft_dir` (or loads
 `--model_dir`) and scores the arithmetic task's worked trace up to its `\\boxed{}` answer. The top 40% of the tokens
 (the ones GRPO would up-weight) are underlined. An HTML version is written beside the PNG.
 """
@@ -19,9 +19,9 @@ import os
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from examples.tiny_kit import make_task_dataset
 from hf_flowcredit import ScoringBatch, answer_token_mask, get_scorer, select_weights
 from hf_flowcredit.viz import render_html, render_png, token_strings
+from kit.tiny import make_task_dataset
 
 
 def scored_example(model, tokenizer, messages: list[dict], completion: str, layers="middle", answer_format="auto"):
@@ -56,8 +56,8 @@ def scored_example(model, tokenizer, messages: list[dict], completion: str, laye
 def real_model_example(seed: int, layers="middle", candidates: int = 8):
     """`scored_example` of the real model's own greedy answer to the first of `candidates` held-out word problems
     that it answers correctly, with the last number as the answer (the flow's sinks)."""
-    from examples.real_flow import answer_format_for, generate
-    from examples.real_model import load_real_model, make_word_problem_dataset, word_problem_reward
+    from examples.repro.real_flow import answer_format_for, generate
+    from kit.real_model import load_real_model, make_word_problem_dataset, word_problem_reward
 
     model, tokenizer = load_real_model()
     test = make_word_problem_dataset(candidates, seed=seed, split="test", instruction="number", max_steps=1)
@@ -94,7 +94,7 @@ def main(argv=None):
     else:
         model_dir = args.model_dir
         if model_dir is None:
-            from examples.demo_sft import train_tiny_sft
+            from kit.teacher import train_tiny_sft
 
             model_dir = train_tiny_sft(args.sft_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)

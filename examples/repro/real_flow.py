@@ -1,15 +1,15 @@
 """FlowTracer on a real pretrained model (SmolLM2-135M-Instruct, offline): base accuracy, intervention, GRPO runs.
 
-    python -m examples.real_flow base --output_dir runs/real_flow           # greedy accuracy and pass@8 per setting
-    python -m examples.real_flow intervention --output_dir runs/real_flow   # flow-top / random / flow-bottom / none
-    python -m examples.real_flow scorer_cost --output_dir runs/real_flow    # flow scorer time and memory per sequence
-    python -m examples.real_flow grpo --output_dir runs/real_flow           # GRPO vs FlowGRPO vs random, seeds
-    python -m examples.real_flow summary --output_dir runs/real_flow        # tables of everything finished so far
-    python -m examples.real_flow all --output_dir runs/real_flow            # all of the above in order (make repro-flow)
+    python -m examples.repro.real_flow base --output_dir runs/real_flow           # greedy accuracy and pass@8 per setting
+    python -m examples.repro.real_flow intervention --output_dir runs/real_flow   # flow-top / random / flow-bottom / none
+    python -m examples.repro.real_flow scorer_cost --output_dir runs/real_flow    # flow scorer time and memory per sequence
+    python -m examples.repro.real_flow grpo --output_dir runs/real_flow           # GRPO vs FlowGRPO vs random, seeds
+    python -m examples.repro.real_flow summary --output_dir runs/real_flow        # tables of everything finished so far
+    python -m examples.repro.real_flow all --output_dir runs/real_flow            # all of the above in order (make repro-flow)
 
 Every unit of work (one setting of `base`, one method x seed of `grpo`, ...) writes its own JSON file under
 `--output_dir` when it finishes, and a rerun skips the units whose file exists: an interrupted run resumes where it
-stopped, nothing lost but the unit in progress. The model and tasks come from `examples.real_model`.
+stopped, nothing lost but the unit in progress. The model and tasks come from `kit.real_model`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, TrainerCallback
 
-from examples.demo_sft import sample_completions
-from examples.real_model import load_real_model, make_word_problem_dataset, real_model_path, word_problem_reward
+from kit.real_model import load_real_model, make_word_problem_dataset, real_model_path, word_problem_reward
+from kit.teacher import sample_completions
 
 # Base-model settings compared by `base`: (instruction, min_steps, max_steps).
 SETTINGS = {

@@ -1,18 +1,18 @@
-"""The read-weight initialisation control of RESULTS.md (MQAR, three seeds): `examples.dla_mqar` unchanged, except
+"""The read-weight initialisation control of RESULTS.md (MQAR, three seeds): `examples.repro.dla_mqar` unchanged, except
 that the read-weight projection starts at W ~ N(0, initializer_range) drawn from its own generator instead of W = 0.
 Every other parameter and the data are then identical to the zero-init run of the same seed, so a difference in
 recall comes from the spread of lambda at initialisation alone (not from another random draw of the model).
 
-    python -m examples.dla_mqar_init_control --config examples/recipes/dla_mqar.yaml --mixers gated_deltanet \
+    python -m examples.repro.dla_mqar_init_control --config examples/recipes/dla_mqar.yaml --mixers gated_deltanet \
         --memories loglinear --seeds 0 1 2 --output_dir runs/dla_mqar_spreadinit
-    python -m examples.dla_mqar --summarize --output_dir runs/dla_mqar_spreadinit
+    python -m examples.repro.dla_mqar --summarize --output_dir runs/dla_mqar_spreadinit
 
 (`DLAConfig(read_weights_init_std=...)` gives the same spread in models of your own, drawn from the global RNG.)
 """
 
 import torch
 
-from examples import dla_mqar
+from examples.repro import dla_mqar
 from hf_dla import modeling_dla
 
 SEPARATE_SEED = 12345

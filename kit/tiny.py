@@ -3,7 +3,7 @@ from configs, synthetic reasoning tasks with verifiable answers, and TRL-style r
 
 Nothing here touches the model hub. Everything is deterministic under a seed.
 
-    >>> from examples.tiny_kit import build_tokenizer, tiny_causal_lm, make_task_dataset, arithmetic_reward
+    >>> from kit.tiny import build_tokenizer, tiny_causal_lm, make_task_dataset, arithmetic_reward
     >>> tok = build_tokenizer()
     >>> model = tiny_causal_lm("qwen3", tok, seed=0)
     >>> train = make_task_dataset("arithmetic", n=1000, seed=0, split="train")

@@ -2,7 +2,7 @@
 # command after an interruption and finished stages (and finished teacher shards) are skipped.
 #
 #   pip install "hf-efficient-reasoning[vllm]"          # or serve the teacher and use --backend openai
-#   python examples/compress_distill.py \
+#   python examples/scripts/compress_distill.py \
 #       --teacher Qwen/Qwen3-8B --compressor Qwen/Qwen2.5-7B-Instruct --student Qwen/Qwen3-1.7B-Base \
 #       --recipe examples/recipes/sft_lora_qwen3.yaml --output_dir runs/compress_distill
 #
