@@ -131,7 +131,7 @@ def test_readme_recipe_resolves_from_the_repository_root_and_from_elsewhere(tmp_
     # The README's command, from the repository root: the recipe's input builder must be importable from there.
     at_root = run_script("hf-compress", "run", "examples/recipes/compress_arithmetic.yaml", "--dry_run", cwd=REPO_ROOT)
     assert at_root.returncode == 0, at_root.stderr[-3000:]
-    builder_file = str(REPO_ROOT / "examples" / "tiny_kit.py")
+    builder_file = str(REPO_ROOT / "kit" / "tiny.py")
     assert [line.split(":")[0] for line in at_root.stdout.splitlines()] == ["input", "generate", "verify", "compress",
                                                                             "build"]
     assert builder_file in at_root.stdout

@@ -12,7 +12,7 @@ trained on the full traces, at a lower training and inference cost?
    SFT variants: raw, compressed, answer_only and truncated (raw cut to the compressed length, answer kept).
 3. Students, one per variant and per initialisation, trained for one epoch with `hf_compress.sft` and the recipe
    `examples/recipes/sft_tiny_student.yaml`:
-   - `scratch`: a randomly initialised tiny Qwen3 (`tiny_kit.tiny_causal_lm`): must learn the task from the traces;
+   - `scratch`: a randomly initialised tiny Qwen3 (`kit.tiny.tiny_causal_lm`): must learn the task from the traces;
    - `teacher`: initialised from the teacher's weights (self-distillation): the traces reshape how it answers.
 4. Every student is evaluated greedily on held-out problems (`hf_compress.evaluate`) and compared with
    `hf_compress.report`: accuracy, training tokens, training time and output tokens, as ratios to `raw`.
