@@ -8,7 +8,7 @@ The core library (this block) works on any Hugging Face causal LM and does not i
 from .answer import answer_token_mask, find_answer_span
 from .attention import capture_attention, resolve_layers
 from .flow import flow_throughput, flow_throughput_blockwise, flow_throughput_dense
-from .scoring import SCORERS, ScoringBatch, TokenScorer, get_scorer, select_weights
+from .scoring import SCORERS, ScoringBatch, TokenScorer, get_scorer, register_scorer, select_weights
 from .viz import render_html, render_png, token_strings
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "flow_throughput_blockwise",
     "flow_throughput_dense",
     "get_scorer",
+    "register_scorer",
     "render_html",
     "render_png",
     "resolve_layers",

@@ -14,6 +14,10 @@ rows from them, the lazy input of `flow_throughput_blockwise`: O(T * d) memory f
 
 The model keeps whatever `attn_implementation` it was loaded with (eager, sdpa, flash, ...): it is switched to the
 capturing function for the one forward and switched back afterwards, even if the forward fails.
+
+The package registers one attention implementation, `"flowcredit"`: inside `capture_attention` it records what flow
+needs, inside `intervention.attention_blocking` it removes blocked keys from the mask, then it lets SDPA compute the
+output.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ __all__ = [
     "resolve_layers",
 ]
 
-CAPTURE_ATTN_IMPLEMENTATION = "flowcredit_capture"
+# The package's one entry in transformers' AttentionInterface (capture and key blocking both go through it).
+CAPTURE_ATTN_IMPLEMENTATION = "flowcredit"
 LAYER_PRESETS = ("middle", "early", "late", "all")
 MAX_PRESET_LAYERS = 5
 # Elements of one query chunk of scores (B * H * chunk * T) when `query_chunk_size` is not given: 128 MiB in fp32.
@@ -214,14 +219,26 @@ def _mask_recipe(capture: _Capture, attention_mask: torch.Tensor | None) -> dict
     )
 
 
-def _capturing_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """The function registered in `AttentionInterface`: record what flow needs, then let SDPA compute the output."""
-    capture = _ACTIVE_CAPTURE.get()
-    if capture is None:
-        raise RuntimeError(
-            f"attn_implementation={CAPTURE_ATTN_IMPLEMENTATION!r} is only usable inside `capture_attention`; "
-            "load or set the model with another implementation."
-        )
+def _without_blocked_keys(query, key, attention_mask, blocked_keys: torch.Tensor) -> torch.Tensor:
+    """`attention_mask` (bool, or None for plain causal) with no query attending to a blocked key that lies before it
+    (a blocked token still attends to itself). `blocked_keys` is `[B, K_max]` over the padded sequence's columns."""
+    q_len, k_len = query.shape[2], key.shape[2]
+    key_pos = torch.arange(k_len, device=query.device)
+    query_pos = key_pos[k_len - q_len :]  # queries are the last q_len positions (prefill or cached decoding)
+    if attention_mask is None:
+        attention_mask = (key_pos[None, :] <= query_pos[:, None])[None, None]
+    blocked = blocked_keys[:, None, None, :k_len] & (key_pos[None, :] < query_pos[:, None])
+    return attention_mask.bool() & ~blocked
+
+
+# Which keys are blocked (see `_without_blocked_keys`). A context variable rather than a forward argument because
+# `generate` refuses keyword arguments that the model's forward does not declare. Set by `attention_blocking`.
+_BLOCKED_KEYS: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("blocked_keys", default=None)
+
+
+def _record(capture: _Capture, module, query, key, attention_mask, scaling, kwargs) -> float:
+    """Record what flow needs from one layer's attention call (nothing outside the selected layers); returns the
+    scaling SDPA is to use (the default made explicit in a selected layer, as the recorded rows use it)."""
     if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
         raise NotImplementedError("capture_attention does not support attention logit softcapping or attention sinks.")
     layer = getattr(module, "layer_idx", None)
@@ -243,6 +260,21 @@ def _capturing_attention(module, query, key, value, attention_mask, scaling=None
             capture.reached_last_layer = True
             if capture.stop_early:
                 raise _StopForward
+    return scaling
+
+
+def _flowcredit_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The function registered in `AttentionInterface`: block keys and/or record what flow needs, then SDPA."""
+    capture, blocked_keys = _ACTIVE_CAPTURE.get(), _BLOCKED_KEYS.get()
+    if capture is None and blocked_keys is None:
+        raise RuntimeError(
+            f"attn_implementation={CAPTURE_ATTN_IMPLEMENTATION!r} is only usable inside `capture_attention` or "
+            "`attention_blocking`; load or set the model with another implementation."
+        )
+    if blocked_keys is not None:
+        attention_mask = _without_blocked_keys(query, key, attention_mask, blocked_keys)
+    if capture is not None:
+        scaling = _record(capture, module, query, key, attention_mask, scaling, kwargs)
     return sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
     )
@@ -258,7 +290,7 @@ def _recording_sdpa_mask(*args, **kwargs):
     return mask
 
 
-AttentionInterface.register(CAPTURE_ATTN_IMPLEMENTATION, _capturing_attention)
+AttentionInterface.register(CAPTURE_ATTN_IMPLEMENTATION, _flowcredit_attention)
 AttentionMaskInterface.register(CAPTURE_ATTN_IMPLEMENTATION, _recording_sdpa_mask)
 
 

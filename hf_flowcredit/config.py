@@ -10,8 +10,10 @@ from trl import GRPOConfig
 
 from .answer import find_answer_span
 from .attention import LAYER_PRESETS
+from .scoring import SCORERS, config_options
 
-TOKEN_SCORERS = ("flow", "random", "entropy", "attention", "correlation", "gradient", "none")
+# The registered scorers (hf_flowcredit.scoring: each scorer class declares itself) and "none", plain GRPO.
+TOKEN_SCORERS = (*SCORERS, "none")
 MISSING_ANSWER_POLICIES = ("uniform", "last_tokens")
 WEIGHT_SIGNS = ("all", "positive")
 
@@ -28,10 +30,9 @@ class FlowGRPOConfig(GRPOConfig):
 
     Parameters:
         token_scorer (`str`, *optional*, defaults to `"flow"`):
-            How completion tokens are ranked: `"flow"` (answer-targeted attention-flow throughput, FlowTracer),
-            `"random"`, `"entropy"`, `"attention"` (attention received), `"correlation"` (token-reward association
-            across the rollouts of one prompt), `"gradient"` (gradient norm w.r.t. the input embedding), or `"none"`
-            (plain GRPO).
+            How completion tokens are ranked: `"none"` (plain GRPO) or a scorer registered in
+            `hf_flowcredit.scoring.SCORERS`:
+{token_scorers}
         top_fraction (`float`, *optional*, defaults to `0.4`):
             Fraction of each completion's tokens that get the high weight.
         high_weight (`float`, *optional*, defaults to `1.5`):
@@ -72,7 +73,9 @@ class FlowGRPOConfig(GRPOConfig):
     token_scorer: str = field(
         default="flow",
         metadata={
-            "help": "How completion tokens are ranked.",
+            "help": "How completion tokens are ranked: 'none' (plain GRPO) or a registered scorer ("
+            + "; ".join(f"'{name}': {scorer.summary}" for name, scorer in SCORERS.items())
+            + ").",
             "choices": list(TOKEN_SCORERS),
         },
     )
@@ -141,9 +144,19 @@ class FlowGRPOConfig(GRPOConfig):
         },
     )
 
+    def scorer_options(self) -> dict:
+        """The options of `token_scorer` that fields of this config set (e.g. `layers` from `flow_layers`)."""
+        if self.token_scorer == "none":
+            return {}
+        values = {"flow_layers": parse_flow_layers(self.flow_layers)}  # fields that need parsing first
+        return {
+            option: values.get(name, getattr(self, name))
+            for option, name in config_options(SCORERS[self.token_scorer]).items()
+        }
+
     def __post_init__(self):
         super().__post_init__()
-        _check_choice("token_scorer", self.token_scorer, TOKEN_SCORERS)
+        _check_choice("token_scorer", self.token_scorer, (*SCORERS, "none"))  # scorers registered since import too
         _check_choice("missing_answer", self.missing_answer, MISSING_ANSWER_POLICIES)
         _check_choice("weight_sign", self.weight_sign, WEIGHT_SIGNS)
         if not 0.0 < self.top_fraction <= 1.0:
@@ -164,6 +177,12 @@ class FlowGRPOConfig(GRPOConfig):
             raise ValueError(
                 f"flow_recompute_min_length must be None or >= 1, got {self.flow_recompute_min_length}."
             )
+
+
+FlowGRPOConfig.__doc__ = FlowGRPOConfig.__doc__.replace(
+    "{token_scorers}",
+    "\n".join(f"            - `\"{name}\"`: {scorer.summary}." for name, scorer in SCORERS.items()),
+)
 
 
 def parse_flow_layers(flow_layers: str) -> str | list[int]:

@@ -25,12 +25,18 @@ from trl import GRPOTrainer
 from .answer import answer_token_mask
 from .attention import capture_attention, capture_queries_keys, resolve_layers
 from .config import FlowGRPOConfig, parse_flow_layers
-from .scoring import ScoringBatch, count_forwards, filler_batch, get_scorer, normalize_weights, select_weights
+from .scoring import (
+    SCORERS,
+    ScoringBatch,
+    count_forwards,
+    filler_batch,
+    get_scorer,
+    normalize_weights,
+    select_weights,
+)
 
 # Loss types whose per-token loss multiplies the advantage token by token, so (B, T) advantages act per token.
 PER_TOKEN_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "vespo", "luspo")
-# Scorers that read the model's attention, and so need `capture_attention` to work on it.
-ATTENTION_SCORERS = ("flow", "attention")
 
 
 class FlowGRPOTrainer(GRPOTrainer):
@@ -53,11 +59,11 @@ class FlowGRPOTrainer(GRPOTrainer):
                 "takes every GRPOConfig field plus the token-credit ones."
             )
         _check_loss_takes_token_advantages(self.args)
-        if self.args.token_scorer in ATTENTION_SCORERS:
-            _check_attention_capture(self.accelerator.unwrap_model(self.model), self.args)
         self.token_scorer = None
         if self.args.token_scorer != "none":
-            self.token_scorer = get_scorer(self.args.token_scorer, **_scorer_options(self.args))
+            if SCORERS[self.args.token_scorer].reads_attention:
+                _check_attention_capture(self.accelerator.unwrap_model(self.model), self.args)
+            self.token_scorer = get_scorer(self.args.token_scorer, **self.args.scorer_options())
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, torch.Tensor | Any]:
         output = super()._generate_and_score_completions(inputs)
@@ -191,15 +197,6 @@ class FlowGRPOTrainer(GRPOTrainer):
         metrics["flow/seconds"].append(total["seconds"] / self.accelerator.num_processes)
 
 
-def _scorer_options(args: FlowGRPOConfig) -> dict[str, Any]:
-    if args.token_scorer not in ("flow", "attention"):
-        return {}
-    layers = parse_flow_layers(args.flow_layers)
-    if args.token_scorer == "flow":
-        return {"layers": layers, "recompute_min_length": args.flow_recompute_min_length}
-    return {"layers": layers}
-
-
 def _check_loss_takes_token_advantages(args: FlowGRPOConfig) -> None:
     if args.token_scorer == "none":
         return
@@ -237,14 +234,14 @@ def _check_attention_capture(model, args: FlowGRPOConfig) -> None:
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         try:
             capture_attention(model, probe, probe_mask, layers=layers)
-            if args.token_scorer == "flow" and args.flow_recompute_min_length is not None:
+            if args.scorer_options().get("recompute_min_length") is not None:  # the flow scorer's long-sequence path
                 capture_queries_keys(model, probe, probe_mask, layers=layers)(0, probe.shape[1])
         except (NotImplementedError, RuntimeError, TypeError) as error:
+            others = ", ".join(f"token_scorer={n!r}" for n, scorer in SCORERS.items() if not scorer.reads_attention)
             raise ValueError(
                 f"token_scorer={args.token_scorer!r} reads the attention of {name}, but capturing it fails: {error} "
-                "Use a scorer that does not read attention (token_scorer='entropy', 'gradient', 'random' or "
-                "'correlation'), or a model whose attention layers call transformers' AttentionInterface without "
-                "logit softcapping or attention sinks."
+                f"Use a scorer that does not read attention ({others}), or a model whose attention layers call "
+                "transformers' AttentionInterface without logit softcapping or attention sinks."
             ) from error
 
 

@@ -11,15 +11,14 @@ random or flow-bottom ones.
 
 Command line: `flowcredit-intervention --model_name_or_path PATH --num_samples 64` (see `main`).
 
-Blocking is done by an attention function registered with transformers' `AttentionInterface`: it removes the chosen
-keys from the boolean mask of every later query and delegates to SDPA, so it works for any model whose attention goes
-through the interface, in the prefill and in cached decoding alike.
+Blocking is done by the package's attention function registered with transformers' `AttentionInterface` (see
+attention.py): it removes the chosen keys from the boolean mask of every later query and delegates to SDPA, so it
+works for any model whose attention goes through the interface, in the prefill and in cached decoding alike.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import json
 import os
 import sys
@@ -28,20 +27,15 @@ from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AttentionInterface, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .answer import answer_token_mask
+from .attention import _BLOCKED_KEYS, CAPTURE_ATTN_IMPLEMENTATION, _attn_implementation, _without_blocked_keys
 from .scoring import ScoringBatch, get_scorer
 
-BLOCKED_ATTENTION = "flowcredit_blocked_sdpa"
+BLOCKED_ATTENTION = CAPTURE_ATTN_IMPLEMENTATION  # the package's one attention implementation (see attention.py)
 SELECTIONS = ("none", "top", "random", "bottom")
-
-
-# Which keys are blocked, per row ([B, K_max] bool, columns of the padded sequence). A context variable rather than a
-# forward argument because `generate` refuses keyword arguments that the model's forward does not declare.
-_BLOCKED_KEYS: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("blocked_keys", default=None)
 
 
 def blocked_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
@@ -49,18 +43,8 @@ def blocked_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
     attends to itself). Without blocked keys set, plain SDPA."""
     blocked_keys = _BLOCKED_KEYS.get()
     if blocked_keys is not None:
-        q_len, k_len = query.shape[2], key.shape[2]
-        key_pos = torch.arange(k_len, device=query.device)
-        query_pos = key_pos[k_len - q_len :]  # queries are the last q_len positions (prefill or cached decoding)
-        if attention_mask is None:
-            attention_mask = (key_pos[None, :] <= query_pos[:, None])[None, None]
-        blocked = blocked_keys[:, None, None, :k_len] & (key_pos[None, :] < query_pos[:, None])
-        attention_mask = attention_mask.bool() & ~blocked
+        attention_mask = _without_blocked_keys(query, key, attention_mask, blocked_keys)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-
-
-AttentionInterface.register(BLOCKED_ATTENTION, blocked_sdpa_attention)
-AttentionMaskInterface.register(BLOCKED_ATTENTION, sdpa_mask)  # without it the mask would arrive as None
 
 
 @contextlib.contextmanager
@@ -68,16 +52,15 @@ def attention_blocking(model: PreTrainedModel, blocked_keys: torch.BoolTensor):
     """Within the block, no token of row b attends to an earlier position p where `blocked_keys[b, p]` is True.
 
     `blocked_keys` is `[B, K]` over the columns of the (padded) sequence, K at least the longest length reached,
-    generated tokens included. The model's attention goes through `blocked_sdpa_attention` meanwhile.
+    generated tokens included. The model's attention goes through the package's attention implementation meanwhile
+    (the same blocking as `blocked_sdpa_attention`).
     """
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(BLOCKED_ATTENTION)
     token = _BLOCKED_KEYS.set(blocked_keys)
     try:
-        yield model
+        with _attn_implementation(model, BLOCKED_ATTENTION):
+            yield model
     finally:
         _BLOCKED_KEYS.reset(token)
-        model.set_attn_implementation(previous)
 
 
 @dataclass

@@ -14,6 +14,11 @@ was padded. A group holds as many rows as keep its `[rows, T, T]` attention (or 
     >>> scorer = get_scorer("flow", layers="middle")
     >>> scores = scorer(model, batch)                      # [B, T], 0 outside batch.completion_mask
     >>> weights = select_weights(scores, batch.completion_mask)  # 1.5 on the top 40% of each completion, 1.0 else
+
+Every scorer is declared in one place, its class, and registered with `@register_scorer`: its `name`, whether it
+`reads_attention`, a one-line `summary`, and its options (dataclass fields; `metadata={"config": field}` names the
+`FlowGRPOConfig` field that sets one). `SCORERS`, the config's `token_scorer` choices and help, the trainer's checks
+and the table in docs/hf_flowcredit.md all come from there.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 import torch
@@ -39,10 +44,12 @@ __all__ = [
     "RandomScorer",
     "ScoringBatch",
     "TokenScorer",
+    "config_options",
     "count_forwards",
     "filler_batch",
     "get_scorer",
     "normalize_weights",
+    "register_scorer",
     "select_weights",
 ]
 
@@ -122,6 +129,30 @@ class TokenScorer(Protocol):
     def __call__(self, model, batch: ScoringBatch) -> torch.Tensor: ...
 
 
+SCORERS: dict[str, type] = {}
+
+
+def register_scorer(scorer: type) -> type:
+    """Class decorator: make a dataclass scorer available under its `name` (`get_scorer`, `token_scorer=...`).
+
+    The class declares, as class variables, `name`, `reads_attention` (it captures the model's attention, so the
+    trainer checks at start-up that the model's attention can be captured) and `summary` (one line for the config's
+    help and the docs' table); its dataclass fields are its options.
+    """
+    missing = [attribute for attribute in ("name", "reads_attention", "summary") if not hasattr(scorer, attribute)]
+    if missing or not dataclasses.is_dataclass(scorer):
+        raise TypeError(f"{scorer.__name__} must be a dataclass with class variables {missing or ''} to register.")
+    if scorer.name == "none" or scorer.name in SCORERS:
+        raise ValueError(f"A token scorer named {scorer.name!r} exists already ('none' means plain GRPO).")
+    SCORERS[scorer.name] = scorer
+    return scorer
+
+
+def config_options(scorer: type) -> dict[str, str]:
+    """`{option: FlowGRPOConfig field}` for the options of `scorer` that a config field sets."""
+    return {f.name: f.metadata["config"] for f in dataclasses.fields(scorer) if "config" in f.metadata}
+
+
 def _zeros(batch: ScoringBatch) -> torch.Tensor:
     return torch.zeros(batch.input_ids.shape, dtype=torch.float32, device=batch.input_ids.device)
 
@@ -140,6 +171,7 @@ def _square(length: int) -> int:
     return length * length
 
 
+@register_scorer
 @dataclass
 class FlowScorer:
     """Answer-targeted attention flow throughput (`flow_throughput`): sources = prompt tokens, sinks = answer tokens.
@@ -153,10 +185,12 @@ class FlowScorer:
     """
 
     name: ClassVar[str] = "flow"
-    layers: str | int | Sequence[int] = "middle"
+    reads_attention: ClassVar[bool] = True
+    summary: ClassVar[str] = "attention-flow throughput from the prompt to the answer (FlowTracer)"
+    layers: str | int | Sequence[int] = field(default="middle", metadata={"config": "flow_layers"})
     block_size: int | None = None
     renormalize: bool = True
-    recompute_min_length: int | None = 2048
+    recompute_min_length: int | None = field(default=2048, metadata={"config": "flow_recompute_min_length"})
 
     def forward_groups(self, model, batch: ScoringBatch) -> list[tuple[torch.Tensor, slice]]:
         """(rows, columns) of each forward `__call__` runs: the rows with both a prompt and an answer."""
@@ -178,12 +212,15 @@ class FlowScorer:
         return scores * batch.completion_mask
 
 
+@register_scorer
 @dataclass
 class AttentionScorer:
     """Attention received: the sum over later real tokens j of `attn[j, i]` (same captured layers as `flow`)."""
 
     name: ClassVar[str] = "attention"
-    layers: str | int | Sequence[int] = "middle"
+    reads_attention: ClassVar[bool] = True
+    summary: ClassVar[str] = "attention received from later tokens"
+    layers: str | int | Sequence[int] = field(default="middle", metadata={"config": "flow_layers"})
 
     def forward_groups(self, model, batch: ScoringBatch) -> list[tuple[torch.Tensor, slice]]:
         """(rows, columns) of each forward `__call__` runs."""
@@ -196,11 +233,14 @@ class AttentionScorer:
         return scores * batch.completion_mask
 
 
+@register_scorer
 @dataclass
 class RandomScorer:
     """Uniform random scores, reproducible from `batch.seed`; the model is not used."""
 
     name: ClassVar[str] = "random"
+    reads_attention: ClassVar[bool] = False
+    summary: ClassVar[str] = "uniform random scores (the model is not used)"
 
     def __call__(self, model, batch: ScoringBatch) -> torch.Tensor:
         generator = torch.Generator().manual_seed(batch.seed)
@@ -219,11 +259,14 @@ def _logits_size(model) -> Callable[[int], int]:
     return lambda length: length * vocab_size
 
 
+@register_scorer
 @dataclass
 class EntropyScorer:
     """Entropy of the model's next-token distribution at each completion token: H(p(. | x_<t))."""
 
     name: ClassVar[str] = "entropy"
+    reads_attention: ClassVar[bool] = False
+    summary: ClassVar[str] = "entropy of the model's next-token distribution"
 
     def forward_groups(self, model, batch: ScoringBatch) -> list[tuple[torch.Tensor, slice]]:
         """(rows, columns) of each forward `__call__` runs."""
@@ -240,6 +283,7 @@ class EntropyScorer:
         return scores * batch.completion_mask
 
 
+@register_scorer
 @dataclass
 class GradientScorer:
     """Saliency of each completion token for the completion's log-likelihood.
@@ -251,6 +295,8 @@ class GradientScorer:
     """
 
     name: ClassVar[str] = "gradient"
+    reads_attention: ClassVar[bool] = False
+    summary: ClassVar[str] = "gradient norm of the completion's log-likelihood w.r.t. the token's input embedding"
 
     forward_groups = EntropyScorer.forward_groups
 
@@ -270,6 +316,7 @@ class GradientScorer:
         return scores * batch.completion_mask
 
 
+@register_scorer
 @dataclass
 class CorrelationScorer:
     """Token-reward association across the rollouts of one prompt; the model is not used.
@@ -279,6 +326,8 @@ class CorrelationScorer:
     """
 
     name: ClassVar[str] = "correlation"
+    reads_attention: ClassVar[bool] = False
+    summary: ClassVar[str] = "token-reward association across the rollouts of one prompt (the model is not used)"
 
     def __call__(self, model, batch: ScoringBatch) -> torch.Tensor:
         if batch.rewards is None or batch.group_ids is None:
@@ -301,17 +350,11 @@ class CorrelationScorer:
         return scores * batch.completion_mask
 
 
-SCORERS: dict[str, type] = {
-    scorer.name: scorer
-    for scorer in (FlowScorer, RandomScorer, EntropyScorer, AttentionScorer, CorrelationScorer, GradientScorer)
-}
-
-
 def get_scorer(name: str, **options) -> TokenScorer:
     """The scorer registered under `name` (see `SCORERS`), built with its options (e.g. `layers="middle"`)."""
     if name not in SCORERS:
         raise ValueError(f"Unknown token scorer {name!r}; choose one of {sorted(SCORERS)}.")
-    accepted = {field.name for field in dataclasses.fields(SCORERS[name])}
+    accepted = {f.name for f in dataclasses.fields(SCORERS[name])}
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise ValueError(f"Scorer {name!r} has no option(s) {unknown}; it accepts {sorted(accepted) or 'none'}.")
