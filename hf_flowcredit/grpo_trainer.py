@@ -19,6 +19,7 @@ import warnings
 from typing import Any
 
 import torch
+import trl
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl import GRPOTrainer
 
@@ -34,6 +35,18 @@ from .scoring import (
     normalize_weights,
     select_weights,
 )
+
+# What FlowGRPOTrainer relies on in TRL's GRPOTrainer beyond its documented API, in one place. Checked when the
+# trainer is built (the output keys at the first scored batch); pyproject.toml pins trl to TESTED_TRL, the versions
+# the tests ran on. Also relied on, and covered by the tests only (bit for bit against GRPO): `_compute_loss` takes
+# `(B, T)` advantages as they are (it unsqueezes only 1-D ones).
+TESTED_TRL = ">=1.16,<1.17"
+TRL_RELIES_ON = {
+    "method": ("_generate_and_score_completions",),  # overridden: its output gets per-token advantages
+    "class attribute": ("_tag_names", "_name"),  # overridden: the model card's tags and trainer name
+    "attribute": ("_metrics", "_tokenizer", "_step", "num_generations", "num_generations_eval"),  # set by __init__
+    "output key": ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages"),
+}
 
 # Loss types whose per-token loss multiplies the advantage token by token, so (B, T) advantages act per token.
 PER_TOKEN_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "vespo", "luspo")
@@ -53,6 +66,9 @@ class FlowGRPOTrainer(GRPOTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        _check_trl("method", lambda name: callable(getattr(GRPOTrainer, name, None)))
+        _check_trl("class attribute", lambda name: name in vars(GRPOTrainer))
+        _check_trl("attribute", lambda name: hasattr(self, name))
         if not isinstance(self.args, FlowGRPOConfig):
             raise TypeError(
                 f"FlowGRPOTrainer needs `args=FlowGRPOConfig(...)`, got {type(self.args).__name__}; FlowGRPOConfig "
@@ -69,6 +85,7 @@ class FlowGRPOTrainer(GRPOTrainer):
         output = super()._generate_and_score_completions(inputs)
         if self.token_scorer is None:
             return output
+        _check_trl("output key", lambda name: name in output)
         start = time.perf_counter()
         weights, stats = self._completion_token_weights(output)
         output["advantages"] = output["advantages"][:, None] * weights
@@ -195,6 +212,17 @@ class FlowGRPOTrainer(GRPOTrainer):
         metrics["flow/mean_weight"].append(total["weight_sum"] / tokens)
         metrics["flow/too_long_frac"].append(total["too_long"] / rows)
         metrics["flow/seconds"].append(total["seconds"] / self.accelerator.num_processes)
+
+
+def _check_trl(kind: str, present) -> None:
+    """Raise, naming the installed TRL version, when a member of `TRL_RELIES_ON[kind]` is not `present(name)`."""
+    missing = [name for name in TRL_RELIES_ON[kind] if not present(name)]
+    if missing:
+        raise RuntimeError(
+            f"FlowGRPOTrainer relies on TRL GRPOTrainer's {kind}(s) {missing}, which trl {trl.__version__} does not "
+            f"have: it was tested with trl{TESTED_TRL}. Install that (pip install 'trl{TESTED_TRL}'), or update "
+            "hf_flowcredit's TRL_RELIES_ON and the code that uses it."
+        )
 
 
 def _check_loss_takes_token_advantages(args: FlowGRPOConfig) -> None:

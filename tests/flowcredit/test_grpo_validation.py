@@ -2,6 +2,7 @@
 first batch with an answer is scored (which can be hours into a run)."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -112,3 +113,51 @@ def test_capture_check_leaves_rng_mode_and_attention_implementation_alone():
     _check_attention_capture(model, args)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert model.training and model.config._attn_implementation == "sdpa"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# TRL coupling: the GRPOTrainer internals FlowGRPOTrainer relies on are checked when it is built
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_trl_coupling_is_declared_and_holds_for_the_installed_trl():
+    from trl import GRPOTrainer
+
+    from hf_flowcredit.grpo_trainer import TRL_RELIES_ON
+
+    trainer = _trainer(_qwen3(), token_scorer="entropy")
+    assert all(callable(getattr(GRPOTrainer, name)) for name in TRL_RELIES_ON["method"])
+    assert all(hasattr(trainer, name) for name in TRL_RELIES_ON["attribute"])
+
+
+@pytest.mark.parametrize("kind, name", [("method", "_generate_and_score_completions"), ("attribute", "_metrics"),
+                                        ("attribute", "_step"), ("class attribute", "_tag_names")])
+def test_a_moved_trl_member_is_named_with_the_trl_version(monkeypatch, kind, name):
+    import trl
+    from trl import GRPOTrainer
+
+    monkeypatch.setattr(trl, "__version__", "9.0.0")
+    if kind == "attribute":  # set by GRPOTrainer.__init__: a TRL whose __init__ no longer sets it
+        init = GRPOTrainer.__init__
+
+        def init_without(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            delattr(self, name)
+
+        monkeypatch.setattr(GRPOTrainer, "__init__", init_without)
+    else:
+        monkeypatch.delattr(GRPOTrainer, name)
+    with pytest.raises(RuntimeError, match=rf"GRPOTrainer's {kind}\(s\) \['{name}'\], which trl 9\.0\.0 does not "
+                                           r"have: it was tested with trl>=1\.16,<1\.17"):
+        _trainer(_qwen3(), token_scorer="entropy")
+
+
+def test_a_missing_generation_output_key_is_named_at_the_first_batch(monkeypatch):
+    import trl
+    from trl import GRPOTrainer
+
+    trainer = _trainer(_qwen3(), token_scorer="random")
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", lambda self, inputs: {"prompt_ids": None})
+    with pytest.raises(RuntimeError, match=r"output key\(s\) \['prompt_mask', 'completion_ids', 'completion_mask', "
+                                           rf"'advantages'\], which trl {re.escape(trl.__version__)} does not"):
+        trainer._generate_and_score_completions([])
