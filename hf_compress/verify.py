@@ -4,17 +4,22 @@ Math answers go through `math-verify` first (gold parsed once per distinct gold,
 in that order: the comparison is not symmetric), then through exact-string and numeric fallbacks, which
 catch answers math-verify cannot parse. Countdown answers are checked by evaluating the expression safely.
 
-math-verify bounds its work with `signal.alarm`, which only the main thread may use. Off the main thread
-(a web server, a thread pool), the check runs in a helper process instead and is abandoned at the deadline,
-so a pathological expression can never hang the caller.
+Each trace's whole check (finding the answer, math-verify's parsing and comparison, the fallbacks) runs under one
+deadline, `timeout_seconds`: on the main thread an interval timer (SIGALRM) interrupts it; off the main thread (a
+web server, a thread pool), where signals cannot reach, it runs in a helper process that is killed at the deadline.
+Either way a pathological expression or completion can never hang the caller; the trace is judged incorrect with
+note "timeout". Finding the answer is linear in the text's length, so only math-verify can take that long.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
+import logging
 import re
+import signal
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
@@ -28,35 +33,68 @@ from .stages import require_columns, run_stage
 
 TASKS = ("auto", "math", "countdown")
 _BOXED = re.compile(r"\\boxed\s*\{")
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_BRACE = re.compile(r"[{}]")
+_TAG_OPEN, _TAG_CLOSE = "<answer>", "</answer>"
 _EXTRACTION = (LatexExtractionConfig(), ExprExtractionConfig())
 
+# Finding the final answer is one pass over the text (linear in its length): a completion that loops on `\boxed{`
+# or on unclosed braces for thousands of tokens is read as fast as any other. `_answer_markers` is the one place
+# in hf_compress that locates `\boxed{...}` and `<answer>...</answer>`; every stage goes through it.
 
-def _boxed_contents(text: str) -> list[tuple[int, str]]:
-    """(position, content) of each `\\boxed{...}`, with nested braces balanced (`\\boxed{\\frac{1}{2}}`)."""
-    found = []
-    for match in _BOXED.finditer(text):
-        depth, start = 1, match.end()
-        for i in range(start, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            if depth == 0:
-                found.append((match.start(), text[start:i]))
-                break
+
+def _boxed_contents(text: str) -> list[tuple[int, int, int]]:
+    """(start of `\\boxed`, start, end of its content) of each closed `\\boxed{...}`, braces balanced
+    (`\\boxed{\\frac{1}{2}}`). One pass with a stack of open braces: a `{` is closed by the `}` that pops it."""
+    openings = {match.end() - 1: match.start() for match in _BOXED.finditer(text)}  # its `{` -> where it starts
+    if not openings:
+        return []
+    found, stack = [], []
+    for brace in _BRACE.finditer(text):
+        if brace.group() == "{":
+            stack.append(brace.start())
+        elif stack:
+            opening = stack.pop()
+            if opening in openings:
+                found.append((openings[opening], opening + 1, brace.start()))
+    return sorted(found)
+
+
+def _answer_tags(text: str) -> list[tuple[int, int, int]]:
+    """(start of `<answer>`, start, end of its content) of each `<answer>...</answer>`, as the non-greedy regex
+    `<answer>(.*?)</answer>` finds them, without its rescan to the end of the text for every unclosed tag."""
+    found, position = [], 0
+    while (start := text.find(_TAG_OPEN, position)) >= 0:
+        end = text.find(_TAG_CLOSE, start + len(_TAG_OPEN))
+        if end < 0:  # no later tag can be closed either
+            break
+        found.append((start, start + len(_TAG_OPEN), end))
+        position = end + len(_TAG_CLOSE)
     return found
+
+
+def _answer_markers(text: str) -> list[tuple[int, int, int, int]]:
+    """(start, content start, content end, end) of every final-answer marker, `\\boxed{...}` and
+    `<answer>...</answer>`."""
+    tags = [(start, first, last, last + len(_TAG_CLOSE)) for start, first, last in _answer_tags(text)]
+    return tags + [(start, first, last, last + 1) for start, first, last in _boxed_contents(text)]
 
 
 def answer_span(text: str) -> tuple[int, int] | None:
     """Character span of the last final-answer marker (`\\boxed{...}` or `<answer>...</answer>`), or None."""
-    spans = [(m.start(), m.end()) for m in _ANSWER_TAG.finditer(text)]
-    for start, content in _boxed_contents(text):
-        spans.append((start, text.index(content, start) + len(content) + 1))
-    return max(spans) if spans else None
+    markers = _answer_markers(text)
+    if not markers:
+        return None
+    start, _, _, end = max(markers)
+    return start, end
 
 
 def extract_answer(text: str) -> str | None:
     """The content of the last `\\boxed{...}` or `<answer>...</answer>` in the text, stripped; None if absent."""
-    found = [(m.start(), m.group(1)) for m in _ANSWER_TAG.finditer(text)] + _boxed_contents(text)
-    return max(found)[1].strip() if found else None
+    markers = _answer_markers(text)
+    if not markers:
+        return None
+    _, first, last, _ = max(markers)
+    return text[first:last].strip()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -94,18 +132,66 @@ def _math_verify_match(gold: str, prediction: str, timeout_seconds: int | None) 
     return True, bool(predicted) and math_verify_equal(gold_parsed, predicted, timeout_seconds=timeout_seconds)
 
 
+class _DeadlinePassed(BaseException):
+    """Raised by the interval timer in the middle of a check. A BaseException, like math-verify's own timeout, so
+    that no `except Exception` in sympy or math-verify swallows it."""
+
+
+def _raise_deadline_passed(signum, frame):
+    raise _DeadlinePassed
+
+
+def _run_until_deadline(function, args: tuple, timeout_seconds: float):
+    """`function(*args)` on the main thread, interrupted with TimeoutError after `timeout_seconds` by a SIGALRM
+    interval timer (the caller's SIGALRM handler and timer are put back afterwards)."""
+    previous_handler = signal.signal(signal.SIGALRM, _raise_deadline_passed)
+    started = time.monotonic()
+    previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, timeout_seconds)
+    try:
+        try:
+            return function(*args)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _DeadlinePassed:
+        raise TimeoutError(f"{function.__name__} did not finish within {timeout_seconds}s") from None
+    finally:
+        signal.signal(signal.SIGALRM, previous_handler)
+        if previous_delay:
+            left = max(previous_delay - (time.monotonic() - started), 1e-3)
+            signal.setitimer(signal.ITIMER_REAL, left, previous_interval)
+
+
+def _helper_ready() -> bool:
+    """Called in the helper process before the timed call: a fresh helper imports hf_compress (and math-verify)
+    here, outside the deadline."""
+    return True
+
+
 _HELPER = HelperProcess()
+_HELPER_START_SECONDS = 300
 
 
-def call_with_deadline(function, args: tuple, timeout_seconds: int):
-    """`function(*args, timeout_seconds)` from any thread, for a function whose last argument is math-verify's
-    timeout: on the main thread math-verify's own alarms enforce it; elsewhere the function runs with the
-    alarms off (`None`) in a helper process, killed with TimeoutError when the deadline passes.
+class _WithoutAlarmNotice(logging.Filter):
+    """math-verify warns once that its alarms are off (`timeout_seconds=None`): here the deadline is ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout is disabled")
+
+
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_WithoutAlarmNotice())
+
+
+def call_with_deadline(function, args: tuple, timeout_seconds: float):
+    """`function(*args)` (JSON-serializable arguments and result) from any thread, given up with TimeoutError when
+    `timeout_seconds` pass. On the main thread an interval timer interrupts it; elsewhere (signals reach only the
+    main thread) it runs in a helper process that is killed at the deadline. Either way math-verify's own alarms
+    must be off in `function` (`timeout_seconds=None`): they would cancel the timer.
     """
-    if threading.current_thread() is threading.main_thread():
-        return function(*args, timeout_seconds)
-    target = f"{function.__module__}:{function.__name__}"
-    return _HELPER.call(target, [*args, None], timeout=timeout_seconds * 3)  # parse + parse + compare
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+        return _run_until_deadline(function, args, timeout_seconds)
+    _HELPER.call(f"{__name__}:{_helper_ready.__name__}", [], timeout=_HELPER_START_SECONDS)
+    return _HELPER.call(f"{function.__module__}:{function.__name__}", list(args), timeout=timeout_seconds)
 
 
 @dataclass
@@ -116,26 +202,34 @@ class Check:
     note: str  # why the check was inconclusive: no_answer, unparsable_gold, timeout; "" otherwise
 
 
-def check_math(gold: str, text: str, timeout_seconds: int = 5) -> Check:
-    """Does `text` end with the gold answer? math-verify first, then exact and numeric fallbacks."""
+def _judge_math(gold: str, text: str) -> list:
+    """The whole math check of one trace, with no deadline of its own (math-verify's alarms off):
+    `[correct, predicted, method, note]`."""
     predicted = extract_answer(text)
-    note = ""
-    try:  # without an answer marker, math-verify reads the answer from the text ("the answer is 14")
-        gold_ok, equal = call_with_deadline(
-            _math_verify_match, (gold, f"\\boxed{{{predicted}}}" if predicted is not None else text), timeout_seconds
-        )
-        note = "" if gold_ok else "unparsable_gold"
-    except TimeoutError:
-        equal, note = False, "timeout"
+    # Without an answer marker, math-verify reads the answer from the text ("the answer is 14").
+    gold_ok, equal = _math_verify_match(gold, f"\\boxed{{{predicted}}}" if predicted is not None else text, None)
+    note = "" if gold_ok else "unparsable_gold"
     if equal:
-        return Check(True, predicted, "math_verify", note)
+        return [True, predicted, "math_verify", note]
     if predicted is not None and _normalize(predicted) == _normalize(gold):
-        return Check(True, predicted, "exact", note)
+        return [True, predicted, "exact", note]
     gold_number, predicted_number = _as_number(gold), _as_number(predicted or "")
     if gold_number is not None and predicted_number is not None:
         if abs(gold_number - predicted_number) <= 1e-6 * max(1.0, abs(gold_number)):
-            return Check(True, predicted, "numeric", note)
-    return Check(False, predicted, "", note or ("no_answer" if predicted is None else ""))
+            return [True, predicted, "numeric", note]
+    return [False, predicted, "", note or ("no_answer" if predicted is None else "")]
+
+
+def check_math(gold: str, text: str, timeout_seconds: float = 5) -> Check:
+    """Does `text` end with the gold answer? math-verify first, then exact and numeric fallbacks.
+
+    The whole check (finding the answer, math-verify's parsing and comparison, the fallbacks) has `timeout_seconds`:
+    a trace not judged by then is incorrect, with note "timeout" (and no predicted answer).
+    """
+    try:
+        return Check(*call_with_deadline(_judge_math, (gold, text), timeout_seconds))
+    except TimeoutError:
+        return Check(False, None, "", "timeout")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -158,10 +252,11 @@ def _evaluate(node: ast.AST, used: list[int]) -> Fraction:
 
 def check_countdown(numbers: list[int], target: int, text: str) -> Check:
     """The last `<answer>` expression must use each given number exactly once and equal the target."""
-    answers = _ANSWER_TAG.findall(text)
-    if not answers:
+    tags = _answer_tags(text)
+    if not tags:
         return Check(False, None, "", "no_answer")
-    expression = answers[-1].split("=")[0].strip()
+    _, first, last = tags[-1]
+    expression = text[first:last].split("=")[0].strip()
     used: list[int] = []
     try:
         value = _evaluate(ast.parse(expression, mode="eval").body, used)
@@ -223,8 +318,9 @@ def verify(
     task = resolve_task(dataset, task)
     needed = [completion_column, problem_column] + (["numbers", "target"] if task == "countdown" else [answer_column])
     require_columns(dataset, needed, "verify")
-    if not isinstance(timeout_seconds, int) or timeout_seconds < 1:
-        raise ValueError(f"timeout_seconds must be an int >= 1 (math-verify's alarms count whole seconds), got {timeout_seconds!r}.")
+    if isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, (int, float)) or not timeout_seconds > 0:
+        raise ValueError(f"timeout_seconds must be a number of seconds > 0 (the deadline for checking one trace), "
+                         f"got {timeout_seconds!r}.")
 
     def check_batch(batch: dict) -> dict:
         checks = check_texts(batch, batch[completion_column], task, answer_column, timeout_seconds)

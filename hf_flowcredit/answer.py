@@ -26,21 +26,48 @@ __all__ = ["ANSWER_FORMATS", "answer_token_mask", "find_answer_span"]
 
 ANSWER_FORMATS = ("auto", "boxed", "answer_tag", "hash", "answer_is")
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _HASH = re.compile(r"####[ \t]*([^\n]*)")
-_ANSWER_IS = re.compile(r"[Tt]he (?:final )?answer is:?[ \t]*(.+?)[ \t]*(?:\.(?:\s|$)|\n|$)")
+# "The answer is <x>" up to the first ". ", newline or end of text, blanks around <x> left out. <x> is a first
+# character, then runs of blanks each followed by a non-blank: each run is read a bounded number of times, where
+# `(.+?)[ \t]*` rescanned the blanks after every character (quadratic: 40K blanks took a minute). It finds
+# what that pattern found, character for character.
+_ANSWER_IS = re.compile(r"[Tt]he (?:final )?answer is:?[ \t]*([^\n](?:[ \t]*[^ \t\n])*?)[ \t]*(?:\.(?:\s|$)|\n|$)")
+_BOXED = re.compile(r"\\boxed\s*\{")
+_BRACE = re.compile(r"[{}]")
+_TAG_OPEN, _TAG_CLOSE = "<answer>", "</answer>"
+
+# Every finder is one pass over the text (linear in its length), so a completion that loops on `\boxed{`, unclosed
+# braces or blanks costs what any other completion of its length costs; `_boxed_spans` is this package's only
+# `\boxed{...}` parser.
 
 
 def _boxed_spans(text: str) -> list[tuple[int, int]]:
-    """Content spans of every balanced `\\boxed{...}` (braces may nest)."""
-    spans = []
-    for match in re.finditer(r"\\boxed\s*\{", text):
-        depth, start = 1, match.end()
-        for position in range(start, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[position], 0)
-            if depth == 0:
-                spans.append((start, position))
-                break
+    """Content spans of every balanced `\\boxed{...}` (braces may nest). One pass with a stack of open braces: a
+    `{` is closed by the `}` that pops it (an unclosed `\\boxed{` has no span)."""
+    openings = {match.end() - 1 for match in _BOXED.finditer(text)}  # the `{` of each `\boxed{`
+    if not openings:
+        return []
+    spans, stack = [], []
+    for brace in _BRACE.finditer(text):
+        if brace.group() == "{":
+            stack.append(brace.start())
+        elif stack:
+            opening = stack.pop()
+            if opening in openings:
+                spans.append((opening + 1, brace.start()))
+    return sorted(spans)
+
+
+def _answer_tag_spans(text: str) -> list[tuple[int, int]]:
+    """Content spans of every `<answer>...</answer>`, as the non-greedy `<answer>(.*?)</answer>` finds them,
+    without its rescan to the end of the text for every unclosed tag."""
+    spans, position = [], 0
+    while (start := text.find(_TAG_OPEN, position)) >= 0:
+        end = text.find(_TAG_CLOSE, start + len(_TAG_OPEN))
+        if end < 0:  # no later tag can be closed either
+            break
+        spans.append((start + len(_TAG_OPEN), end))
+        position = end + len(_TAG_CLOSE)
     return spans
 
 
@@ -61,7 +88,7 @@ def _stripped(text: str, span: tuple[int, int]) -> tuple[int, int] | None:
 
 _BUILT_IN: dict[str, Callable[[str], list[tuple[int, int]]]] = {
     "boxed": _boxed_spans,
-    "answer_tag": lambda text: _group_spans(_ANSWER_TAG, text),
+    "answer_tag": _answer_tag_spans,
     "hash": lambda text: _group_spans(_HASH, text),
     "answer_is": lambda text: _group_spans(_ANSWER_IS, text),
 }
