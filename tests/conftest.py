@@ -10,3 +10,5 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tests.hub_fixtures import hub_env, hub_server  # noqa: E402,F401  (local Hub fixtures, see tests/hub_fixtures.py)
