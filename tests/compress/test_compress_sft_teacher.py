@@ -4,26 +4,15 @@ The teacher is `train_tiny_sft(runs/sft)` with its default settings, the one `ma
 when that run has finished, trained here (several minutes on a CPU) otherwise.
 """
 
-import os
-
 import pytest
 
 from kit.tiny import arithmetic_reward, make_task_dataset
+from tests.conftest import TEACHER_TIMEOUT
 
-pytestmark = pytest.mark.slow
-
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(TEACHER_TIMEOUT)]
 
 
-@pytest.fixture(scope="module")
-def sft_teacher():
-    from kit.teacher import train_tiny_sft
-
-    return train_tiny_sft(os.path.join(REPO_ROOT, "runs", "sft"))
-
-
-def test_pipeline_on_traces_of_a_trained_teacher(sft_teacher, tmp_path):
+def test_pipeline_on_traces_of_a_trained_teacher(trained_teacher, tmp_path):
     from hf_compress import (
         ExtractiveCompressor,
         SamplingConfig,
@@ -35,7 +24,7 @@ def test_pipeline_on_traces_of_a_trained_teacher(sft_teacher, tmp_path):
     )
 
     problems = make_task_dataset("arithmetic", 32, seed=5, split="test").select_columns(["problem", "answer"])
-    backend = TransformersBackend(sft_teacher, batch_size=16)
+    backend = TransformersBackend(trained_teacher, batch_size=16)
     traces = generate(problems, backend, SamplingConfig(n=2, temperature=0.7, max_new_tokens=64),
                       output_dir=str(tmp_path / "generate"), shard_size=16)
     assert all("\\boxed{" in g for g in traces["generation"])  # the teacher learned the format
