@@ -21,8 +21,8 @@ from .modeling_dla import (
     DLAMemoryReport,
     DLAModel,
     DLAPreTrainedModel,
-    get_multistate_op,
 )
+from .ops_dispatch import get_multistate_op
 
 AutoConfig.register("dla", DLAConfig, exist_ok=True)
 AutoModel.register(DLAConfig, DLAModel, exist_ok=True)

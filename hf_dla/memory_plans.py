@@ -29,10 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .ops_naive import batch_to_documents, check_cu_seqlens, documents_to_batch
+from .ops_utils import batch_to_documents, check_cu_seqlens, documents_to_batch, import_triton_backend
 
 MEMORY_MODES = ("vanilla", "loglinear", "dla")
-_NO_START = 2**62  # start position of an empty slot
+NO_START = 2**62  # start position of an empty slot
 
 
 @dataclass
@@ -75,7 +75,7 @@ class MemoryPlan:
             tokens=torch.zeros(batch_size, slots, device=device),
             information=torch.zeros(batch_size, slots, device=device),
             summary=torch.zeros(batch_size, slots, summary_dim, dtype=torch.float64, device=device),
-            start=torch.full((batch_size, slots), _NO_START, dtype=torch.long, device=device),
+            start=torch.full((batch_size, slots), NO_START, dtype=torch.long, device=device),
         )
 
     def __call__(self, keys: torch.Tensor, valid: torch.Tensor, state: PlanState) -> PlanOutput:
@@ -209,7 +209,7 @@ class DynamicPlan(MemoryPlan):
             tokens=stacked([row["tokens"] for row in rows], 0.0, torch.float32),
             information=stacked([row["information"] for row in rows], 0.0, torch.float32),
             summary=summaries,
-            start=stacked([row["start"] for row in rows], _NO_START, torch.long),
+            start=stacked([row["start"] for row in rows], NO_START, torch.long),
         )
         slot_map = torch.from_numpy(self._step_maps[step_codes]).to(device)
         trace = {
@@ -263,12 +263,17 @@ class DynamicPlan(MemoryPlan):
         return {"tokens": tokens, "information": information, "sums": sums, "start": start, "seen": seen}
 
 
-def build_memory_plan(memory: str, max_states: int, merge_threshold: float) -> MemoryPlan:
-    """The plan of a memory mode (``vanilla`` | ``loglinear`` | ``dla``)."""
+def build_memory_plan(memory: str, max_states: int, merge_threshold: float, backend: str = "chunk") -> MemoryPlan:
+    """The plan of a memory mode (``vanilla`` | ``loglinear`` | ``dla``) for the op backend that follows it.
+
+    With ``backend="triton"`` the dla plan is `hf_dla.ops.triton.TritonDynamicPlan` (the same decisions, its token
+    scan in one Triton program per sequence); every other plan is PyTorch for every backend."""
     if memory == "vanilla":
         return VanillaPlan()
     if memory == "loglinear":
         return LogLinearPlan(max_states)
+    if memory == "dla" and backend == "triton":
+        return import_triton_backend().TritonDynamicPlan(max_states, merge_threshold)
     if memory == "dla":
         return DynamicPlan(max_states, merge_threshold)
     raise ValueError(f"memory={memory!r} is unknown; choose one of {MEMORY_MODES}.")

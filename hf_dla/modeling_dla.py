@@ -1,15 +1,13 @@
 """Dynamic Linear Attention (DLA) models: Mamba-2 / Gated DeltaNet mixers with multi-state memory.
 
-Top to bottom: op dispatch, generation cache, norms, memory read weights, the two mixers, the block,
-`DLAModel`, `DLAForCausalLM`. The recurrence is in `ops_naive.py` / `ops_chunk.py` and the slot decisions in
-`memory_plans.py`; these flat sibling modules are copied with this file by `save_pretrained`, so a saved
-model loads with `trust_remote_code=True` where `hf_dla` is not installed.
+Top to bottom: generation cache, norms, memory read weights, the two mixers, the block, `DLAModel`,
+`DLAForCausalLM`. The recurrence is in `ops_naive.py` / `ops_chunk.py` (chosen by `ops_dispatch.py`, sharing
+`ops_utils.py`) and the slot decisions in `memory_plans.py`; these flat sibling modules are copied with this file
+by `save_pretrained`, so a saved model loads with `trust_remote_code=True` where `hf_dla` is not installed.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 from dataclasses import dataclass
 
@@ -26,35 +24,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_dla import DLAConfig
 from .memory_plans import MemoryPlan, PlanState, build_memory_plan
-from .ops_chunk import chunk_gated_delta_rule, chunk_mamba2
-from .ops_naive import naive_gated_delta_rule, naive_mamba2
-
-_OPS = {
-    ("naive", "mamba2"): naive_mamba2,
-    ("naive", "gated_deltanet"): naive_gated_delta_rule,
-    ("chunk", "mamba2"): chunk_mamba2,
-    ("chunk", "gated_deltanet"): chunk_gated_delta_rule,
-}
-_TRITON_NAMES = {"mamba2": "triton_mamba2", "gated_deltanet": "triton_gated_delta_rule"}
-
-
-def get_multistate_op(backend: str, mixer: str):
-    """The op of a backend (`naive` | `chunk` | `triton`) for a mixer (`mamba2` | `gated_deltanet`)."""
-    if backend != "triton":
-        if (backend, mixer) not in _OPS:
-            raise ValueError(f"No op for backend={backend!r}, mixer={mixer!r}; backends: naive, chunk, triton.")
-        return _OPS[backend, mixer]
-    fix = "use backend='chunk' (CPU) or install the plugin with its Triton extra: pip install 'hf-efficient-reasoning[triton]'"
-    if importlib.util.find_spec("triton") is None:
-        raise ImportError(f"DLAConfig.backend='triton' needs the `triton` package, which is not installed; {fix}.")
-    try:
-        kernels = importlib.import_module("hf_dla.ops.triton")
-    except ImportError as error:
-        raise ImportError(
-            f"DLAConfig.backend='triton': the kernels (hf_dla.ops.triton) are not available; {fix}."
-        ) from error
-    return getattr(kernels, _TRITON_NAMES[mixer])
-
+from .ops_dispatch import get_multistate_op
 
 # ----------------------------------------------------------------------------------------------------------
 # Cache
@@ -246,16 +216,15 @@ class DLAMixerBase(nn.Module):
             padding=config.conv_kernel - 1,
             bias=conv_bias,
         )
-        self.plan: MemoryPlan = build_memory_plan(config.memory, config.max_states, config.merge_threshold)
         self.read_weights = (
             None
             if config.memory == "vanilla"
             else DLAMemoryReadWeights(config.hidden_size, config.num_heads, config.num_slots)
         )
         self.op = get_multistate_op(config.backend, config.mixer)
-        if config.backend == "triton" and config.memory == "dla":  # the dla plan's token scan as a Triton kernel
-            triton_plan = importlib.import_module("hf_dla.ops.triton").TritonDynamicPlan
-            self.plan = triton_plan(config.max_states, config.merge_threshold)
+        self.plan: MemoryPlan = build_memory_plan(
+            config.memory, config.max_states, config.merge_threshold, backend=config.backend
+        )
         self.step_op = get_multistate_op("naive", config.mixer)
         self.chunk_kwargs = {} if config.backend == "naive" else {"chunk_size": config.chunk_size}
 

@@ -1,7 +1,8 @@
 """Chunked multi-state recurrence in PyTorch: the CPU training path, differentiable through autograd.
 
 Public path: ``hf_dla.ops.chunk`` (flat file for ``trust_remote_code``, see ``ops_naive.py``). Same signature
-and semantics as the naive recurrence (`hf_dla/ops/__init__.py`).
+and semantics as the naive recurrence (`hf_dla/ops/__init__.py`). The chunked layout that the Triton backend shares
+(slot indices inside a chunk, chunk-aligned packed documents) is in ``ops_utils.py``.
 
 Both backbones are linear in their values, so every output is ``o_t = sum_i lam_t[index_t(i)] A[t, i] v_i``
 where ``A`` is the backbone's own (causal) attention matrix and ``index_t(i)`` the slot index that token
@@ -25,39 +26,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .ops_naive import _check_shapes, check_cu_seqlens, run_documents
+from .ops_utils import check_shapes, chunk_documents, pad_time, source_indices
 
 DEFAULT_CHUNK_SIZE = 64
-
-
-def _source_indices(slot_map: torch.Tensor, num_slots: int) -> torch.Tensor:
-    """Slot index of every source at every step of its chunk.
-
-    slot_map: (B, N, C, S). Returns (B, N, C, S + C): sources are the S slots at the chunk start, then the C
-    tokens of the chunk; -1 where the token is not written yet.
-    """
-    batch, num_chunks, chunk, _ = slot_map.shape
-    device = slot_map.device
-    current = torch.cat(
-        [
-            torch.arange(num_slots, device=device).expand(batch, num_chunks, num_slots),
-            torch.full((batch, num_chunks, chunk), -1, dtype=torch.long, device=device),
-        ],
-        dim=-1,
-    )
-    steps = []
-    for j in range(chunk):
-        moved = slot_map[:, :, j].gather(-1, current.clamp_min(0))
-        current = torch.where(current >= 0, moved, -1)
-        current[..., num_slots + j] = 0  # token j is written into slot 0
-        steps.append(current)
-    return torch.stack(steps, dim=2)
-
-
-def _pad_time(x: torch.Tensor, pad: int, value: float = 0.0) -> torch.Tensor:
-    if pad == 0:
-        return x
-    return F.pad(x, (0, 0) * (x.ndim - 2) + (0, pad), value=value)
 
 
 def _chunk_multistate(
@@ -74,7 +45,7 @@ def _chunk_multistate(
     chunk_size,
     last_chunks=None,
 ):
-    num_slots = _check_shapes(q, k, v, log_decay, beta, slot_map, lam, initial_state)
+    num_slots = check_shapes(q, k, v, log_decay, beta, slot_map, lam, initial_state)
     batch, seq_len, heads, key_dim = q.shape
     value_dim, out_dtype = v.shape[-1], v.dtype
     chunk = min(chunk_size, max(seq_len, 1))
@@ -84,7 +55,7 @@ def _chunk_multistate(
 
     # Padded steps are identities: no decay, no write, slots stay in place.
     def to_chunks(x):  # (B, T, H, ...) -> (B, H, N, C, ...)
-        x = _pad_time(x.float(), pad)
+        x = pad_time(x.float(), pad)
         x = x.reshape(batch, num_chunks, chunk, heads, *x.shape[3:])
         return x.movedim(3, 1)
 
@@ -125,12 +96,12 @@ def _chunk_multistate(
         token_end = None
         to_end_slot = None
     else:
-        slot_map = _pad_time(slot_map, pad)
+        slot_map = pad_time(slot_map, pad)
         identity_rows = torch.arange(num_slots, device=device).expand(batch, pad, num_slots)
         if pad:
             slot_map[:, seq_len:] = identity_rows
         slot_map = slot_map.reshape(batch, num_chunks, chunk, num_slots)
-        index = _source_indices(slot_map, num_slots)  # (B, N, C, S + C)
+        index = source_indices(slot_map, num_slots)  # (B, N, C, S + C)
         if lam is None:
             weights = (index >= 0).float()[:, None].expand(batch, heads, *index.shape[1:])
         else:
@@ -184,59 +155,6 @@ def _chunk_multistate(
     return out.to(out_dtype), (state if output_final_state else None)
 
 
-def aligned_documents(cu_seqlens: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lay packed documents out in one row where every document starts a chunk.
-
-    Returns `source` (T',): the packed position of every laid-out step, -1 for the identity steps that pad each
-    document to a multiple of `chunk_size`; and `last_chunks` (T' / chunk_size,) bool: the last chunk of a document.
-    """
-    lengths = cu_seqlens.diff()
-    padded = (lengths + chunk_size - 1) // chunk_size * chunk_size
-    ends = padded.cumsum(0)
-    position = torch.arange(int(ends[-1]), device=cu_seqlens.device)
-    document = torch.searchsorted(ends, position, right=True)
-    offset = position - (ends - padded)[document]
-    source = torch.where(offset < lengths[document], cu_seqlens[document] + offset, -1)
-    last_chunks = torch.zeros(len(position) // chunk_size, dtype=torch.bool, device=cu_seqlens.device)
-    last_chunks[ends[lengths > 0] // chunk_size - 1] = True
-    return source, last_chunks
-
-
-def run_documents_chunked(multistate, q, k, v, log_decay, beta, slot_map, lam, cu_seqlens, delta_rule, chunk_size):
-    """Packed documents through a chunked backend in one row, restarting the state at every document start.
-
-    Each document is padded with identity steps to a multiple of `chunk_size`, so it starts a chunk; its last chunk
-    passes nothing on (zero carry, zero writes), so the next document starts from empty slots. Cost: the packed
-    tokens plus less than one chunk per document. Training path: no initial or final states (see `run_documents`).
-    `multistate` is the backend's `(q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state,
-    delta_rule, chunk_size, last_chunks)` function."""
-    cu_seqlens = check_cu_seqlens(cu_seqlens, q.shape[1], q.shape[0]).to(q.device)
-    source, last_chunks = aligned_documents(cu_seqlens, chunk_size)
-    inside = source >= 0
-
-    def laid_out(x, fill=0.0):
-        fill = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
-        return torch.where(inside.reshape(-1, *[1] * (x.ndim - 2)), x[0, source.clamp_min(0)], fill)[None]
-
-    if slot_map is not None:
-        slot_map = laid_out(slot_map, torch.arange(slot_map.shape[-1], device=slot_map.device))
-    lam = None if lam is None else laid_out(lam)
-    inputs = [laid_out(x) for x in (q, k, v, log_decay, beta)]
-    out, _ = multistate(*inputs, slot_map, lam, None, False, delta_rule, chunk_size, last_chunks)
-    return out[:, inside], None
-
-
-def _chunk_documents(op, delta_rule, q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state,
-                     cu_seqlens, chunk_size, multistate=_chunk_multistate):  # fmt: skip
-    """`cu_seqlens` dispatch shared by the chunked backends: one chunk-aligned row when no state goes in or out
-    (training), else the padded batch of documents (`run_documents`, per-document initial / final states)."""
-    if initial_state is None and not output_final_state:
-        args = (slot_map, lam, cu_seqlens, delta_rule, chunk_size)
-        return run_documents_chunked(multistate, q, k, v, log_decay, beta, *args)
-    args = (slot_map, lam, initial_state, output_final_state, cu_seqlens)
-    return run_documents(op, q, k, v, log_decay, beta, *args, chunk_size=chunk_size)
-
-
 def chunk_mamba2(
     q,
     k,
@@ -253,7 +171,7 @@ def chunk_mamba2(
     """Mamba-2 multi-state recurrence, chunked (see `hf_dla.ops` for the signature)."""
     if cu_seqlens is not None:
         args = (slot_map, lam, initial_state, output_final_state, cu_seqlens, chunk_size)
-        return _chunk_documents(chunk_mamba2, False, q, k, v, log_decay, beta, *args)
+        return chunk_documents(chunk_mamba2, False, q, k, v, log_decay, beta, *args, _chunk_multistate)
     return _chunk_multistate(
         q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, False, chunk_size
     )
@@ -275,7 +193,7 @@ def chunk_gated_delta_rule(
     """Gated DeltaNet multi-state recurrence, chunked (see `hf_dla.ops` for the signature)."""
     if cu_seqlens is not None:
         args = (slot_map, lam, initial_state, output_final_state, cu_seqlens, chunk_size)
-        return _chunk_documents(chunk_gated_delta_rule, True, q, k, v, log_decay, beta, *args)
+        return chunk_documents(chunk_gated_delta_rule, True, q, k, v, log_decay, beta, *args, _chunk_multistate)
     return _chunk_multistate(
         q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, True, chunk_size
     )

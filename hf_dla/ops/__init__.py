@@ -51,7 +51,7 @@ The sum of the slots is exactly the single-state backbone state, so ``lam == 1``
 
 from __future__ import annotations
 
-from ..modeling_dla import get_multistate_op  # dispatch lives beside the model (remote code)
+from ..ops_dispatch import get_multistate_op
 from .chunk import chunk_gated_delta_rule, chunk_mamba2
 from .naive import naive_gated_delta_rule, naive_mamba2
 

@@ -10,8 +10,9 @@ forward and backward are Triton kernels (`kernels.py`):
 - `SlotRecurrence`: the sequential pass over chunks that reads, carries, moves / merges and writes the slots.
 
 PyTorch glue between them (differentiated by autograd) only reshapes into chunks, takes the in-chunk
-cumulative log-decay, composes the slot maps inside each chunk (integer work shared with `ops.chunk`) and
-gathers the lambda weights. All kernel math is float32; the output is cast to the dtype of ``v``.
+cumulative log-decay, composes the slot maps inside each chunk (integer work shared with `ops.chunk`, in
+`hf_dla/ops_utils.py`) and gathers the lambda weights. All kernel math is float32; the output is cast to the
+dtype of ``v``.
 
 Inputs: CUDA tensors, or CPU tensors when Triton runs in interpreter mode (``TRITON_INTERPRET=1`` set
 before Triton is imported; slow, for tests); q, k, v in one dtype, the gates (log_decay, beta, lam) in that dtype
@@ -28,8 +29,8 @@ import torch
 import triton
 from triton.runtime.interpreter import InterpretedFunction
 
-from ...ops_chunk import DEFAULT_CHUNK_SIZE, _chunk_documents, _pad_time, _source_indices
-from ...ops_naive import _check_shapes
+from ...ops_chunk import DEFAULT_CHUNK_SIZE
+from ...ops_utils import check_shapes, chunk_documents, pad_time, source_indices
 from . import kernels
 
 MAX_HEAD_DIM = 128
@@ -221,10 +222,10 @@ def _slot_weights(slot_map, lam, batch, heads, num_chunks, chunk, num_slots, pad
             return ones, None, None, end_old, end_tok
         old_weights = to_chunks(lam)
         return old_weights, None, old_weights, end_old, end_tok
-    slot_map = _pad_time(slot_map, pad)
+    slot_map = pad_time(slot_map, pad)
     if pad:  # padded steps leave the slots in place
         slot_map[:, -pad:] = torch.arange(num_slots, device=slot_map.device)
-    index = _source_indices(slot_map.reshape(batch, num_chunks, chunk, num_slots), num_slots)  # (B, N, C, S + C)
+    index = source_indices(slot_map.reshape(batch, num_chunks, chunk, num_slots), num_slots)  # (B, N, C, S + C)
     written = (index >= 0)[:, None].expand(batch, heads, *index.shape[1:])
     if lam is None:
         weights = written.float()
@@ -240,7 +241,7 @@ def _slot_weights(slot_map, lam, batch, heads, num_chunks, chunk, num_slots, pad
 def _triton_multistate(
     q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, delta, chunk_size, last_chunks=None
 ):
-    num_slots = _check_shapes(q, k, v, log_decay, beta, slot_map, lam, initial_state)
+    num_slots = check_shapes(q, k, v, log_decay, beta, slot_map, lam, initial_state)
     _check_triton_inputs(q, k, v, log_decay, beta, slot_map, lam, initial_state, chunk_size)
     batch, seq_len, heads, key_dim = q.shape
     value_dim = v.shape[-1]
@@ -248,7 +249,7 @@ def _triton_multistate(
     num_chunks = (seq_len + pad) // chunk_size
 
     def to_chunks(x):  # (B, T, H, ...) -> (B, H, N, C, ...) float32, contiguous; padded steps are identities
-        x = _pad_time(x.float(), pad).reshape(batch, num_chunks, chunk_size, heads, *x.shape[3:])
+        x = pad_time(x.float(), pad).reshape(batch, num_chunks, chunk_size, heads, *x.shape[3:])
         return x.movedim(3, 1).contiguous()
 
     q_c, k_c, v_c, log_decay_c, beta_c = (to_chunks(x) for x in (q, k, v, log_decay, beta))
@@ -292,7 +293,7 @@ def triton_mamba2(
     """Mamba-2 multi-state recurrence with Triton kernels (see `hf_dla.ops` for the signature)."""
     if cu_seqlens is not None:
         args = (slot_map, lam, initial_state, output_final_state, cu_seqlens, chunk_size, _triton_multistate)
-        return _chunk_documents(triton_mamba2, False, q, k, v, log_decay, beta, *args)
+        return chunk_documents(triton_mamba2, False, q, k, v, log_decay, beta, *args)
     return _triton_multistate(
         q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, False, chunk_size
     )
@@ -314,7 +315,7 @@ def triton_gated_delta_rule(
     """Gated DeltaNet multi-state recurrence with Triton kernels (see `hf_dla.ops` for the signature)."""
     if cu_seqlens is not None:
         args = (slot_map, lam, initial_state, output_final_state, cu_seqlens, chunk_size, _triton_multistate)
-        return _chunk_documents(triton_gated_delta_rule, True, q, k, v, log_decay, beta, *args)
+        return chunk_documents(triton_gated_delta_rule, True, q, k, v, log_decay, beta, *args)
     return _triton_multistate(
         q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, True, chunk_size
     )

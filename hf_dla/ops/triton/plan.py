@@ -21,12 +21,13 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ...memory_plans import _NO_START, DynamicPlan, PlanOutput, PlanState
-from ...ops_naive import check_cu_seqlens
+from ... import memory_plans
+from ...memory_plans import DynamicPlan, PlanOutput, PlanState
+from ...ops_utils import check_cu_seqlens
 from .chunk import SEQUENTIAL, check_device, launch_device
 
 SUMMARY_BLOCK = 256  # summary columns per pass
-NO_START = tl.constexpr(_NO_START)  # kernels only read constexpr globals
+NO_START = tl.constexpr(memory_plans.NO_START)  # kernels only read constexpr globals
 
 
 @triton.jit
