@@ -58,3 +58,14 @@ def test_triton_backend_model_uses_the_triton_plan_for_dla():
         intermediate_size=64, memory="dla", max_states=4, chunk_size=16, backend="triton",
     )  # fmt: skip
     assert isinstance(hf_dla.DLAForCausalLM(config).model.layers[0].mixer.plan, TritonDynamicPlan)
+
+
+@pytest.mark.parametrize("backend", ["naive", "chunk", "triton"])
+def test_build_memory_plan_returns_the_plan_of_the_backend(backend):
+    from hf_dla.memory_plans import LogLinearPlan, VanillaPlan, build_memory_plan
+
+    dla_plan = build_memory_plan("dla", 4, 0.5, backend=backend)
+    assert type(dla_plan) is (TritonDynamicPlan if backend == "triton" else DynamicPlan)
+    assert (dla_plan.num_slots, dla_plan.merge_threshold) == (4, 0.5)
+    assert type(build_memory_plan("loglinear", 4, 0.5, backend=backend)) is LogLinearPlan  # no Triton variant
+    assert type(build_memory_plan("vanilla", 4, 0.5, backend=backend)) is VanillaPlan
