@@ -4,40 +4,35 @@ Answer-targeted attention flow through a completion's tokens, turned into per-to
 The core library (this block) works on any Hugging Face causal LM and does not import TRL.
 """
 
-# --- core library: answer spans, attention capture, flow throughput, token scorers, visualisation ---
-from .answer import answer_token_mask, find_answer_span
-from .attention import capture_attention, resolve_layers
-from .flow import flow_throughput, flow_throughput_blockwise, flow_throughput_dense
-from .scoring import SCORERS, ScoringBatch, TokenScorer, get_scorer, register_scorer, select_weights
-from .viz import render_html, render_png, token_strings
-
-__all__ = [
-    "SCORERS",
-    "ScoringBatch",
-    "TokenScorer",
-    "answer_token_mask",
-    "capture_attention",
-    "find_answer_span",
-    "flow_throughput",
-    "flow_throughput_blockwise",
-    "flow_throughput_dense",
-    "get_scorer",
-    "register_scorer",
-    "render_html",
-    "render_png",
-    "resolve_layers",
-    "select_weights",
-    "token_strings",
-]
-# --- end of core library block ---
-
-# --- TRL trainer and intervention analysis: imported on first use, so the core above stays free of TRL ---
+# Every name is imported from its module on first use: `import hf_flowcredit` (and so the `flowcredit-intervention`
+# command, whose module lives in this package) loads neither torch nor transformers until something needs them.
+# --- core library: answer spans, attention capture, flow throughput, token scorers, visualisation (no TRL) ---
+_CORE_EXPORTS = {
+    "answer_token_mask": "answer",
+    "find_answer_span": "answer",
+    "capture_attention": "attention",
+    "resolve_layers": "attention",
+    "flow_throughput": "flow",
+    "flow_throughput_blockwise": "flow",
+    "flow_throughput_dense": "flow",
+    "SCORERS": "scoring",
+    "ScoringBatch": "scoring",
+    "TokenScorer": "scoring",
+    "get_scorer": "scoring",
+    "register_scorer": "scoring",
+    "select_weights": "scoring",
+    "render_html": "viz",
+    "render_png": "viz",
+    "token_strings": "viz",
+}
+# --- TRL trainer and intervention analysis ---
 _LAZY_EXPORTS = {
+    **_CORE_EXPORTS,
     "FlowGRPOConfig": "config",
     "FlowGRPOTrainer": "grpo_trainer",
     "intervention_analysis": "intervention",
 }
-__all__ += list(_LAZY_EXPORTS)
+__all__ = sorted(_LAZY_EXPORTS)
 
 
 def __getattr__(name):

@@ -9,278 +9,46 @@ random or flow-bottom ones.
     from hf_flowcredit.intervention import intervention_analysis
     table = intervention_analysis(model, tokenizer, prompts)   # {"flow_top": {"changed_rate": ...}, ...}
 
-Command line: `flowcredit-intervention --model_name_or_path PATH --num_samples 64` (see `main`).
+Command line: `flowcredit-intervention --model_name_or_path PATH --dataset_name prompts.jsonl` (see `main`).
 
 Blocking is done by the package's attention function registered with transformers' `AttentionInterface` (see
 attention.py): it removes the chosen keys from the boolean mask of every later query and delegates to SDPA, so it
 works for any model whose attention goes through the interface, in the prefill and in cached decoding alike.
+
+This module holds the command line and imports only the standard library: the analysis (`intervention_analysis`,
+`attention_blocking`, `finished_traces`, ...) lives in `_intervention.py` and is imported on first use of any of its
+names here, so that `flowcredit-intervention --help` and argument errors answer without loading torch.
 """
 
 from __future__ import annotations
 
-import contextlib
+import argparse
+import dataclasses
+import difflib
+import importlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import torch
-from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-from .answer import answer_token_mask
-from .attention import _BLOCKED_KEYS, CAPTURE_ATTN_IMPLEMENTATION, _attn_implementation, _without_blocked_keys
-from .scoring import ScoringBatch, get_scorer
-
-BLOCKED_ATTENTION = CAPTURE_ATTN_IMPLEMENTATION  # the package's one attention implementation (see attention.py)
-SELECTIONS = ("none", "top", "random", "bottom")
+PROG = "flowcredit-intervention"
+DESCRIPTION = (
+    "Block attention to the top / random / bottom reasoning tokens of a scorer's ranking in greedy traces, regenerate "
+    "the answers and print how often they change."
+)
 
 
-def blocked_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
-    """SDPA attention in which no query may attend to a blocked key that lies before it (the blocked token still
-    attends to itself). Without blocked keys set, plain SDPA."""
-    blocked_keys = _BLOCKED_KEYS.get()
-    if blocked_keys is not None:
-        attention_mask = _without_blocked_keys(query, key, attention_mask, blocked_keys)
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-
-
-@contextlib.contextmanager
-def attention_blocking(model: PreTrainedModel, blocked_keys: torch.BoolTensor):
-    """Within the block, no token of row b attends to an earlier position p where `blocked_keys[b, p]` is True.
-
-    `blocked_keys` is `[B, K]` over the columns of the (padded) sequence, K at least the longest length reached,
-    generated tokens included. The model's attention goes through the package's attention implementation meanwhile
-    (the same blocking as `blocked_sdpa_attention`).
-    """
-    token = _BLOCKED_KEYS.set(blocked_keys)
+def __getattr__(name: str):
+    """The analysis' names (`intervention_analysis`, `Trace`, ...), from `_intervention` on first use."""
+    if name.startswith("__"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    analysis = importlib.import_module("._intervention", __package__)
     try:
-        with _attn_implementation(model, BLOCKED_ATTENTION):
-            yield model
-    finally:
-        _BLOCKED_KEYS.reset(token)
-
-
-@dataclass
-class Trace:
-    """One finished greedy trace: `prompt_ids`, then `completion_ids`, whose `[answer_start, answer_end)` tokens hold
-    the answer span."""
-
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    answer_start: int
-    answer_end: int
-    answer_text: str = field(default="")
-
-
-def _pad(rows: Sequence[Sequence[int]], pad_id: int, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
-    """`(ids, attention_mask)` of the rows padded to a common length on `side`."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        columns = slice(width - len(row), width) if side == "left" else slice(0, len(row))
-        ids[i, columns] = torch.tensor(row, dtype=torch.long)
-        mask[i, columns] = 1
-    return ids, mask
-
-
-def _answer_spans(tokenizer, completions: list[list[int]], answer_format: str) -> list[tuple[int, int] | None]:
-    """Token span `[start, end)` of each completion's answer, or None where no answer is found."""
-    ids, _ = _pad([c or [tokenizer.pad_token_id] for c in completions], tokenizer.pad_token_id, side="right")
-    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
-    mask, missing = answer_token_mask(texts, ids, tokenizer, answer_format=answer_format)
-    spans = []
-    for i, c in enumerate(completions):
-        positions = mask[i, : len(c)].nonzero().flatten()
-        spans.append(None if missing[i] or len(positions) == 0 else (int(positions[0]), int(positions[-1]) + 1))
-    return spans
-
-
-def _completion_ids(row: torch.Tensor, stop_ids: set[int]) -> list[int]:
-    """Generated ids up to (without) the first stop token."""
-    ids = []
-    for token in row.tolist():
-        if token in stop_ids:
-            break
-        ids.append(token)
-    return ids
-
-
-@torch.no_grad()
-def _greedy(model, tokenizer, rows, blocked_rows=None, max_new_tokens=64) -> list[list[int]]:
-    """Greedy continuations of `rows` (left-padded); `blocked_rows[i]`: positions of row i whose keys are blocked."""
-    input_ids, attention_mask = _pad(rows, tokenizer.pad_token_id)
-    input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
-    blocking = contextlib.nullcontext()
-    if blocked_rows is not None:
-        width = input_ids.shape[1]
-        blocked = torch.zeros((len(rows), width + max_new_tokens), dtype=torch.bool, device=model.device)
-        for i, (row, positions) in enumerate(zip(rows, blocked_rows)):
-            offset = width - len(row)  # left padding shifts every position of the row
-            blocked[i, [offset + p for p in positions]] = True
-        blocking = attention_blocking(model, blocked)
-    with blocking:
-        output = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    stop_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
-    return [_completion_ids(row, stop_ids) for row in output[:, input_ids.shape[1] :]]
-
-
-def _prompt_ids(tokenizer, prompt) -> list[int]:
-    if isinstance(prompt, str):
-        return tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    return list(
-        tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-    )
-
-
-def finished_traces(
-    model, tokenizer, prompts, *, max_new_tokens=64, answer_format="auto", batch_size=16
-) -> list[Trace]:
-    """Greedy traces of `prompts` (text or conversational), keeping those with an answer after some reasoning."""
-    traces = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="traces", leave=False):
-        prompt_rows = [_prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
-        completions = _greedy(model, tokenizer, prompt_rows, max_new_tokens=max_new_tokens)
-        for prompt_ids, completion, span in zip(
-            prompt_rows, completions, _answer_spans(tokenizer, completions, answer_format)
-        ):
-            if span is not None and span[0] >= 2:  # need reasoning tokens to intervene on
-                text = tokenizer.decode(completion[span[0] : span[1]], skip_special_tokens=True).strip()
-                traces.append(Trace(prompt_ids, completion, span[0], span[1], text))
-    return traces
-
-
-def _reasoning_scores(model, tokenizer, traces: list[Trace], scorer_name: str, seed: int) -> list[torch.Tensor]:
-    """The scorer's score of each reasoning token (completion tokens before the answer), one tensor per trace.
-    The batch is laid out as TRL lays it out: left-padded prompts, then right-padded completions."""
-    prompt_ids, prompt_mask = _pad([t.prompt_ids for t in traces], tokenizer.pad_token_id)
-    completion_ids, completion_mask = _pad([t.completion_ids for t in traces], tokenizer.pad_token_id, side="right")
-    answer_mask = torch.zeros_like(completion_mask, dtype=torch.bool)
-    for i, t in enumerate(traces):
-        answer_mask[i, t.answer_start : t.answer_end] = True
-    no_prompt, no_completion = torch.zeros_like(completion_mask), torch.zeros_like(prompt_mask)
-    batch = ScoringBatch(
-        input_ids=torch.cat([prompt_ids, completion_ids], dim=1).to(model.device),
-        attention_mask=torch.cat([prompt_mask, completion_mask], dim=1).to(model.device),
-        prompt_mask=torch.cat([prompt_mask, no_prompt], dim=1).bool().to(model.device),
-        completion_mask=torch.cat([no_completion, completion_mask], dim=1).bool().to(model.device),
-        answer_mask=torch.cat([no_completion.bool(), answer_mask], dim=1).to(model.device),
-        seed=seed,
-    )
-    scores = get_scorer(scorer_name)(model, batch).float().cpu()
-    start = prompt_ids.shape[1]
-    return [scores[i, start : start + t.answer_start] for i, t in enumerate(traces)]
-
-
-def choose_positions(scores: torch.Tensor, selection: str, fraction: float, generator: torch.Generator) -> list[int]:
-    """Indices of `round(fraction * n)` (at least 1) of the n scored tokens: highest, lowest, random or none."""
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection={selection!r} is not supported; choose one of {SELECTIONS}.")
-    if selection == "none":
-        return []
-    count = max(1, round(fraction * len(scores)))
-    if selection == "random":
-        order = torch.randperm(len(scores), generator=generator)
-    else:
-        order = torch.argsort(scores, descending=selection == "top", stable=True)
-    return sorted(order[:count].tolist())
-
-
-def intervention_analysis(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence,
-    *,
-    scorer: str = "flow",
-    fraction: float = 0.2,
-    selections: Sequence[str] = SELECTIONS,
-    max_new_tokens: int = 64,
-    answer_max_new_tokens: int = 24,
-    answer_format: str = "auto",
-    batch_size: int = 16,
-    seed: int = 0,
-    traces: Sequence[Trace] | None = None,
-) -> dict[str, dict[str, float]]:
-    """Rate of changed answers when attention to chosen reasoning tokens is blocked.
-
-    Returns `{selection: {"changed_rate", "num_traces", "blocked_tokens_mean"}}` for each of `selections`
-    ("top" / "bottom" of `scorer`'s ranking, "random", and "none", the control, which should be ~0).
-    `traces`: reuse the `finished_traces` of an earlier call (e.g. to repeat "random" over seeds); `prompts` is then
-    ignored.
-    """
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}.")
-    if tokenizer.pad_token_id is None:
-        raise ValueError("The tokenizer has no pad token; set `tokenizer.pad_token = tokenizer.eos_token` first.")
-    was_training = model.training
-    model.eval()
-    try:
-        if traces is None:
-            traces = finished_traces(
-                model,
-                tokenizer,
-                list(prompts),
-                max_new_tokens=max_new_tokens,
-                answer_format=answer_format,
-                batch_size=batch_size,
-            )
-        traces = list(traces)
-        if not traces:
-            raise ValueError(
-                "No greedy trace had an answer after some reasoning, so there is nothing to intervene on; check "
-                "answer_format or use a model that answers in the expected format."
-            )
-        results = {}
-        for selection in selections:
-            generator = torch.Generator().manual_seed(seed)
-            changed, blocked_total = 0, 0
-            for start in tqdm(range(0, len(traces), batch_size), desc=f"block {selection}", leave=False):
-                chunk = traces[start : start + batch_size]
-                scores = _reasoning_scores(model, tokenizer, chunk, scorer, seed + start)
-                prefixes = [t.prompt_ids + t.completion_ids[: t.answer_start] for t in chunk]
-                blocked = [
-                    [len(t.prompt_ids) + p for p in choose_positions(s, selection, fraction, generator)]
-                    for t, s in zip(chunk, scores)
-                ]
-                continuations = _greedy(model, tokenizer, prefixes, blocked, max_new_tokens=answer_max_new_tokens)
-                new_completions = [t.completion_ids[: t.answer_start] + c for t, c in zip(chunk, continuations)]
-                spans = _answer_spans(tokenizer, new_completions, answer_format)
-                for t, completion, span in zip(chunk, new_completions, spans):
-                    new_answer = (
-                        None
-                        if span is None
-                        else tokenizer.decode(completion[span[0] : span[1]], skip_special_tokens=True).strip()
-                    )
-                    changed += new_answer != t.answer_text
-                blocked_total += sum(len(b) for b in blocked)
-            results[selection] = {
-                "changed_rate": changed / len(traces),
-                "num_traces": float(len(traces)),
-                "blocked_tokens_mean": blocked_total / len(traces),
-            }
-        return results
-    finally:
-        model.train(was_training)
-
-
-def format_table(results: dict[str, dict[str, float]], scorer: str = "flow") -> str:
-    """A markdown table of `intervention_analysis` results."""
-    lines = ["| blocked tokens | answers changed | traces | tokens blocked (mean) |", "|---|---|---|---|"]
-    for selection, row in results.items():
-        name = {"none": "none (control)", "random": "random"}.get(selection, f"{scorer}-{selection}")
-        lines.append(
-            f"| {name} | {row['changed_rate']:.1%} | {int(row['num_traces'])} | {row['blocked_tokens_mean']:.1f} |"
-        )
-    return "\n".join(lines)
+        return getattr(analysis, name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
 
 
 @dataclass
@@ -289,13 +57,17 @@ class InterventionArguments:
     dataset_name: str | None = field(
         default=None,
         metadata={
-            "help": "Dataset with a `prompt` column: a Hub name, a local folder, or a .json/.jsonl file. "
-            "Default: the embedded synthetic arithmetic test split (needs the repository's `examples`)."
+            "help": "Required. The prompts: a .jsonl (or .json) file, a local dataset folder or a Hub dataset, with "
+            "a `prompt` column (text or a list of chat messages)."
         },
     )
-    dataset_split: str = field(default="test", metadata={"help": "Split of `dataset_name`."})
+    dataset_split: str = field(default="test", metadata={"help": "Split of a Hub dataset or folder."})
     prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompts (text or messages)."})
-    num_samples: int = field(default=64, metadata={"help": "How many prompts to trace."})
+    num_samples: int = field(default=64, metadata={"help": "How many prompts to trace (the first ones)."})
+    max_prompt_tokens: int = field(
+        default=4096,
+        metadata={"help": "Refuse a prompt longer than this many tokens (chat template applied), before any work."},
+    )
     scorer: str = field(default="flow", metadata={"help": "Scorer whose ranking picks the top/bottom tokens."})
     fraction: float = field(default=0.2, metadata={"help": "Fraction of reasoning tokens blocked."})
     max_new_tokens: int = field(default=64, metadata={"help": "Token cap of the original greedy traces."})
@@ -305,37 +77,213 @@ class InterventionArguments:
     output_file: str | None = field(default=None, metadata={"help": "Write the results as JSON here."})
 
 
-def _load_prompts(args: InterventionArguments) -> list:
-    if args.dataset_name is None:
-        try:
-            from kit.tiny import make_task_dataset
-        except ImportError:
-            raise ValueError(
-                "No --dataset_name given and the repository's embedded tasks (kit.tiny) are not importable "
-                "from here; pass --dataset_name (a Hub dataset, a local folder or a .jsonl file with prompts)."
-            ) from None
+class ArgumentParser(argparse.ArgumentParser):
+    """The options of a dataclass of str / int / float fields, as `HfArgumentParser` would build them, on plain
+    argparse (importing transformers for its parser would cost seconds before `--help` answers).
 
-        return make_task_dataset("arithmetic", n=args.num_samples, seed=args.seed, split="test")["prompt"]
+    Option names must be given in full (`allow_abbrev=False`: `--model_name` is not `--model_name_or_path`); an
+    unknown or misspelt option, like any other argument error, is one line, with the closest option suggested.
+    """
+
+    def __init__(self, dataclass_type: type, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)
+        self.dataclass_type = dataclass_type
+        hints = typing.get_type_hints(dataclass_type)
+        for f in dataclasses.fields(dataclass_type):
+            kind = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
+            if kind not in (str, int, float):
+                raise TypeError(f"{dataclass_type.__name__}.{f.name}: only str, int and float options are supported.")
+            required = f.default is dataclasses.MISSING
+            self.add_argument(
+                f"--{f.name}",
+                type=kind,
+                required=required,
+                default=None if required else f.default,
+                help=f.metadata.get("help", "") + ("" if required or f.default is None else " (default: %(default)s)"),
+            )
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+    def parse(self, argv: list[str] | None = None) -> tuple[typing.Any, argparse.Namespace]:
+        """`(dataclass instance, the other options)`; unknown arguments are an error, with a "did you mean"."""
+        argv = sys.argv[1:] if argv is None else list(argv)
+        known = [name for action in self._actions for name in action.option_strings if name.startswith("--")]
+        for item in argv:  # before argparse's own checks, so that `--model_name x` is not "--model_name_or_path missing"
+            option = item.split("=", 1)[0]
+            if option.startswith("--") and option not in known:
+                close = difflib.get_close_matches(option, known, n=1, cutoff=0.6)
+                self.error(f"unknown option {option}" + (f"; did you mean {close[0]}?" if close else ""))
+        namespace, unknown = self.parse_known_args(argv)
+        if unknown:
+            self.error(f"unexpected argument {unknown[0]!r} (options take the form --name value)")
+        names = {f.name for f in dataclasses.fields(self.dataclass_type)}
+        values = {name: value for name, value in vars(namespace).items() if name in names}
+        others = argparse.Namespace(**{name: value for name, value in vars(namespace).items() if name not in names})
+        return self.dataclass_type(**values), others
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input checks: every problem in one line naming the file (or dataset), the line (or row) and the field
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a Hub id (`org/name` has one slash and no leading dot, tilde or slash)."""
+    return name.startswith(("/", "./", "../", "~")) or name in (".", "..") or name.count("/") > 1 or (
+        os.sep != "/" and os.sep in name
+    )
+
+
+def _where(path: str) -> str:
+    """`path`, and the folder a relative path was resolved from."""
+    return path if os.path.isabs(os.path.expanduser(path)) else f"{path} (relative to {os.getcwd()})"
+
+
+def check_model_path(name: str) -> None:
+    """Fail fast on a local model path that cannot be loaded: missing, a file, or a folder without a config."""
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        if not any(os.path.isfile(os.path.join(path, f)) for f in ("config.json", "adapter_config.json")):
+            raise ValueError(f"not a model folder: {_where(name)} has no config.json")
+    elif os.path.exists(path):
+        raise ValueError(f"not a model folder: {_where(name)} is a file; give the folder that holds config.json")
+    elif _looks_local(name):
+        raise FileNotFoundError(f"no such folder: {_where(name)}")
+
+
+def _describe(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_prompt(where: str, row, column: str):
+    """The prompt of one row (text or chat messages); a ValueError naming `where` and `column` otherwise."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object with a {column!r} field, got {_describe(row)}")
+    if column not in row:
+        raise ValueError(f"{where}: no field {column!r} (fields: {sorted(row)}); set --prompt_column")
+    prompt = row[column]
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError(f"{where}: field {column!r} is empty")
+        return prompt
+    if isinstance(prompt, list) and prompt:
+        for index, message in enumerate(prompt):
+            if not (
+                isinstance(message, dict)
+                and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), (str, list))
+            ):
+                raise ValueError(
+                    f"{where}: field {column!r}, message {index}: expected a {{\"role\": ..., \"content\": ...}} object, "
+                    f"got {_describe(message)}"
+                )
+        return prompt
+    kind = "null" if prompt is None else f"{type(prompt).__name__} {_describe(prompt)}"
+    raise ValueError(f"{where}: field {column!r} is {kind}; expected text or a list of chat messages")
+
+
+def _json_rows(path: str) -> Iterator[tuple[str, typing.Any]]:
+    """`(where, row)` of a .jsonl file (or a .json file holding an array or JSON lines), without loading `datasets`."""
+    with open(path, "rb") as file:
+        first = file.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        file.seek(0)
+        if path.endswith(".json") and first.startswith(b"["):  # one JSON array
+            try:
+                rows = json.loads(file.read().decode("utf-8-sig"))
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x})") from None
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from None
+            for index, row in enumerate(rows):
+                yield f"{path}, item {index}", row
+            return
+        for number, raw in enumerate(file, 1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{path}, line {number}: not UTF-8 text (byte 0x{raw[error.start]:02x} at byte {error.start + 1})"
+                ) from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"{path}, line {number}: not valid JSON ({error.msg} at column {error.colno})"
+                ) from None
+            yield f"{path}, line {number}", row
+
+
+def _dataset_rows(args: InterventionArguments) -> Iterator[tuple[str, typing.Any]]:
+    """`(where, row)` of a Hub dataset or a local dataset folder."""
     from datasets import load_dataset
 
-    if args.dataset_name.endswith((".json", ".jsonl")):
-        dataset = load_dataset("json", data_files=args.dataset_name, split="train")
-    else:
-        dataset = load_dataset(args.dataset_name, split=args.dataset_split)
-    if args.prompt_column not in dataset.column_names:
+    dataset = load_dataset(args.dataset_name, split=args.dataset_split)
+    for index, row in enumerate(dataset):
+        yield f"{args.dataset_name} (split {args.dataset_split}), row {index}", row
+
+
+def load_prompts(args: InterventionArguments) -> list[tuple[str, typing.Any]]:
+    """The first `num_samples` prompts of `--dataset_name`, each with where it came from, checked row by row."""
+    name = args.dataset_name
+    if name is None:
         raise ValueError(
-            f"Column {args.prompt_column!r} not in the dataset (columns: {dataset.column_names}); set --prompt_column."
+            "no prompts: pass --dataset_name (a .jsonl file with a `prompt` field per line, a local dataset folder "
+            "or a Hub dataset)"
         )
-    return dataset.select(range(min(args.num_samples, len(dataset))))[args.prompt_column]
+    path = os.path.expanduser(name)
+    is_file = name.endswith((".json", ".jsonl"))
+    if (is_file or _looks_local(name)) and not os.path.exists(path):
+        raise FileNotFoundError(f"no such {'file' if is_file else 'folder'}: {_where(name)}")
+    rows = _json_rows(path) if is_file and os.path.isfile(path) else _dataset_rows(args)
+    prompts = []
+    for where, row in rows:
+        prompts.append((where, check_prompt(where, row, args.prompt_column)))
+        if len(prompts) == args.num_samples:
+            break
+    if not prompts:
+        raise ValueError(f"{name}: no rows, so no prompts")
+    return prompts
+
+
+def check_prompt_lengths(prompts: list[tuple[str, typing.Any]], tokenizer, args: InterventionArguments) -> None:
+    """Refuse a prompt over `--max_prompt_tokens` (as the model will see it: chat template applied)."""
+    from ._intervention import _prompt_ids
+
+    for where, prompt in prompts:
+        # Counted up to one past the limit: no full encoding of a huge prompt, no tokenizer warning about it.
+        if len(_prompt_ids(tokenizer, prompt, max_length=args.max_prompt_tokens + 1)) > args.max_prompt_tokens:
+            raise ValueError(
+                f"{where}: field {args.prompt_column!r} has more than --max_prompt_tokens={args.max_prompt_tokens} "
+                "tokens; shorten it or raise the limit"
+            )
+
+
+def check_arguments(args: InterventionArguments) -> None:
+    for name in ("num_samples", "max_prompt_tokens", "max_new_tokens", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not 0.0 < args.fraction <= 1.0:
+        raise ValueError(f"--fraction must be in (0, 1], got {args.fraction}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`flowcredit-intervention`: print (and optionally save) the intervention table of a model."""
-    from transformers import HfArgumentParser
+    """`flowcredit-intervention`: print (and optionally save) the intervention table of a model.
 
-    parser = HfArgumentParser(InterventionArguments)
+    Errors are one line on stderr: exit code 2 for bad arguments or inputs, 1 for a failure (`--debug`: traceback).
+    """
+    parser = ArgumentParser(InterventionArguments, prog=PROG, description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true", help="Show the full traceback of an error.")
-    args, options = parser.parse_args_into_dataclasses(args=argv)
+    args, options = parser.parse(argv)
     try:
         _run_intervention(args)
     except Exception as error:  # noqa: BLE001 - one line per error (exit 2: bad arguments or inputs, 1: failure)
@@ -344,19 +292,31 @@ def main(argv: list[str] | None = None) -> None:
         usage = isinstance(error, (ValueError, FileNotFoundError))
         message = " ".join(str(error).split()) or repr(error)
         kind = "" if usage else f"{type(error).__name__}: "
-        print(f"flowcredit-intervention: error: {kind}{message} (--debug shows the traceback)", file=sys.stderr)
+        print(f"{PROG}: error: {kind}{message} (--debug shows the traceback)", file=sys.stderr)
         sys.exit(2 if usage else 1)
 
 
 def _run_intervention(args: InterventionArguments) -> None:
+    # Everything that can be checked without the model first: a bad input fails in a second, not after loading.
+    check_arguments(args)
+    check_model_path(args.model_name_or_path)
+    prompts = load_prompts(args)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path)
+    from ._intervention import format_table, intervention_analysis
+    from .answer import find_answer_span
+    from .scoring import SCORERS
+
+    if args.scorer not in SCORERS:
+        raise ValueError(f"--scorer {args.scorer!r} is not a token scorer; choose one of {sorted(SCORERS)}")
+    find_answer_span("", args.answer_format)  # an unknown format or a bad regex: a ValueError naming it
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+    check_prompt_lengths(prompts, tokenizer, args)
+    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path)
     results = intervention_analysis(
         model,
         tokenizer,
-        _load_prompts(args),
+        [prompt for _, prompt in prompts],
         scorer=args.scorer,
         fraction=args.fraction,
         max_new_tokens=args.max_new_tokens,
