@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from datasets import Dataset
 
 from .backends import BackendConfig, SamplingConfig, TeacherBackend, resolve_backend
-from .stages import check_stage_input, load_tokenizer, require_columns, run_stage
+from .stages import ID_COLUMN, check_input_rows, load_tokenizer, require_columns, run_stage, stage_output_lock
 from .verify import answer_span, check_texts, resolve_task
 
 # Versioned so that a dataset records exactly which instructions produced it; add versions, never edit one.
@@ -123,11 +123,18 @@ def compress(
     shard_size: int = 256,
     batch_size: int = 64,
     overwrite: bool = False,
+    skip_invalid_rows: bool = False,
+    id_column: str = ID_COLUMN,
 ) -> Dataset:
     """Add the compressed trace and its checks: `compressed`, `compressor`, `compressed_correct` (the
     compressed trace still verifies against the gold answer), `compress_flag` ("empty" when the compressor
     returned nothing, "answer_lost" when a correct trace's answer did not survive, "" otherwise), and
     character and token counts with `char_ratio` and `token_ratio` (compressed / original; 0 when empty).
+
+    Rows that cannot be compressed and checked (a problem that is None or empty, a trace that is None, a gold that
+    is None or blank) are refused when the input is read, each named by index (and id) and field, before any
+    request; `skip_invalid_rows` leaves them out and counts them in the stage record. With `output_dir`, the run
+    holds that folder's lock until it returns.
     """
     task = resolve_task(dataset, task)
     needed = [completion_column, problem_column] + (["numbers", "target"] if task == "countdown" else [answer_column])
@@ -135,8 +142,20 @@ def compress(
     clashing = [c for c in COMPRESSED_COLUMNS if c in dataset.column_names]
     if clashing:
         raise ValueError(f"compress adds the columns {clashing}, which the input already has; rename or drop them.")
-    check_stage_input(dataset, output_dir, "compress")  # before loading anything
-    tokenizer = load_tokenizer(tokenizer)
+    golds = ["numbers", "target"] if task == "countdown" else [answer_column]
+    fields = {problem_column: "text", completion_column: "trace",
+              **{c: "gold" if c == answer_column else "value" for c in golds}}
+    dataset, skipped = check_input_rows(dataset, "compress", fields, skip_invalid_rows=skip_invalid_rows,
+                                        id_column=id_column)
+    with stage_output_lock(dataset, output_dir, "compress"):  # after the row checks: a refused input writes nothing
+        return _compress(dataset, compressor, load_tokenizer(tokenizer), task=task,
+                         completion_column=completion_column, problem_column=problem_column,
+                         answer_column=answer_column, timeout_seconds=timeout_seconds, output_dir=output_dir,
+                         shard_size=shard_size, batch_size=batch_size, overwrite=overwrite, skipped=skipped)
+
+
+def _compress(dataset, compressor, tokenizer, *, task, completion_column, problem_column, answer_column,
+              timeout_seconds, output_dir, shard_size, batch_size, overwrite, skipped) -> Dataset:
 
     def compress_batch(batch: dict, indices: list[int]) -> dict:
         traces = batch[completion_column]
@@ -186,7 +205,8 @@ def compress(
         "batch_size": batch_size,
     }
     return run_stage(dataset, process_shard, stage="compress", arguments=arguments, output_dir=output_dir,
-                     shard_size=shard_size, finalize=lambda d: (d, summarize_compression(d)), overwrite=overwrite)
+                     shard_size=shard_size, finalize=lambda d: (d, {**summarize_compression(d), **skipped}),
+                     overwrite=overwrite)
 
 
 def summarize_compression(compressed: Dataset) -> dict:

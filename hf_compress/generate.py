@@ -9,7 +9,7 @@ import logging
 from datasets import Dataset
 
 from .backends import BackendConfig, SamplingConfig, TeacherBackend, resolve_backend
-from .stages import require_columns, run_stage
+from .stages import ID_COLUMN, check_input_rows, check_problem_set, require_columns, run_stage, stage_output_lock
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ def generate(
     shard_size: int = 256,
     batch_size: int = 64,
     overwrite: bool = False,
+    skip_invalid_rows: bool = False,
+    id_column: str = ID_COLUMN,
 ) -> Dataset:
     """Teacher traces: one row per (problem, sample) with every input column plus `sample_index`,
     `generation` (the trace text), `num_tokens`, `finish_reason` and `teacher`. `finish_reason` is "stop" (the
@@ -46,6 +48,13 @@ def generate(
     uninterrupted run's (each batch's seed derives from `sampling.seed` and its position in the dataset).
     `batch_size` problems go to the backend per call (the backend may split them further). A `BackendConfig`
     is built into its backend only if some shard remains to be generated.
+
+    Rows the teacher cannot be asked about (a problem that is None, not text or empty; a gold that is None or
+    blank) are refused when the input is read, each named by index (and id, from `id_column` when the input has
+    one) and field, before any request; `skip_invalid_rows` leaves them out instead and counts them in the stage
+    record. An id on two rows, or one problem text with two different golds, is refused too. With `output_dir`,
+    the run holds that folder's lock until it returns (see `stages.output_lock`): a concurrent run on the same
+    folder is refused at once.
     """
     sampling = sampling or SamplingConfig()
     require_columns(dataset, [problem_column, answer_column], "generate")
@@ -54,7 +63,20 @@ def generate(
         raise ValueError(f"generate adds the columns {clashing}, which the input already has; rename or drop them.")
     if "{problem}" not in prompt_template:
         raise ValueError(f"prompt_template must contain '{{problem}}', got {prompt_template!r}.")
+    golds = ["numbers", "target"] if {"numbers", "target"} <= set(dataset.column_names) else [answer_column]
+    dataset, skipped = check_input_rows(
+        dataset, "generate", {problem_column: "text", **{c: "gold" if c == answer_column else "value" for c in golds}},
+        skip_invalid_rows=skip_invalid_rows, id_column=id_column,
+    )
+    check_problem_set(dataset, "generate", problem_column, golds, traces=False, id_column=id_column)
+    with stage_output_lock(dataset, output_dir, "generate"):  # after the row checks: a refused input writes nothing
+        return _generate(dataset, backend, sampling, output_dir=output_dir, problem_column=problem_column,
+                         system_prompt=system_prompt, prompt_template=prompt_template, shard_size=shard_size,
+                         batch_size=batch_size, overwrite=overwrite, skipped=skipped)
 
+
+def _generate(dataset, backend, sampling, *, output_dir, problem_column, system_prompt, prompt_template, shard_size,
+              batch_size, overwrite, skipped) -> Dataset:
     teacher = functools.cache(lambda: resolve_backend(backend))
 
     def process_shard(shard: Dataset, shard_index: int, progress) -> Dataset:
@@ -103,7 +125,7 @@ def generate(
         arguments=arguments,
         output_dir=output_dir,
         shard_size=shard_size,
-        finalize=lambda traces: (traces, summarize_generations(traces)),
+        finalize=lambda traces: (traces, {**summarize_generations(traces), **skipped}),
         overwrite=overwrite,
     )
 

@@ -15,6 +15,7 @@ loss, a full disk) and redoes it instead of trusting it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -22,6 +23,10 @@ import logging
 import math
 import os
 import shutil
+import socket
+import sys
+import threading
+import time
 from collections.abc import Callable
 
 import datasets
@@ -277,8 +282,12 @@ def load_finished_stage(output_dir: str, stage: str, fingerprint: str, arguments
     return None
 
 
+def _is_same_run(record: dict, run: dict) -> bool:
+    return record.get("stage") == run["stage"] and record.get("fingerprint") == run["fingerprint"]
+
+
 def check_same_run(record: dict, stage: str, fingerprint: str, arguments: dict, output_dir: str) -> None:
-    if record["stage"] == stage and record["fingerprint"] == fingerprint:
+    if _is_same_run(record, {"stage": stage, "fingerprint": fingerprint}):
         return
     changed = sorted(k for k in set(arguments) | set(record.get("arguments", {}))
                      if arguments.get(k) != record.get("arguments", {}).get(k))
@@ -291,14 +300,19 @@ def check_same_run(record: dict, stage: str, fingerprint: str, arguments: dict, 
     )
 
 
-def prepare_output_folder(output_dir: str, stage: str, overwrite: bool) -> None:
-    """Refuse a folder that holds anything but stage results; with `overwrite`, empty a stage folder."""
+def refuse_foreign_folder(output_dir: str, stage: str) -> bool:
+    """Refuse a folder that holds anything but stage results; returns whether it holds any."""
     if not os.path.isdir(output_dir) or not os.listdir(output_dir):
-        return
+        return False
     is_stage_folder = any(os.path.exists(os.path.join(output_dir, name)) for name in (STAGE_FILE, SHARDS_DIR))
     if not is_stage_folder:
         raise StageMismatchError(f"{output_dir} exists and is not a {stage} output folder; choose an empty folder.")
-    if overwrite:
+    return True
+
+
+def prepare_output_folder(output_dir: str, stage: str, overwrite: bool) -> None:
+    """Refuse a folder that holds anything but stage results; with `overwrite`, empty a stage folder."""
+    if refuse_foreign_folder(output_dir, stage) and overwrite:
         shutil.rmtree(output_dir)
 
 
@@ -337,7 +351,6 @@ def run_stage(
         raise ValueError(f"shard_size must be >= 1, got {shard_size}.")
     check_stage_input(dataset, output_dir, stage)
     num_shards = max(1, math.ceil(len(dataset) / shard_size))
-    fingerprint = dataset_fingerprint(dataset, {"stage": stage, **arguments})
     shard_ranges = [range(i * shard_size, min(len(dataset), (i + 1) * shard_size)) for i in range(num_shards)]
 
     if output_dir is None:
@@ -345,6 +358,17 @@ def run_stage(
             parts = [process_shard(dataset.select(r), i, progress) for i, r in enumerate(shard_ranges)]
             return finalize(concatenate_datasets(parts))[0]
 
+    refuse_foreign_folder(output_dir, stage)  # before writing even its lock file next to it
+    with output_lock(output_dir, stage):  # one run per output folder, for as long as it runs
+        fingerprint = dataset_fingerprint(dataset, {"stage": stage, **arguments})
+        return _run_stage_in_folder(dataset, process_shard, stage=stage, arguments=arguments, output_dir=output_dir,
+                                    overwrite=overwrite, fingerprint=fingerprint, shard_ranges=shard_ranges,
+                                    finalize=finalize)
+
+
+def _run_stage_in_folder(dataset, process_shard, *, stage, arguments, output_dir, overwrite, fingerprint,
+                         shard_ranges, finalize) -> Dataset:
+    num_shards = len(shard_ranges)
     shard_dir = os.path.join(output_dir, SHARDS_DIR)
     prepare_output_folder(output_dir, stage, overwrite)
     finished = load_finished_stage(output_dir, stage, fingerprint, arguments)
@@ -380,6 +404,13 @@ def _start_or_resume_shards(shard_dir: str, shard_record: dict, output_dir: str)
         logger.warning("%s is damaged; discarding the shards next to it.", path)
         shutil.rmtree(shard_dir)
         os.makedirs(shard_dir)
+    if previous is not None and not any(name.startswith("shard-") for name in os.listdir(shard_dir)):
+        # A run that finished no shard (e.g. it failed before its teacher answered) left nothing to protect: a
+        # retry with corrected arguments starts clean instead of refusing them.
+        if not _is_same_run(previous, shard_record):
+            logger.info("%s: %s holds no finished shard of an earlier run with other arguments; starting afresh.",
+                        shard_record["stage"], output_dir)
+            previous = None
     if previous is not None:
         check_same_run(previous, shard_record["stage"], shard_record["fingerprint"], shard_record["arguments"], output_dir)
         logger.info("%s: resuming in %s", shard_record["stage"], output_dir)
@@ -419,3 +450,203 @@ def save_stage(
     if cleanup:
         shutil.rmtree(cleanup)
     return saved
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One run per output folder: an OS lock held for the life of the run
+# ----------------------------------------------------------------------------------------------------------
+
+
+class OutputFolderInUseError(ValueError):
+    """Another run holds the output folder's lock. A ValueError like every other refusal of the arguments given (on
+    the command line: exit code 2)."""
+
+
+_HELD_LOCKS: dict[str, tuple] = {}  # folder (real path) -> (FileLock, thread id) held by this process
+_HELD_LOCKS_GUARD = threading.Lock()
+
+
+def lock_paths(output_dir: str) -> tuple[str, str]:
+    """(lock file, holder file) of an output folder. Both sit next to the folder, not in it, so that the folder holds
+    only its results (and `overwrite` can empty it while the lock is held): `out/.generate.hf-compress.lock` (left
+    in place, empty, after the run) and `out/.generate.hf-compress.holder.json` (who holds it; removed at the end)."""
+    folder = os.path.abspath(output_dir)
+    parent, name = os.path.dirname(folder), os.path.basename(folder)
+    return os.path.join(parent, f".{name}.hf-compress.lock"), os.path.join(parent, f".{name}.hf-compress.holder.json")
+
+
+def _describe_holder(holder: dict | None) -> str:
+    if not holder:
+        return "another process (it has not said which yet)"
+    return (f"process {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}: "
+            f"`{holder.get('command')}`")
+
+
+@contextlib.contextmanager
+def output_lock(output_dir: str | None, command: str):
+    """Hold the lock on `output_dir` while the block runs: a second run (another process or thread) that wants the
+    same folder is refused at once with `OutputFolderInUseError`, naming the folder and the run that holds it, having
+    sent and changed nothing. The lock is the OS's (filelock's `FileLock`: fcntl on Unix), so the kernel releases it
+    when the holder dies, even by SIGKILL: a killed run never blocks the next one. Nested use in one thread (a stage
+    inside `run`, a stage function calling `run_stage`) re-enters. `None` (no output folder) locks nothing."""
+    if output_dir is None:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    key = os.path.realpath(output_dir)
+    with _HELD_LOCKS_GUARD:
+        held = _HELD_LOCKS.get(key)
+    if held is not None and held[1] == threading.get_ident():
+        yield  # this thread holds it already
+        return
+    lock_file, holder_file = lock_paths(output_dir)
+    os.makedirs(os.path.dirname(lock_file), exist_ok=True)
+    lock = FileLock(lock_file)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise OutputFolderInUseError(
+            f"{command}: the output folder {output_dir} is in use by {_describe_holder(_read_json(holder_file))} "
+            f"(lock {lock_file}). Nothing was sent or changed. Wait for that run to end, or choose another output "
+            "folder. A run that was killed holds no lock: its lock went with its process."
+        ) from None
+    try:
+        with _HELD_LOCKS_GUARD:
+            _HELD_LOCKS[key] = (lock, threading.get_ident())
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv) or command,
+                  "since": time.strftime("%Y-%m-%d %H:%M:%S %z"), "stage": command}
+        write_json_atomically(holder_file, holder)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(holder_file)
+        with _HELD_LOCKS_GUARD:
+            _HELD_LOCKS.pop(key, None)
+        lock.release()
+
+
+@contextlib.contextmanager
+def stage_output_lock(dataset: Dataset, output_dir: str | None, stage: str):
+    """A stage's checks of its output folder, then its lock (see `output_lock`): an output apart from the input and
+    not a folder of other files is checked before even the lock file is written next to it."""
+    check_stage_input(dataset, output_dir, stage)
+    if output_dir is not None:
+        refuse_foreign_folder(output_dir, stage)
+    with output_lock(output_dir, stage):
+        yield
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rows a stage cannot use: refused when the input is read (or left out and counted, on request)
+# ----------------------------------------------------------------------------------------------------------
+
+ID_COLUMN = "id"
+_SHOWN_ROWS = 5
+
+
+def _row_name(index: int, row_id) -> str:
+    return f"row {index}" + (f" (id {row_id!r})" if row_id is not None else "")
+
+
+def _value_problem(value, kind: str) -> str | None:
+    """What is wrong with one field's value, or None. Kinds: `text` (a problem: non-empty text), `gold` (an answer:
+    present and not blank), `trace` (a completion: text, possibly empty), `value` (present)."""
+    if value is None:
+        return "is None (missing)"
+    if kind in ("text", "trace") and not isinstance(value, str):
+        return f"is not text ({type(value).__name__} {value!r})"
+    if kind in ("text", "gold") and isinstance(value, str) and not value.strip():
+        return "is empty" if not value else "is blank (whitespace only)"
+    if kind == "value" and isinstance(value, (list, str)) and not value:
+        return "is empty"
+    return None
+
+
+def check_input_rows(dataset: Dataset, stage: str, fields: dict[str, str], *, skip_invalid_rows: bool = False,
+                     id_column: str = ID_COLUMN) -> tuple[Dataset, dict]:
+    """Refuse rows whose fields the stage cannot use (`fields`: column -> kind, see `_value_problem`): a None or
+    empty problem would be sent to the teacher as "None" or "", a None gold judged wrong without a word. The error
+    names each row by index (and id, from `id_column` when the input has it) and the field, before anything is sent
+    or written. With `skip_invalid_rows` such rows are left out instead: returns the remaining rows and statistics
+    for the stage record (`invalid_rows_skipped`, `invalid_rows_by_column`); else the dataset as given and `{}`."""
+    columns = list(dict.fromkeys([*fields, *([id_column] if id_column in dataset.column_names else [])]))
+    bad: list[tuple[int, object, str, str]] = []  # (row, id, column, problem)
+    bad_rows: set[int] = set()
+    index = 0
+    for batch in dataset.select_columns(columns).iter(batch_size=1000):
+        ids = batch.get(id_column) if id_column in batch else None
+        for offset in range(len(batch[columns[0]])):
+            for column, kind in fields.items():
+                problem = _value_problem(batch[column][offset], kind)
+                if problem is not None:
+                    bad.append((index + offset, ids[offset] if ids else None, column, problem))
+                    bad_rows.add(index + offset)
+        index += len(batch[columns[0]])
+    if not bad:
+        return dataset, ({"invalid_rows_skipped": 0, "invalid_rows_by_column": {}} if skip_invalid_rows else {})
+    by_column = dict(collections.Counter(column for _, _, column, _ in bad))
+    if not skip_invalid_rows:
+        shown = "; ".join(f"{_row_name(row, row_id)}: `{column}` {problem}" for row, row_id, column, problem
+                          in bad[:_SHOWN_ROWS])
+        more = f" (and {len(bad) - _SHOWN_ROWS} more)" if len(bad) > _SHOWN_ROWS else ""
+        raise ValueError(
+            f"{stage}: {len(bad_rows)} input row(s) cannot be used: {shown}{more}. Nothing was sent or written. Fix "
+            "the input, or pass --skip_invalid_rows (skip_invalid_rows=True) to leave such rows out; their count "
+            "goes to the stage record (hf_compress_stage.json)."
+        )
+    if len(bad_rows) == len(dataset):
+        raise ValueError(f"{stage}: every input row is invalid ({by_column} by column), so nothing is left to do.")
+    logger.warning("%s: leaving out %d invalid input row(s) (%s by column), first %s.", stage, len(bad_rows),
+                   by_column, "; ".join(f"{_row_name(r, i)}: `{c}` {p}" for r, i, c, p in bad[:_SHOWN_ROWS]))
+    kept = dataset.select([i for i in range(len(dataset)) if i not in bad_rows])
+    return kept, {"invalid_rows_skipped": len(bad_rows), "invalid_rows_by_column": by_column}
+
+
+def _text_digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+def check_problem_set(dataset: Dataset, stage: str, problem_column: str, gold_columns: list[str], *,
+                      traces: bool, id_column: str = ID_COLUMN) -> None:
+    """Data errors across rows, said at the input stage:
+
+    - a problem set (`traces=False`, generate's input): an id on two rows; one problem text with two different
+      golds;
+    - traces (`traces=True`, n rows per problem): rows of one id with different problem texts or golds; without an
+      id column, one problem text with two different golds (per-problem figures are then keyed by the text).
+    """
+    has_ids = id_column in dataset.column_names
+    columns = list(dict.fromkeys([problem_column, *gold_columns, *([id_column] if has_ids else [])]))
+    by_id: dict = {}  # id -> (first row, problem digest, gold)
+    by_text: dict = {}  # problem digest -> (first row, id, gold)
+    index = 0
+    for batch in dataset.select_columns(columns).iter(batch_size=1000):
+        for offset in range(len(batch[problem_column])):
+            row = index + offset
+            row_id = batch[id_column][offset] if has_ids else None
+            text = _text_digest(str(batch[problem_column][offset]))
+            gold = json.dumps([batch[c][offset] for c in gold_columns], default=str)
+            gold_shown = ", ".join(repr(batch[c][offset]) for c in gold_columns)
+            if has_ids:
+                first = by_id.setdefault(row_id, (row, text, gold, gold_shown))
+                if first[0] != row and not traces:
+                    raise ValueError(f"{stage}: the id {row_id!r} is on two rows, {first[0]} and {row}: each problem "
+                                     f"needs its own id (column `{id_column}`). Fix the input's ids.")
+                if first[0] != row and (first[1] != text or first[2] != gold):
+                    what = "problem texts" if first[1] != text else f"golds ({first[3]} and {gold_shown})"
+                    raise ValueError(f"{stage}: rows {first[0]} and {row} have the same id {row_id!r} but different "
+                                     f"{what}. Fix the input's ids.")
+            if not traces or not has_ids:
+                first = by_text.setdefault(text, (row, row_id, gold, gold_shown))
+                if first[2] != gold:
+                    raise ValueError(
+                        f"{stage}: one problem text has two different gold answers: {_row_name(first[0], first[1])} "
+                        f"has {first[3]}, {_row_name(row, row_id)} has {gold_shown} (`{problem_column}`: "
+                        f"{_shorten(str(batch[problem_column][offset]))}). Fix the golds, or drop one of the rows."
+                    )
+        index += len(batch[problem_column])
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")

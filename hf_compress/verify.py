@@ -29,7 +29,7 @@ from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 from math_verify import verify as math_verify_equal
 
 from .helper_process import HelperProcess
-from .stages import require_columns, run_stage
+from .stages import ID_COLUMN, check_input_rows, check_problem_set, require_columns, run_stage, stage_output_lock
 
 TASKS = ("auto", "math", "countdown")
 _BOXED = re.compile(r"\\boxed\s*\{")
@@ -285,13 +285,21 @@ def check_texts(batch: dict, texts: list[str], task: str, answer_column: str, ti
     return [check_math(str(gold), x, timeout_seconds) for gold, x in zip(batch[answer_column], texts)]
 
 
-def with_pass_rates(dataset: Dataset, problem_column: str) -> Dataset:
-    """Add `pass_rate`: the fraction of its problem's samples that are correct."""
+def problem_key_column(dataset: Dataset, problem_column: str, id_column: str = ID_COLUMN) -> str:
+    """What identifies a trace's problem for the per-problem figures: its id when the input has `id_column`, else its
+    text (two problems with the same text and different ids are then two problems)."""
+    return id_column if id_column in dataset.column_names else problem_column
+
+
+def with_pass_rates(dataset: Dataset, problem_column: str, id_column: str = ID_COLUMN) -> Dataset:
+    """Add `pass_rate`: the fraction of its problem's samples that are correct (problems keyed by id, see
+    `problem_key_column`)."""
+    keys = dataset[problem_key_column(dataset, problem_column, id_column)]
     solved, total = Counter(), Counter()
-    for problem, correct in zip(dataset[problem_column], dataset["correct"]):
-        solved[problem] += correct
-        total[problem] += 1
-    rates = [solved[p] / total[p] for p in dataset[problem_column]]
+    for key, correct in zip(keys, dataset["correct"]):
+        solved[key] += correct
+        total[key] += 1
+    rates = [solved[k] / total[k] for k in keys]
     return dataset.add_column("pass_rate", rates)
 
 
@@ -307,13 +315,21 @@ def verify(
     output_dir: str | None = None,
     shard_size: int = 2048,
     overwrite: bool = False,
+    skip_invalid_rows: bool = False,
+    id_column: str = ID_COLUMN,
 ) -> Dataset:
     """Add `correct`, `predicted_answer`, `verify_method`, `verify_note` and the per-problem `pass_rate`.
 
     `task="auto"` checks Countdown rows (with `numbers` and `target` columns) as Countdown, others as math.
     Rows whose gold answer math-verify cannot parse are flagged `verify_note="unparsable_gold"` and judged
     by the exact and numeric fallbacks alone. `keep_only_correct` drops incorrect rows after the pass rates
-    are computed.
+    are computed. Each trace's check has `timeout_seconds` in all (see `check_math`).
+
+    Problems are told apart by their id (`id_column`) when the input has one, else by their text. Rows that cannot
+    be judged (a problem that is None or empty, a gold that is None or blank, a trace that is None) are refused
+    when the input is read, each named by index (and id) and field; `skip_invalid_rows` leaves them out instead and
+    counts them in the stage record. Rows of one id with different problems or golds (without ids: one problem
+    text with two golds) are refused too. With `output_dir`, the run holds that folder's lock until it returns.
     """
     task = resolve_task(dataset, task)
     needed = [completion_column, problem_column] + (["numbers", "target"] if task == "countdown" else [answer_column])
@@ -322,6 +338,21 @@ def verify(
         raise ValueError(f"timeout_seconds must be a number of seconds > 0 (the deadline for checking one trace), "
                          f"got {timeout_seconds!r}.")
 
+    golds = ["numbers", "target"] if task == "countdown" else [answer_column]
+    fields = {problem_column: "text", completion_column: "trace",
+              **{c: "gold" if c == answer_column else "value" for c in golds}}
+    dataset, skipped = check_input_rows(dataset, "verify", fields, skip_invalid_rows=skip_invalid_rows,
+                                        id_column=id_column)
+    check_problem_set(dataset, "verify", problem_column, golds, traces=True, id_column=id_column)
+    with stage_output_lock(dataset, output_dir, "verify"):  # after the row checks: a refused input writes nothing
+        return _verify(dataset, task=task, completion_column=completion_column, answer_column=answer_column,
+                       problem_column=problem_column, keep_only_correct=keep_only_correct,
+                       timeout_seconds=timeout_seconds, output_dir=output_dir, shard_size=shard_size,
+                       overwrite=overwrite, skipped=skipped, id_column=id_column)
+
+
+def _verify(dataset, *, task, completion_column, answer_column, problem_column, keep_only_correct, timeout_seconds,
+            output_dir, shard_size, overwrite, skipped, id_column) -> Dataset:
     def check_batch(batch: dict) -> dict:
         checks = check_texts(batch, batch[completion_column], task, answer_column, timeout_seconds)
         return {
@@ -338,8 +369,8 @@ def verify(
         return checked
 
     def finalize(checked: Dataset) -> tuple[Dataset, dict]:
-        checked = with_pass_rates(checked, problem_column)
-        stats = summarize_verification(checked, problem_column)  # before filtering: unsolved problems count
+        checked = with_pass_rates(checked, problem_column, id_column)
+        stats = {**summarize_verification(checked, problem_column, id_column), **skipped}  # before filtering
         return (checked.filter(lambda correct: correct, input_columns="correct") if keep_only_correct else checked), stats
 
     arguments = {"task": task, "completion_column": completion_column, "answer_column": answer_column,
@@ -348,10 +379,11 @@ def verify(
                      shard_size=shard_size, finalize=finalize, overwrite=overwrite)
 
 
-def summarize_verification(checked: Dataset, problem_column: str = "problem") -> dict:
+def summarize_verification(checked: Dataset, problem_column: str = "problem", id_column: str = ID_COLUMN) -> dict:
     """Pass rate over traces, mean per-problem pass rate, problems solved at least once, flagged rows."""
     correct = list(checked["correct"])
-    rates = dict(zip(checked[problem_column], checked["pass_rate"])) if "pass_rate" in checked.column_names else {}
+    keys = problem_key_column(checked, problem_column, id_column)
+    rates = dict(zip(checked[keys], checked["pass_rate"])) if "pass_rate" in checked.column_names else {}
     notes = Counter(n for n in checked["verify_note"] if n)
     return {
         "traces": len(correct),
