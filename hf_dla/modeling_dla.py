@@ -516,6 +516,20 @@ class DLAMemoryReport:
         return path
 
 
+def _check_not_empty(name: str, inputs: torch.Tensor) -> None:
+    """A batch of no sequences, or of sequences with no tokens, has nothing to run (and no last token to decode
+    from): say so before the layers fail on an empty reshape or convolution."""
+    if inputs.ndim >= 2 and inputs.shape[0] == 0:
+        raise ValueError(
+            f"{name} has shape {tuple(inputs.shape)}: an empty batch (B = 0); pass at least one sequence."
+        )
+    if inputs.ndim >= 2 and inputs.shape[1] == 0:
+        raise ValueError(
+            f"{name} has shape {tuple(inputs.shape)}: sequences of no tokens (T = 0); DLA models need at least one "
+            "token per sequence (to generate from nothing, start the prompt with the BOS token)."
+        )
+
+
 class DLAModel(DLAPreTrainedModel):
     def __init__(self, config: DLAConfig):
         super().__init__(config)
@@ -562,6 +576,7 @@ class DLAModel(DLAPreTrainedModel):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        _check_not_empty(*(("input_ids", input_ids) if input_ids is not None else ("inputs_embeds", inputs_embeds)))
         if inputs_embeds is None:
             inputs_embeds = self.embeddings(input_ids)
         output_hidden_states = (
@@ -694,6 +709,10 @@ class DLAForCausalLM(DLAPreTrainedModel, GenerationMixin):
             raise ValueError(
                 f"memory_report shows dynamic slots; this model has memory={self.config.memory!r} "
                 "(fixed slots). Build it with DLAConfig(memory='dla')."
+            )
+        if input_ids.numel() == 0:
+            raise ValueError(
+                f"memory_report needs a sequence of at least one token; got input_ids of shape {tuple(input_ids.shape)}."
             )
         input_ids = input_ids.reshape(1, -1) if input_ids.ndim == 1 else input_ids
         if input_ids.shape[0] != 1:

@@ -307,6 +307,32 @@ def test_runtime_errors_name_the_problem(make_config):
         model.memory_report(torch.randint(3, 64, (5,)))
 
 
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_empty_inputs_are_a_clear_error_naming_the_input_and_its_shape(mixer, make_config):
+    """T = 0 used to report a wrong T from deep inside the op, B = 0 a reshape error, an empty prompt an IndexError
+    in generate and memory_report a conv error."""
+    model = build(make_config, mixer=mixer, memory="dla")
+    no_tokens = torch.zeros(1, 0, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"input_ids has shape \(1, 0\): sequences of no tokens \(T = 0\)"):
+        model(no_tokens)
+    with pytest.raises(ValueError, match=r"input_ids has shape \(2, 0\): sequences of no tokens"):
+        model(torch.zeros(2, 0, dtype=torch.long), attention_mask=torch.zeros(2, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"inputs_embeds has shape \(1, 0, 32\): sequences of no tokens"):
+        model(inputs_embeds=torch.zeros(1, 0, 32))
+    with pytest.raises(ValueError, match=r"input_ids has shape \(0, 5\): an empty batch \(B = 0\)"):
+        model(torch.zeros(0, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"input_ids has shape \(1, 0\).*start the prompt with the BOS token"):
+        model.generate(no_tokens, max_new_tokens=3)
+    with pytest.raises(ValueError, match=r"input_ids has shape \(0, 4\): an empty batch"):
+        model.generate(torch.zeros(0, 4, dtype=torch.long), max_new_tokens=3)
+    with pytest.raises(ValueError, match=r"memory_report needs .* one token; got input_ids of shape \(0,\)"):
+        model.memory_report(torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"memory_report needs .* one token; got input_ids of shape \(1, 0\)"):
+        model.memory_report(no_tokens)
+    # One token is enough: a BOS-only prompt generates.
+    assert model.generate(torch.ones(1, 1, dtype=torch.long), max_new_tokens=3, do_sample=False).shape == (1, 4)
+
+
 def test_bfloat16_weights_and_gradient_checkpointing(make_config):
     model = build(make_config, mixer="gated_deltanet", memory="dla")
     ids = torch.randint(3, 64, (2, 12))
