@@ -30,6 +30,9 @@ from transformers import (
     Qwen3Config,
 )
 
+from hf_compress.sft import EMBEDDED_CHAT_TEMPLATE
+from hf_compress.verify import extract_answer
+
 __all__ = [
     "CHAT_TEMPLATE",
     "TASKS",
@@ -49,19 +52,9 @@ __all__ = [
 
 SPECIAL_TOKENS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
-# ChatML, with the assistant turn wrapped in {% generation %} so that TRL's `assistant_only_loss=True`
-# and `return_assistant_tokens_mask=True` know which tokens the model produced.
-CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\n' }}"
-    "{%- if message['role'] == 'assistant' %}"
-    "{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}{{- '\n' }}"
-    "{%- else %}"
-    "{{- message['content'] + '<|im_end|>\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
-)
+# ChatML with {% generation %} markers (TRL's `assistant_only_loss=True` needs them): the template
+# hf-compress gives students, so the tiny models and the students it trains speak the same format.
+CHAT_TEMPLATE = EMBEDDED_CHAT_TEMPLATE
 
 
 def _tokenizer_corpus() -> list[str]:
@@ -293,9 +286,6 @@ def make_task_dataset(
 # Answers and rewards (TRL reward-function signature: completions + dataset columns as keyword arguments)
 # ----------------------------------------------------------------------------------------------------------
 
-_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-
 
 def _completion_text(completion) -> str:
     """TRL passes plain strings for standard prompts and message lists for conversational ones."""
@@ -304,10 +294,8 @@ def _completion_text(completion) -> str:
     return "".join(message.get("content") or "" for message in completion)
 
 
-def extract_final_answer(text: str) -> str | None:
-    """The last `\\boxed{...}` or `<answer>...</answer>` content in the text, stripped; None if absent."""
-    matches = [(m.start(), m.group(1)) for pattern in (_BOXED, _ANSWER_TAG) for m in pattern.finditer(text)]
-    return max(matches)[1].strip() if matches else None
+# The last `\\boxed{...}` or `<answer>...</answer>` content in a text, stripped; None if absent.
+extract_final_answer = extract_answer
 
 
 def _same_number(predicted: str | None, gold: str) -> bool:
@@ -323,6 +311,7 @@ def arithmetic_reward(completions, answer, **kwargs) -> list[float]:
 
 
 _EXPRESSION = re.compile(r"^[\d+\-*/() .]+$")
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
 def _countdown_score(text: str, numbers: list[int], target: int) -> float:
