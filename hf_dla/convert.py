@@ -89,8 +89,9 @@ def convert_mamba2(
         model_or_path: the Mamba-2 model, or where `Mamba2ForCausalLM.from_pretrained` finds it.
         memory, max_states: the DLA memory (`"dla"`, `"loglinear"` or `"vanilla"`) and its slot count.
         output_dir: if given, save the converted model there (with `auto_map`, loadable with
-            `trust_remote_code=True`) together with the tokenizer.
-        tokenizer: saved with the model; by default loaded from `model_or_path` (or the model's `name_or_path`).
+            `trust_remote_code=True`) together with the tokenizer, when there is one (else a warning says so).
+        tokenizer: saved with the model; by default the one next to `model_or_path` (or the model's `name_or_path`),
+            if that folder or repo has tokenizer files.
         config_overrides: other `DLAConfig` fields (e.g. `backend="triton"`, `chunk_size=64`).
     """
     if isinstance(model_or_path, (str, os.PathLike)):
@@ -118,9 +119,15 @@ def convert_mamba2(
         model.save_pretrained(output_dir)
         tokenizer = tokenizer or _find_tokenizer(model_or_path, source)
         if tokenizer is None:
-            logger.warning("No tokenizer found for %s; saved the model alone in %s.", source.name_or_path, output_dir)
+            logger.warning(
+                "No tokenizer found for %s (no tokenizer files there); saved the model alone in %s. "
+                "Pass tokenizer= to save one with it.",
+                source.name_or_path,
+                output_dir,
+            )
         else:
             tokenizer.save_pretrained(output_dir)
+            logger.info("Saved the tokenizer (%s) with the model in %s.", type(tokenizer).__name__, output_dir)
     return model
 
 
@@ -134,9 +141,17 @@ def _find_tokenizer(model_or_path, source) -> PreTrainedTokenizerBase | None:
     if not location:
         return None
     try:
-        return AutoTokenizer.from_pretrained(location)
+        tokenizer = AutoTokenizer.from_pretrained(location)
     except (OSError, ValueError):
         return None
+    return tokenizer if _has_vocabulary(tokenizer) else None
+
+
+def _has_vocabulary(tokenizer: PreTrainedTokenizerBase) -> bool:
+    # From a folder with no tokenizer files, AutoTokenizer builds the model type's tokenizer class from its defaults
+    # (Mamba-2: a GPT-NeoX tokenizer holding its 2 special tokens, which encodes any text as []): not the source's.
+    beyond_specials = len(tokenizer.get_vocab()) > len(set(tokenizer.all_special_tokens))
+    return beyond_specials and len(tokenizer("hello world 12", add_special_tokens=False)["input_ids"]) > 0
 
 
 # ----------------------------------------------------------------------------------------------------------

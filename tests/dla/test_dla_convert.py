@@ -2,6 +2,8 @@
 embeddings) becomes a DLAForCausalLM with the same logits, saved with its tokenizer; a Qwen3-Next Gated
 DeltaNet layer maps onto DLA's mixer; the fine-tuning recipes of docs/hf_dla.md (memory only, LoRA) attach."""
 
+import logging
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -19,6 +21,7 @@ MAMBA2_CONFIGS = [  # small, but every field the conversion reads takes a non-de
     dict(hidden_size=16, num_heads=8, head_dim=4, state_size=4, n_groups=4, num_hidden_layers=3,
          time_step_limit=(0.0, 0.3), hidden_act="silu", tie_word_embeddings=False),
 ]  # fmt: skip
+TOKENIZER_FILE_PREFIXES = ("tokenizer", "special_tokens_map", "vocab", "merges", "added_tokens", "chat_template")
 
 
 def random_mamba2(seed, vocab_size=48, **settings):
@@ -67,13 +70,28 @@ def test_convert_from_a_folder_saves_model_and_tokenizer(tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "dla").eval()
     assert isinstance(loaded, hf_dla.DLAForCausalLM) and loaded.config.max_states == 4
     reloaded_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "dla")
-    ids = reloaded_tokenizer(["12 + 7 = 19", "3 * 4"], return_tensors="pt", padding=True)
+    texts = ["12 + 7 = 19", "3 * 4", "hello world 12"]
+    ids = reloaded_tokenizer(texts[:2], return_tensors="pt", padding=True)
     assert reloaded_tokenizer.get_vocab() == tokenizer.get_vocab()
+    assert reloaded_tokenizer(texts)["input_ids"] == tokenizer(texts)["input_ids"]
     with torch.no_grad():
         expected = source(**ids).logits
         got = loaded(**ids).logits
     real = ids["attention_mask"].bool()
     torch.testing.assert_close(got[real], expected[real], atol=1e-4, rtol=1e-4)
+
+
+def test_convert_from_a_folder_without_a_tokenizer_saves_none_and_says_so(tmp_path, caplog):
+    """AutoTokenizer would build Mamba-2's tokenizer class from its defaults there (2 tokens, every text -> [])."""
+    source = random_mamba2(3, **MAMBA2_CONFIGS[0])
+    source.save_pretrained(tmp_path / "mamba2")
+    with caplog.at_level(logging.WARNING, logger="hf_dla.convert"):
+        hf_dla.convert_mamba2(str(tmp_path / "mamba2"), memory="dla", max_states=4, output_dir=tmp_path / "dla")
+    saved = sorted(path.name for path in (tmp_path / "dla").iterdir())
+    assert not [name for name in saved if name.startswith(TOKENIZER_FILE_PREFIXES)], saved
+    assert "model.safetensors" in saved and "config.json" in saved
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert any("No tokenizer found" in message and "saved the model alone" in message for message in warnings)
 
 
 def test_unsupported_sources_are_named():
