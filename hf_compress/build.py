@@ -26,6 +26,7 @@ from .stages import (
     quiet_datasets_progress,
     require_columns,
     save_stage,
+    stage_output_lock,
 )
 from .verify import answer_span
 
@@ -105,9 +106,14 @@ def build(
     **push_kwargs,
 ) -> DatasetDict:
     """A `DatasetDict` with one split per variant (columns `messages`, `problem`, `answer`, `variant`,
-    `num_tokens`), saved to `output_dir` with a dataset card (README.md) of statistics, and pushed to the Hub
-    as one config per variant when `push_to_hub` names a repository (`push_kwargs` pass through to
-    `Dataset.push_to_hub`)."""
+    `num_tokens`), saved to `output_dir` with a dataset card (README.md) of statistics.
+
+    When `push_to_hub` names a dataset repo, access to it is checked first, before any work
+    (`hf_compress.hub.check_push_access`: token, permission, repo created if missing), and the variants are pushed
+    once saved: one config per variant with a `train` split (`datasets.load_dataset(repo, "compressed")`), and the
+    card with the pipeline statistics. `push_kwargs` (`token`, `private`, ...) pass through to
+    `Dataset.push_to_hub`. A failed push keeps the saved build (rerunning reuses it and pushes again); pushing an
+    unchanged build again makes no commit."""
     variants = tuple(variants)
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown or not variants:
@@ -117,42 +123,40 @@ def build(
         needed += ["compressed", "compressed_correct", "compressed_tokens"]
     require_columns(dataset, needed, "build", hint="Run `compress` first for the compressed and truncated variants.")
     check_stage_input(dataset, output_dir, "build")
+    if push_to_hub:  # before any work: a build that cannot be published fails now, not after it
+        from .hub import check_push_access
+
+        push_to_hub = check_push_access(push_to_hub, "dataset", token=push_kwargs.get("token"),
+                                        private=push_kwargs.get("private"))
     tokenizer = load_tokenizer(tokenizer)
     arguments = {"variants": list(variants), "tokenizer": getattr(tokenizer, "name_or_path", ""),
                  "columns": [problem_column, answer_column, completion_column]}
     fingerprint = dataset_fingerprint(dataset, {"stage": "build", **arguments})
 
-    built = None
-    if output_dir is not None:
-        prepare_output_folder(output_dir, "build", overwrite)
-        if load_finished_stage(output_dir, "build", fingerprint, arguments) is not None:
-            built = load_variants(output_dir)
-    if built is None:
-        with quiet_datasets_progress():
-            rows = select_training_rows(dataset, variants)
-            if len(rows) == 0:
-                raise ValueError("No row is left to train on: none is verified correct (with its answer kept "
-                                 "after compression). Check the verify and compress statistics.")
-            columns = {"problem": problem_column, "answer": answer_column, "completion": completion_column}
-            built = DatasetDict({v: build_variant(rows, v, tokenizer, columns) for v in variants})
+    with stage_output_lock(dataset, output_dir, "build"):  # one run per output folder, for as long as it runs
+        built = None
         if output_dir is not None:
-            built = save_stage(built, output_dir, stage="build", fingerprint=fingerprint, arguments=arguments,
-                               stats=variant_statistics(built), input_folder=dataset_folder(dataset),
-                               extra_files={"README.md": dataset_card(built, pipeline_records(dataset))})
+            prepare_output_folder(output_dir, "build", overwrite)
+            if load_finished_stage(output_dir, "build", fingerprint, arguments) is not None:
+                built = load_variants(output_dir)
+        if built is None:
+            with quiet_datasets_progress():
+                rows = select_training_rows(dataset, variants)
+                if len(rows) == 0:
+                    raise ValueError("No row is left to train on: none is verified correct (with its answer kept "
+                                     "after compression). Check the verify and compress statistics.")
+                columns = {"problem": problem_column, "answer": answer_column, "completion": completion_column}
+                built = DatasetDict({v: build_variant(rows, v, tokenizer, columns) for v in variants})
+            if output_dir is not None:
+                built = save_stage(built, output_dir, stage="build", fingerprint=fingerprint, arguments=arguments,
+                                   stats=variant_statistics(built), input_folder=dataset_folder(dataset),
+                                   extra_files={"README.md": dataset_card(built, pipeline_records(dataset))})
     if push_to_hub:
-        for variant, split in built.items():
-            split.push_to_hub(push_to_hub, config_name=variant, split="train", **push_kwargs)
-        _push_card_text(push_to_hub, dataset_card(built, pipeline_records(dataset)), push_kwargs.get("token"))
+        from .hub import push_variants
+
+        card = dataset_card(built, pipeline_records(dataset), repo_id=push_to_hub)
+        push_variants(built, push_to_hub, card.split("---\n", 2)[2], output_dir=output_dir, **push_kwargs)
     return built
-
-
-def _push_card_text(repo_id: str, card: str, token: str | None) -> None:
-    """Replace the text of the card `datasets` pushed, keeping its metadata (the `configs` it lists)."""
-    from huggingface_hub import DatasetCard
-
-    pushed = DatasetCard.load(repo_id, token=token)
-    pushed.text = card.split("---\n", 2)[2]  # our body, without our own metadata header
-    pushed.push_to_hub(repo_id, token=token)
 
 
 def load_variants(folder: str) -> DatasetDict:
@@ -193,14 +197,64 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def dataset_card(built: DatasetDict, upstream: list[dict]) -> str:
+# What each variant's assistant turn holds, for the dataset card.
+VARIANT_TARGETS = {
+    "raw": "the teacher's verified trace, as generated",
+    "compressed": "the compressor's rewrite of that trace (final answer re-verified)",
+    "answer_only": "the final-answer marker alone",
+    "truncated": "the raw trace cut to the compressed version's token length, final answer kept (length control)",
+}
+
+
+def pipeline_figures(upstream: list[dict]) -> list[tuple[str, str]]:
+    """The headline figures of the stage records `build`'s input came from: teacher traces, pass rate, answers kept
+    after compression, token and character ratios (as (label, formatted value); those not recorded are left out)."""
+    stats = {r["stage"]: r.get("stats", {}) for r in upstream}
+    wanted = [
+        ("generate", "traces", "teacher traces"),
+        ("generate", "mean_tokens", "mean trace tokens"),
+        ("generate", "truncated_fraction", "traces cut by the token cap"),
+        ("verify", "pass_rate", "pass rate (traces verified correct)"),
+        ("verify", "mean_problem_pass_rate", "mean per-problem pass rate"),
+        ("verify", "problems_solved", "problems solved at least once"),
+        ("compress", "answer_kept_fraction", "answer kept after compression"),
+        ("compress", "token_ratio", "token ratio (compressed / raw, answer kept)"),
+        ("compress", "char_ratio", "char ratio (compressed / raw, answer kept)"),
+    ]
+    return [(label, _fmt(stats[stage][key])) for stage, key, label in wanted
+            if isinstance(stats.get(stage, {}).get(key), (int, float))]
+
+
+def dataset_card(built: DatasetDict, upstream: list[dict], repo_id: str | None = None) -> str:
+    """The README.md of a build: what each variant (config, when pushed) holds, how to load it, the pipeline's
+    statistics (pass rate, answers kept, token and char ratios) and the per-variant token table."""
     teacher = next((r["arguments"].get("teacher", {}) for r in upstream if r["stage"] == "generate"), {})
     compressor = next((r["arguments"].get("compressor") for r in upstream if r["stage"] == "compress"), None)
+    stats = variant_statistics(built)
+    configs = ["| config | assistant target | rows | mean tokens |", "|---|---|---:|---:|"]
+    configs += [f"| `{v}` | {VARIANT_TARGETS[v]} | {s['rows']} | {s['mean_tokens']:.1f} |" for v, s in stats.items()]
+    example = next((v for v in ("compressed", *built) if v in built), "raw")
+    if repo_id:
+        loading = ("```python\nfrom datasets import load_dataset\n\n"
+                   f"data = load_dataset(\"{repo_id}\", \"{example}\", split=\"train\")  # one config per variant\n```")
+    else:
+        loading = ("```python\nfrom hf_compress import load_variants\n\n"
+                   f"data = load_variants(\"<this folder>\")[{example!r}]  # or datasets.load_from_disk(\"<this "
+                   f"folder>/{example}\")\n```\n\n`hf-compress build --push_to_hub user/name` publishes one config "
+                   "per variant.")
+    figures = pipeline_figures(upstream)
+    pipeline = (["| figure | value |", "|---|---:|"] + [f"| {label} | {value} |" for label, value in figures]
+                if figures else ["No stage records were found with the input (it did not come from `hf-compress` "
+                                 "stage folders)."])
     return (
-        "---\ntags:\n- hf-compress\n- sft\n---\n\n"
+        "---\ntags:\n- hf-compress\n- compress-distill\n- sft\n---\n\n"
         "# Compress-Distill SFT variants\n\n"
         "Built with `hf_compress` (teacher traces -> verify -> compress -> build). Each variant holds the same "
         "problems, with a different assistant target, in `messages` form.\n\n"
         f"- teacher: `{teacher.get('model', 'unknown')}`\n- compressor: `{compressor or 'none'}`\n\n"
-        "## Statistics\n\n" + statistics_table(variant_statistics(built), upstream) + "\n"
+        "## Configs\n\n" + "\n".join(configs) + "\n\n"
+        "Columns: `messages` (user problem, assistant target), `problem`, `answer` (gold), `variant`, `num_tokens` "
+        "(assistant target tokens).\n\n" + loading + "\n\n"
+        "## Pipeline statistics\n\n" + "\n".join(pipeline) + "\n\n"
+        "## Stage records and tokens per variant\n\n" + statistics_table(stats, upstream) + "\n"
     )
