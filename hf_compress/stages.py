@@ -470,7 +470,7 @@ def lock_paths(output_dir: str) -> tuple[str, str]:
     """(lock file, holder file) of an output folder. Both sit next to the folder, not in it, so that the folder holds
     only its results (and `overwrite` can empty it while the lock is held): `out/.generate.hf-compress.lock` (left
     in place, empty, after the run) and `out/.generate.hf-compress.holder.json` (who holds it; removed at the end)."""
-    folder = os.path.abspath(output_dir)
+    folder = os.path.realpath(output_dir)  # one lock whichever path (a link, `..`) names the folder
     parent, name = os.path.dirname(folder), os.path.basename(folder)
     return os.path.join(parent, f".{name}.hf-compress.lock"), os.path.join(parent, f".{name}.hf-compress.holder.json")
 

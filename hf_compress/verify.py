@@ -154,8 +154,8 @@ def _run_until_deadline(function, args: tuple, timeout_seconds: float):
             signal.setitimer(signal.ITIMER_REAL, 0)
     except _DeadlinePassed:
         raise TimeoutError(f"{function.__name__} did not finish within {timeout_seconds}s") from None
-    finally:
-        signal.signal(signal.SIGALRM, previous_handler)
+    finally:  # (a handler installed from C reads as None: the default is the closest Python can put back)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if previous_handler is None else previous_handler)
         if previous_delay:
             left = max(previous_delay - (time.monotonic() - started), 1e-3)
             signal.setitimer(signal.ITIMER_REAL, left, previous_interval)

@@ -10,10 +10,12 @@ import threading
 import time
 
 import pytest
+import yaml
 from datasets import Dataset, load_from_disk
 
 from hf_compress.backends import OpenAIBackend, SamplingConfig
 from hf_compress.build import build
+from hf_compress.cli import main
 from hf_compress.compress import ExtractiveCompressor, compress
 from hf_compress.generate import generate
 from hf_compress.stages import OutputFolderInUseError, lock_paths, output_lock
@@ -101,6 +103,21 @@ def test_nested_use_in_one_thread_reenters_and_a_stale_lock_file_does_not_block(
         assert json.load(open(holder_file))["pid"] == os.getpid()
         assert list(verify(traces, output_dir=output)["correct"]) == [True]  # the stage re-enters the lock
     assert not os.path.exists(holder_file)
+
+
+def test_hf_compress_run_locks_its_output_dir_as_a_whole(teacher_server, tmp_path, capsys):
+    problems().save_to_disk(str(tmp_path / "problems"))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "output_dir": str(tmp_path / "pipeline"), "input": str(tmp_path / "problems"),
+        "generate": {"backend": "openai", "model": "teacher", "base_url": teacher_server.base_url},
+    }))
+    with HeldElsewhere(str(tmp_path / "pipeline")), pytest.raises(SystemExit) as exit_info:
+        main(["run", str(recipe)])
+    assert exit_info.value.code == 2 and f"the output folder {tmp_path / 'pipeline'} is in use by" in capsys.readouterr().err
+    assert teacher_server.behaviour.requests == 0 and not os.path.exists(tmp_path / "pipeline")
+    main(["run", str(recipe)])
+    assert len(load_from_disk(str(tmp_path / "pipeline" / "generate"))) == 4
 
 
 # ----------------------------------------------------------------------------------------------------------
