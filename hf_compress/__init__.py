@@ -10,49 +10,63 @@ Stages, each a function over a `datasets.Dataset` and an `hf-compress` subcomman
     >>> shorter = compress(checked, ExtractiveCompressor(), tokenizer="Qwen/Qwen3-4B")
     >>> variants = build(shorter, tokenizer="Qwen/Qwen3-4B", output_dir="runs/sft_data")
 
-The stage functions are imported here eagerly, so `hf_compress.generate` is the function even after its
-module has been imported (a lazy attribute would be shadowed by the submodule of the same name).
+The names below are imported when first used, so that `import hf_compress` (and `hf-compress --help`, `hf-compress
+report`) does not load datasets, math-verify or torch. `hf_compress.generate`, `.verify`, `.compress` and `.build`
+are the stage functions, also after their modules have been imported (the import system would otherwise set the
+package's attribute of that name to the submodule).
 """
 
-from .backends import (
-    BackendConfig,
-    Generation,
-    OpenAIBackend,
-    SamplingConfig,
-    TeacherBackend,
-    TeacherError,
-    TeacherRequestError,
-    TeacherUnavailableError,
-    TransformersBackend,
-    VLLMBackend,
-)
-from .build import VARIANTS, build, load_variants
-from .compress import COMPRESSION_PROMPTS, Compressor, ExtractiveCompressor, LLMCompressor, compress
-from .generate import generate
-from .verify import check_countdown, check_math, extract_answer, verify
+import importlib
+import sys
+import types
 
-__all__ = [
-    "BackendConfig",
-    "COMPRESSION_PROMPTS",
-    "Compressor",
-    "ExtractiveCompressor",
-    "Generation",
-    "LLMCompressor",
-    "OpenAIBackend",
-    "SamplingConfig",
-    "TeacherBackend",
-    "TeacherError",
-    "TeacherRequestError",
-    "TeacherUnavailableError",
-    "TransformersBackend",
-    "VARIANTS",
-    "VLLMBackend",
-    "build",
-    "check_countdown",
-    "check_math",
-    "compress",
-    "extract_answer",
-    "generate",
-    "load_variants",
-    "verify",
-]
+# name -> the submodule that defines it
+_EXPORTS = {
+    "BackendConfig": "backends",
+    "Generation": "backends",
+    "OpenAIBackend": "backends",
+    "SamplingConfig": "backends",
+    "TeacherBackend": "backends",
+    "TeacherError": "backends",
+    "TeacherRequestError": "backends",
+    "TeacherUnavailableError": "backends",
+    "TransformersBackend": "backends",
+    "VLLMBackend": "backends",
+    "VARIANTS": "build",
+    "build": "build",
+    "load_variants": "build",
+    "COMPRESSION_PROMPTS": "compress",
+    "Compressor": "compress",
+    "ExtractiveCompressor": "compress",
+    "LLMCompressor": "compress",
+    "compress": "compress",
+    "generate": "generate",
+    "check_countdown": "verify",
+    "check_math": "verify",
+    "extract_answer": "verify",
+    "verify": "verify",
+}
+# Stage functions named like the module that defines them.
+_SHADOWED = {name for name, module in _EXPORTS.items() if name == module}
+
+__all__ = sorted(_EXPORTS)
+
+
+class _Package(types.ModuleType):
+    def __getattr__(self, name: str):
+        if name not in _EXPORTS:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        types.ModuleType.__setattr__(self, name, value)
+        return value
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
+            value = getattr(value, name)  # importing the submodule keeps the stage function here
+        super().__setattr__(name, value)
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(_EXPORTS))
+
+
+sys.modules[__name__].__class__ = _Package

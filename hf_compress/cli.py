@@ -9,575 +9,55 @@
     hf-compress eval     --model runs/c/students/compressed --input test_problems/
     hf-compress report   runs/c/students/raw runs/c/students/compressed --output runs/c/report
 
-Adding a subcommand is one `register(name, help, add_arguments, run)` call. A stage that reads `--input`
-and writes `--output` can also be appended to `PIPELINE`, and `run` will chain it (its recipe section holds
-its other arguments, by their argparse names, parsed by the stage's own parser).
+One argument system: a subcommand's options are the fields of its dataclasses (`hf_compress.arguments`,
+`hf_compress.backends.BackendConfig` / `SamplingConfig`), parsed by TRL's `TrlParser` (an `HfArgumentParser`) from
+the command line, or built from a recipe section with `parse_dict` (`hf_compress.recipe`); the dataclasses check
+their values themselves. Option names are exact (no prefix matching) and a typo gets a "did you mean". Only
+`report` parses with plain argparse: it reads JSON files and must start without TRL, torch or transformers.
+
+Adding a subcommand is one `register(name, help, run, arguments=(...))` call. A stage that reads `--input` and
+writes `--output` (its first dataclass is `StageIO`) can also be appended to `PIPELINE`, and `run` will chain it.
 
 Errors print one line (exit code 2: the command, recipe or inputs are wrong; 1: a failure while running);
-`hf-compress --debug <command> ...` shows the traceback.
+`hf-compress --debug <command> ...` shows the traceback. Only the parser of the subcommand that runs is built,
+and each imports what it needs when it runs, so `--help` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
-import hashlib
-import importlib
-import importlib.util
-import inspect
-import json
+import difflib
+import functools
 import os
-import shutil
+import re
 import sys
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import yaml
+from .arguments import (
+    BuildArguments,
+    CompressArguments,
+    EvalArguments,
+    GenerateArguments,
+    StageIO,
+    TaskArguments,
+    TraceColumns,
+    UsageError,
+    VerifyArguments,
+    check_local_path,
+    coerce_values,
+)
+from .backends.config import BackendConfig, SamplingConfig
 
-
-@dataclass
-class Subcommand:
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], object]
-
-
-SUBCOMMANDS: dict[str, Subcommand] = {}
 # Stages `run` chains, in order, each reading the previous one's output folder.
 PIPELINE: list[str] = ["generate", "verify", "compress", "build"]
 
 
-def register(name: str, help: str, add_arguments: Callable, run: Callable) -> None:
-    SUBCOMMANDS[name] = Subcommand(help, add_arguments, run)
-
-
-def add_dataclass_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
-    """One `--field` option per dataclass field, with its default and its `help` metadata."""
-    hints = typing.get_type_hints(config_class)
-    for f in dataclasses.fields(config_class):
-        kind = hints[f.name]
-        scalar = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # `X | None` -> X
-        if scalar is bool:
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default,
-                                help=f.metadata.get("help"))
-        else:
-            parser.add_argument(f"--{f.name}", type=scalar, default=f.default, choices=f.metadata.get("choices"),
-                                nargs=f.metadata.get("nargs"), help=f.metadata.get("help"))
-
-
-def dataclass_from_args(config_class: type, args: argparse.Namespace):
-    return config_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)})
-
-
-def add_io_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, help="A `datasets` folder (save_to_disk) or a Hub dataset id.")
-    parser.add_argument("--split", default="train", help="Split to read when the input has several.")
-    parser.add_argument("--output", required=True, help="Folder to write the stage's `datasets` output to.")
-    parser.add_argument("--overwrite", action="store_true", help="Discard an output folder from other arguments.")
-
-
-def add_task_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", default="auto", choices=["auto", "math", "countdown"],
-                        help="How answers are checked; auto: Countdown rules for rows with `numbers` and `target`, "
-                             "math-verify (with exact and numeric fallbacks) for the others.")
-
-
-def add_trace_column_arguments(parser: argparse.ArgumentParser) -> None:
-    """The columns that verify, compress and build read: the trace, its gold answer and its problem."""
-    parser.add_argument("--completion_column", default="generation", help="Column holding the teacher trace.")
-    parser.add_argument("--answer_column", default="answer", help="Column holding the gold final answer.")
-    parser.add_argument("--problem_column", default="problem", help="Column holding the problem text.")
-
-
 # ----------------------------------------------------------------------------------------------------------
-# Stages
+# Parsers: exact option names, one-line errors with a "did you mean"
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _add_generate(parser):
-    from .backends import BackendConfig, SamplingConfig
-
-    add_io_arguments(parser)
-    add_dataclass_arguments(parser, BackendConfig)
-    add_dataclass_arguments(parser, SamplingConfig)
-    parser.add_argument("--problem_column", default="problem", help="Column holding the problem text.")
-    parser.add_argument("--answer_column", default="answer", help="Column holding the gold final answer.")
-    parser.add_argument("--system_prompt", default=None, help="System message of every prompt (default: none).")
-    parser.add_argument("--prompt_template", default="{problem}", help="User message; must contain {problem}.")
-    parser.add_argument("--shard_size", type=int, default=256, help="Problems per saved shard (resume unit).")
-    parser.add_argument("--problems_per_call", type=int, default=64, help="Problems sent to the backend at once.")
-
-
-def _run_generate(args):
-    from .backends import BackendConfig, SamplingConfig
-    from .generate import generate
-    from .stages import load_input
-
-    return generate(
-        load_input(args.input, args.split),
-        dataclass_from_args(BackendConfig, args),  # built only if generation remains to be done
-        dataclass_from_args(SamplingConfig, args),
-        output_dir=args.output,
-        problem_column=args.problem_column,
-        answer_column=args.answer_column,
-        system_prompt=args.system_prompt,
-        prompt_template=args.prompt_template,
-        shard_size=args.shard_size,
-        batch_size=args.problems_per_call,
-        overwrite=args.overwrite,
-    )
-
-
-register("generate", "Sample teacher traces (n per problem), resumably.", _add_generate, _run_generate)
-
-
-def _add_verify(parser):
-    add_io_arguments(parser)
-    add_task_argument(parser)
-    add_trace_column_arguments(parser)
-    parser.add_argument("--keep_only_correct", action="store_true", help="Drop incorrect traces (after pass rates).")
-    parser.add_argument("--timeout_seconds", type=int, default=5, help="math-verify deadline per parse/compare.")
-    parser.add_argument("--shard_size", type=int, default=2048, help="Traces per saved shard (resume unit).")
-
-
-def _run_verify(args):
-    from .stages import load_input
-    from .verify import verify
-
-    return verify(
-        load_input(args.input, args.split),
-        task=args.task,
-        completion_column=args.completion_column,
-        answer_column=args.answer_column,
-        problem_column=args.problem_column,
-        keep_only_correct=args.keep_only_correct,
-        timeout_seconds=args.timeout_seconds,
-        output_dir=args.output,
-        shard_size=args.shard_size,
-        overwrite=args.overwrite,
-    )
-
-
-register("verify", "Mark correct traces (math-verify, exact, numeric, Countdown) and per-problem pass rates.",
-         _add_verify, _run_verify)
-
-
-def _add_compress(parser):
-    from .backends import BackendConfig
-
-    add_io_arguments(parser)
-    parser.add_argument("--compressor", default="extractive", choices=["extractive", "llm"],
-                        help="extractive: keep each sentence's equations and the final answer (no model); llm: "
-                             "rewrite with --model.")
-    parser.add_argument("--prompt_version", default="v1", help="llm: key of COMPRESSION_PROMPTS.")
-    parser.add_argument("--temperature", type=float, default=0.0, help="llm: sampling temperature.")
-    parser.add_argument("--max_new_tokens", type=int, default=1024, help="llm: cap on the rewrite's tokens.")
-    add_dataclass_arguments(parser, BackendConfig)  # llm: the compressor model; --tokenizer also counts tokens
-    add_task_argument(parser)
-    add_trace_column_arguments(parser)
-    parser.add_argument("--shard_size", type=int, default=256, help="Traces per saved shard (resume unit).")
-    parser.add_argument("--problems_per_call", type=int, default=64, help="llm: traces sent to the backend at once.")
-
-
-def _run_compress(args):
-    from .backends import BackendConfig, SamplingConfig
-    from .compress import ExtractiveCompressor, LLMCompressor, compress
-    from .stages import load_input
-
-    tokenizer = args.tokenizer or args.model
-    if not tokenizer:
-        raise ValueError("compress counts tokens: pass --tokenizer (or --model, whose tokenizer is then used).")
-    if args.compressor == "llm":
-        sampling = SamplingConfig(n=1, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
-        compressor = LLMCompressor(dataclass_from_args(BackendConfig, args), args.prompt_version, sampling=sampling)
-    else:
-        compressor = ExtractiveCompressor()
-    return compress(
-        load_input(args.input, args.split),
-        compressor,
-        tokenizer,
-        task=args.task,
-        completion_column=args.completion_column,
-        problem_column=args.problem_column,
-        answer_column=args.answer_column,
-        output_dir=args.output,
-        shard_size=args.shard_size,
-        batch_size=args.problems_per_call,
-        overwrite=args.overwrite,
-    )
-
-
-register("compress", "Rewrite traces shorter (LLM or extractive) and check that the answer survived.",
-         _add_compress, _run_compress)
-
-
-def _add_build(parser):
-    from .build import VARIANTS
-
-    add_io_arguments(parser)
-    parser.add_argument("--tokenizer", required=True, help="Tokenizer counting tokens (and cutting `truncated`).")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
-                        help="Variants to write, one split each.")
-    add_trace_column_arguments(parser)
-    parser.add_argument("--push_to_hub", default=None, help="Hub dataset repo to push the variants to (configs).")
-
-
-def _run_build(args):
-    from .build import build, statistics_table, variant_statistics
-    from .stages import load_input, pipeline_records
-
-    dataset = load_input(args.input, args.split)
-    built = build(
-        dataset,
-        args.tokenizer,
-        variants=args.variants,
-        problem_column=args.problem_column,
-        answer_column=args.answer_column,
-        completion_column=args.completion_column,
-        output_dir=args.output,
-        push_to_hub=args.push_to_hub,
-        overwrite=args.overwrite,
-    )
-    print(statistics_table(variant_statistics(built), pipeline_records(dataset)))
-    return built
-
-
-register("build", "Write the SFT variants (raw, compressed, answer_only, truncated) in messages form.",
-         _add_build, _run_build)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Students: sft, eval, report
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _add_sft(parser):
-    parser.add_argument("recipe", help="YAML recipe of trl.SFTConfig + trl.ModelConfig + CompressSFTArguments fields.")
-    parser.add_argument("overrides", nargs=argparse.REMAINDER,
-                        help="Any recipe field as `--name value` (`hf-compress sft RECIPE --help` lists them).")
-
-
-def _run_sft(args):
-    from .sft import parse_sft_cli, run_sft
-
-    summary = run_sft(*parse_sft_cli(["--config", args.recipe, *args.overrides]))
-    print(yaml.safe_dump(summary, sort_keys=False))
-    return summary
-
-
-register("sft", "Train a student on one variant with TRL's SFTTrainer (checked assistant masks, packing).",
-         _add_sft, _run_sft)
-
-
-def _add_eval(parser):
-    parser.add_argument("--model", required=True, help="Trained student folder (full weights or LoRA adapter).")
-    parser.add_argument("--input", required=True, help="Eval set with gold answers: `datasets` folder or Hub id.")
-    parser.add_argument("--split", default="test", help="Split to read when the input has several.")
-    parser.add_argument("--output", default=None, help="Where eval.json and eval_table/ go (default: --model).")
-    parser.add_argument("--max_new_tokens", type=int, default=8192, help="Token cap per completion.")
-    parser.add_argument("--batch_size", type=int, default=32, help="Prompts per generate call.")
-    add_task_argument(parser)
-    parser.add_argument("--answer_column", default="answer", help="Column holding the gold final answer.")
-    parser.add_argument(
-        "--trust_remote_code", action="store_true", help="Load a student whose modeling code is saved with it (hf_dla)."
-    )
-
-
-def _run_eval(args):
-    from .evaluate import evaluate_student, save_evaluation
-    from .stages import load_input
-
-    summary, table = evaluate_student(
-        args.model,
-        load_input(args.input, args.split),
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        task=args.task,
-        answer_column=args.answer_column,
-        trust_remote_code=args.trust_remote_code,
-    )
-    save_evaluation(summary, table, args.output or args.model)
-    print(yaml.safe_dump(summary, sort_keys=False))
-    return summary
-
-
-register("eval", "Greedy accuracy and output length of a trained student (token cap, batched).", _add_eval, _run_eval)
-
-
-def _add_report(parser):
-    parser.add_argument("students", nargs="+", help="Student folders, each with compress_sft.json and eval.json.")
-    parser.add_argument("--output", required=True, help="Folder for report.md, comparison.json and the plot.")
-    parser.add_argument("--baseline", default="raw", help="Variant the ratios are relative to.")
-
-
-def _run_report(args):
-    from .report import load_runs, write_report
-
-    table, markdown = write_report(load_runs(args.students), args.output, baseline=args.baseline)
-    print(markdown)
-    return table
-
-
-register("report", "Compare students across variants: accuracy and costs as ratios to raw, plus a plot.",
-         _add_report, _run_report)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# run: chain the stages from a YAML recipe
-# ----------------------------------------------------------------------------------------------------------
-
-
-class UsageError(ValueError):
-    """A command line or recipe that cannot work: reported in one line, exit code 2."""
-
-
-class _RaisingParser(argparse.ArgumentParser):
-    """A stage's parser for recipe values: a bad value raises (naming the recipe section) instead of exiting."""
-
-    def __init__(self, *args, where: str, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.where = where
-
-    def error(self, message):
-        raise UsageError(f"{self.where}: {message}")
-
-
-RECIPE_KEYS = ("output_dir", "input", "split", "input_builder", "input_builder_kwargs")
-CHAIN_KEYS = ("input", "output", "split")  # set by `run` itself, from the recipe's top level and the stage order
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-
-
-def _add_run(parser):
-    parser.add_argument("recipe", help="YAML recipe: `output_dir`, an input, and one section per stage to run.")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="Recipe values to override, dotted for stage sections: `generate.n=1 output_dir=runs/x`.")
-    parser.add_argument("--dry_run", action="store_true", help="Check the recipe and print each stage's arguments.")
-
-
-def as_bool(value, where: str) -> bool:
-    """YAML booleans, and the strings a user may quote (`"false"`), as a bool; anything else is an error."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-        return value.strip().lower() in _TRUE
-    raise UsageError(f"{where}: expected true or false, got {value!r}.")
-
-
-def section_argv(parser: argparse.ArgumentParser, section: dict, where: str) -> list[str]:
-    """A recipe section as the command line that says the same, so the stage's parser checks types and choices."""
-    actions = {action.dest: action for action in parser._actions}
-    argv = []
-    for key, value in section.items():
-        action, option = actions[key], actions[key].option_strings[0]
-        if value is None:
-            continue  # set after parsing: null keeps an option unset
-        if action.nargs == 0:  # a flag: store_true or --x/--no-x
-            flag = as_bool(value, f"{where}, `{key}`")
-            if isinstance(action, argparse.BooleanOptionalAction):
-                argv.append(option if flag else f"--no-{key}")
-            elif flag:
-                argv.append(option)
-        elif action.nargs in ("+", "*"):
-            argv += [option, *(str(v) for v in (value if isinstance(value, list) else [value]))]
-        elif isinstance(value, (list, dict)):
-            raise UsageError(f"{where}, `{key}`: expected a single value, got {value!r}.")
-        else:
-            argv.append(f"{option}={value}")
-    return argv
-
-
-def stage_namespace(name: str, section: dict, input_path: str, output_path: str, where: str = "") -> argparse.Namespace:
-    """The namespace `hf-compress <name>` would parse from the recipe section's values, given as its command line
-    (same types, choices and booleans); a bad value raises `UsageError` naming the section and the key."""
-    where = where or f"the recipe's `{name}` section"
-    if not isinstance(section, dict):
-        raise UsageError(f"{where} must be a mapping of argument: value, got {section!r}.")
-    chained = sorted(set(section) & set(CHAIN_KEYS))
-    if chained:
-        raise UsageError(f"{where} sets {chained}, which `run` sets itself: each stage reads the previous stage's "
-                         "folder and writes <output_dir>/<stage>. Set the first input and `split` at the top level.")
-    parser = _RaisingParser(prog=f"hf-compress {name}", where=where)
-    SUBCOMMANDS[name].add_arguments(parser)
-    unknown = sorted(set(section) - {action.dest for action in parser._actions if action.dest != "help"})
-    if unknown:
-        raise UsageError(f"Unknown key(s) {unknown} in {where}; see `hf-compress {name} --help`.")
-    args = parser.parse_args(["--input", input_path, "--output", output_path, *section_argv(parser, section, where)])
-    for key, value in section.items():
-        if value is None:
-            setattr(args, key, None)
-    return args
-
-
-def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
-    """`key=value` pairs (values read as YAML; dotted keys reach into stage sections) applied to a copy."""
-    recipe = {key: dict(value) if isinstance(value, dict) else value for key, value in recipe.items()}
-    for override in overrides:
-        key, sep, text = override.partition("=")
-        if not sep or not key:
-            raise UsageError(f"Override {override!r} is not `key=value` (e.g. `generate.n=1`).")
-        value = yaml.safe_load(text) if text else None
-        section, dot, field = key.partition(".")
-        if dot:
-            if not isinstance(recipe.get(section) or {}, dict):
-                raise UsageError(f"Override {override!r}: `{section}` is not a section of the recipe.")
-            recipe[section] = {**(recipe.get(section) or {}), field: value}
-        else:
-            recipe[key] = value
-    return recipe
-
-
-def load_recipe(path: str, overrides: list[str] = ()) -> dict:
-    """Read and check a `run` recipe's top level (the stage sections are checked by `plan_stages`)."""
-    try:
-        with open(path) as f:
-            recipe = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise UsageError(f"No recipe at {path}.") from None
-    except yaml.YAMLError as error:
-        raise UsageError(f"{path} is not valid YAML: {error}") from None
-    if not isinstance(recipe, dict):
-        raise UsageError(f"{path} must hold a YAML mapping, got {type(recipe).__name__}.")
-    recipe = apply_overrides(recipe, list(overrides))
-    unknown = sorted(set(recipe) - set(PIPELINE) - set(RECIPE_KEYS))
-    if unknown:
-        raise UsageError(f"Unknown top-level key(s) {unknown} in {path}; stages are {PIPELINE}, other keys "
-                         f"{list(RECIPE_KEYS)}.")
-    if not isinstance(recipe.get("output_dir"), str):
-        raise UsageError(f"{path} needs an `output_dir` (a folder; each stage writes <output_dir>/<stage>).")
-    if ("input" in recipe) == ("input_builder" in recipe):
-        raise UsageError(f"{path} needs exactly one of `input` (a dataset folder or Hub id) and `input_builder` "
-                         "(module:function returning a datasets.Dataset).")
-    if not isinstance(recipe.get("input_builder_kwargs", {}), dict):
-        raise UsageError(f"{path}: `input_builder_kwargs` must be a mapping of keyword arguments.")
-    if not any(name in recipe for name in PIPELINE):
-        raise UsageError(f"{path} has no stage section; add some of {PIPELINE}.")
-    return recipe
-
-
-def plan_stages(recipe: dict, recipe_path: str) -> list[tuple[str, argparse.Namespace]]:
-    """Every stage's parsed arguments, checked before anything runs (a typo in `build` fails before `generate`)."""
-    current = recipe["input"] if "input" in recipe else os.path.join(recipe["output_dir"], "input")
-    plan = []
-    for name in PIPELINE:
-        if name not in recipe:
-            continue
-        output = os.path.join(recipe["output_dir"], name)
-        stage_args = stage_namespace(name, recipe[name] or {}, current, output,
-                                     where=f"{recipe_path}: section `{name}`")
-        if "split" in recipe and current == recipe.get("input"):
-            stage_args.split = recipe["split"]
-        plan.append((name, stage_args))
-        current = output
-    return plan
-
-
-def locate_input_builder(spec: str, recipe_path: str) -> str:
-    """Where `module:function`'s module is, without running it: installed, else in the current directory, else in
-    the recipe's folder or the nearest folder above it that holds it (so `kit.tiny:...` works from any
-    directory); that folder is put on `sys.path`. Returns the module's file."""
-    module_name, _, function_name = spec.partition(":")
-    if not module_name or not function_name:
-        raise UsageError(f"input_builder must be `module:function` (e.g. `my_data:build_problems`), got {spec!r}.")
-    top = module_name.split(".")[0]
-    if importlib.util.find_spec(top) is None:
-        folder = os.path.dirname(os.path.abspath(recipe_path))
-        candidates = [os.getcwd(), folder]
-        while os.path.dirname(folder) != folder:
-            folder = os.path.dirname(folder)
-            candidates.append(folder)
-        found = next((c for c in candidates if os.path.exists(os.path.join(c, top + ".py"))
-                      or os.path.isdir(os.path.join(c, top))), None)
-        if found is None:
-            raise UsageError(f"input_builder {spec!r}: module {top!r} is neither installed nor in the current "
-                             "directory, the recipe's folder or a folder above it.")
-        sys.path.insert(0, found)
-    try:
-        module_spec = importlib.util.find_spec(module_name)
-    except ModuleNotFoundError:
-        module_spec = None
-    if module_spec is None:
-        raise UsageError(f"input_builder {spec!r}: no module {module_name!r} in {top!r}.")
-    return module_spec.origin
-
-
-def import_input_builder(spec: str, recipe_path: str) -> Callable:
-    """The `module:function` named by a recipe's `input_builder` (see `locate_input_builder`)."""
-    locate_input_builder(spec, recipe_path)
-    module_name, _, function_name = spec.partition(":")
-    function = getattr(importlib.import_module(module_name), function_name, None)
-    if not callable(function):
-        raise UsageError(f"input_builder {spec!r}: {module_name} has no function {function_name!r}.")
-    return function
-
-
-def input_builder_arguments(recipe: dict, builder: Callable) -> dict:
-    """What the built input depends on: the builder, its arguments and its module's source code."""
-    source = inspect.getsourcefile(builder)
-    code = hashlib.sha256(open(source, "rb").read()).hexdigest()[:16] if source else None
-    return {"input_builder": recipe["input_builder"], "input_builder_kwargs": recipe.get("input_builder_kwargs", {}),
-            "source_sha256": code}
-
-
-def load_recipe_input(recipe: dict, recipe_path: str) -> str:
-    """The recipe's `input` (folder or Hub id), or the dataset built by `input_builder` with `input_builder_kwargs`,
-    saved to <output_dir>/input with a fingerprint of the builder, its arguments and its source: when any of
-    them changes the input is rebuilt (and the stages after it refuse their old results)."""
-    if "input" in recipe:
-        return recipe["input"]
-    from datasets import Dataset
-
-    from .stages import STAGE_FILE, StageMismatchError, check_not_empty, load_finished_stage, save_stage
-
-    path = os.path.join(recipe["output_dir"], "input")
-    builder = import_input_builder(recipe["input_builder"], recipe_path)
-    arguments = input_builder_arguments(recipe, builder)
-    fingerprint = hashlib.sha256(json.dumps(arguments, sort_keys=True).encode()).hexdigest()[:16]
-    if os.path.isdir(path) and not os.path.exists(os.path.join(path, STAGE_FILE)) and os.listdir(path):
-        if not os.path.exists(os.path.join(path, "state.json")):
-            raise UsageError(f"{path} exists and is not a built input; move it away or change output_dir.")
-        shutil.rmtree(path)  # built by an older hf-compress, without a fingerprint: cannot be trusted
-    try:
-        if load_finished_stage(path, "input", fingerprint, arguments) is not None:
-            return path
-    except StageMismatchError:
-        print(f"[hf-compress run] the input builder or its arguments changed: rebuilding {path}", file=sys.stderr)
-        shutil.rmtree(path)
-    built = builder(**recipe.get("input_builder_kwargs", {}))
-    if not isinstance(built, Dataset):
-        raise UsageError(f"input_builder {recipe['input_builder']!r} returned {type(built).__name__}, "
-                         "not a datasets.Dataset.")
-    check_not_empty(built, "input_builder")
-    save_stage(built, path, stage="input", fingerprint=fingerprint, arguments=arguments, stats={"rows": len(built)})
-    return path
-
-
-def _run_recipe(args):
-    from .stages import StageMismatchError
-
-    recipe = load_recipe(args.recipe, args.overrides)
-    plan = plan_stages(recipe, args.recipe)
-    if args.dry_run:
-        if "input_builder" in recipe:
-            print(f"input: {recipe['input_builder']} in {locate_input_builder(recipe['input_builder'], args.recipe)}")
-        for name, stage_args in plan:
-            print(f"{name}: " + " ".join(f"{k}={v!r}" for k, v in vars(stage_args).items() if k != "command"))
-        return plan
-    load_recipe_input(recipe, args.recipe)
-    results = {}
-    for name, stage_args in plan:
-        print(f"[hf-compress run] {name}: {stage_args.input} -> {stage_args.output}", file=sys.stderr)
-        try:
-            results[name] = SUBCOMMANDS[name].run(stage_args)
-        except StageMismatchError as error:
-            raise StageMismatchError(f"{error} In a recipe: set `overwrite: true` in the `{name}` section "
-                                     f"(or pass `{name}.overwrite=true`), or choose another output_dir.") from error
-    return results
-
-
-register("run", "Chain the pipeline stages from a YAML recipe.", _add_run, _run_recipe)
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
@@ -591,46 +71,528 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
             return action.help
         return f"{help} (default: %(default)s)".lstrip()
 
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        # HfArgumentParser adds `--a-b` next to each `--a_b`: show one spelling (both are accepted).
+        names = set(action.option_strings)
+        shown = [o for o in action.option_strings if not (o.startswith("--") and "--" + o[2:].replace("-", "_") in
+                                                          names and "-" in o[2:])]
+        if shown != action.option_strings:
+            action = copy.copy(action)
+            action.option_strings = shown
+        return super()._format_action_invocation(action)
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-compress", description=__doc__.split("\n\n")[0])
+
+def did_you_mean(words: list[str], candidates, quote: bool = False) -> str:
+    """` (did you mean X?)` for the words that are close to one of `candidates`, else ''."""
+    pairs = [(word, difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)) for word in words]
+    pairs = [(word, repr(close[0]) if quote else close[0]) for word, close in pairs if close]
+    if not pairs:
+        return ""
+    if len(pairs) == 1:
+        return f" (did you mean {pairs[0][1]}?)"
+    return " (did you mean " + ", ".join(f"{close} for {word}" for word, close in pairs) + "?)"
+
+
+class _ExactOptions:
+    """For an `argparse.ArgumentParser`: no abbreviated options (`--learning_rat` is not `--learning_rate`), and an
+    error is one line, `<prog>: error: <message>`, with a "did you mean" for a mistyped option or choice."""
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments: "):
+            options = [o for o in self._option_string_actions if o.startswith("--")]
+            words = [w.split("=")[0] for w in message.split(": ", 1)[1].split() if w.startswith("--")]
+            message += did_you_mean(words, options)
+        elif match := re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message):
+            message += did_you_mean([match.group(1)], re.findall(r"'([^']*)'", match.group(2)), quote=True)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class CommandParser(_ExactOptions, argparse.ArgumentParser):
+    """A plain argparse parser with exact option names and one-line errors (the top level, and `report`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+@functools.cache
+def _trl_command_parser():
+    from trl import TrlParser
+
+    class TrlCommandParser(_ExactOptions, TrlParser):
+        """TRL's parser (an `HfArgumentParser`) with exact option names and one-line errors."""
+
+        def __init__(self, dataclass_types=None, **kwargs):
+            kwargs.setdefault("allow_abbrev", False)
+            kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+            super().__init__(dataclass_types, **kwargs)
+
+        def parse_args_into_dataclasses(self, args=None, return_remaining_strings=False, **kwargs):
+            kwargs["look_for_args_file"] = False  # no `<script>.args` file read behind the user's back
+            *outputs, remaining = super().parse_args_into_dataclasses(args, return_remaining_strings=True, **kwargs)
+            if return_remaining_strings:
+                return (*outputs, remaining)
+            if remaining:
+                self.error(f"unrecognized arguments: {' '.join(remaining)}")
+            return tuple(outputs)
+
+    return TrlCommandParser
+
+
+def dataclass_parser(dataclass_types, **kwargs) -> argparse.ArgumentParser:
+    """TRL's `TrlParser` for `dataclass_types` (one `--field` option each), with exact option names and one-line
+    errors that suggest the closest option. TRL is imported here, not when this module is."""
+    return _trl_command_parser()(dataclass_types, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Subcommands
+# ----------------------------------------------------------------------------------------------------------
+
+
+class CommandArguments:
+    """What one subcommand parsed: its argument dataclasses (`args[BackendConfig]`) and its plain arguments;
+    `args.name` reads a field of any of them."""
+
+    def __init__(self, command: str, parts=(), extra: dict | None = None):
+        self.command, self.parts, self.extra = command, tuple(parts), dict(extra or {})
+
+    def __getitem__(self, cls: type):
+        return next(part for part in self.parts if isinstance(part, cls))
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or name in ("command", "parts", "extra"):
+            raise AttributeError(name)
+        for part in self.parts:
+            if name in {f.name for f in dataclasses.fields(part)}:
+                return getattr(part, name)
+        if name in self.extra:
+            return self.extra[name]
+        raise AttributeError(f"hf-compress {self.command} has no argument {name!r}")
+
+    def as_dict(self) -> dict:
+        values = {f.name: getattr(part, f.name) for part in self.parts for f in dataclasses.fields(part) if f.init}
+        return {**values, **{k: v for k, v in self.extra.items() if k != "debug"}}
+
+
+@dataclass
+class Subcommand:
+    help: str
+    run: Callable[[CommandArguments], object]
+    arguments: tuple[type, ...] = ()  # dataclasses whose fields are the options (TRL's parser)
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None  # positional and plain arguments
+    check: Callable[[CommandArguments], None] | None = None  # checks that span several dataclasses
+    paths: Callable[[CommandArguments], list[tuple[str, str | None]]] | None = None  # (option, local path) it loads
+    plain: bool = False  # parsed by plain argparse (a command that must start without TRL)
+    parse: Callable[[list[str]], CommandArguments] | None = None  # a command that parses its own command line
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {}
+
+
+def register(name: str, help: str, run: Callable, **kwargs) -> None:
+    SUBCOMMANDS[name] = Subcommand(help, run, **kwargs)
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of `hf-compress <name>`."""
+    command = SUBCOMMANDS[name]
+    kwargs = {"prog": f"hf-compress {name}", "description": command.help}
+    parser = CommandParser(**kwargs) if command.plain else dataclass_parser(command.arguments, **kwargs)
+    if command.add_arguments:
+        command.add_arguments(parser)
+    if name != "sft":  # sft passes every option after the recipe to TRL (SFTConfig has a `debug` field)
+        parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                            help="Show the full traceback of an error.")
+    return parser
+
+
+def parse_command(name: str, argv: list[str]) -> CommandArguments:
+    """`hf-compress <name> <argv...>` parsed into its dataclasses and checked."""
+    command = SUBCOMMANDS[name]
+    if command.parse:
+        return command.parse(argv)
+    parser = command_parser(name)
+    if command.plain:
+        args = CommandArguments(name, extra=vars(parser.parse_args(argv)))
+    else:
+        outputs = parser.parse_args_into_dataclasses(argv)
+        rest = outputs[len(command.arguments) :]
+        args = CommandArguments(name, outputs[: len(command.arguments)], vars(rest[0]) if rest else {})
+    if command.check:
+        command.check(args)
+    return args
+
+
+def option_names(name: str) -> list[str]:
+    """The options of `hf-compress <name>` that come from its dataclasses (the keys of its recipe section)."""
+    return [f.name for cls in SUBCOMMANDS[name].arguments for f in dataclasses.fields(cls) if f.init]
+
+
+def command_from_dict(name: str, values: dict) -> CommandArguments:
+    """The arguments of `hf-compress <name>` from a mapping of option: value (a recipe section), built by the same
+    parser's `parse_dict` into the same dataclasses, which read and check the values as the command line would."""
+    command = SUBCOMMANDS[name]
+    required = [f.name for cls in command.arguments for f in dataclasses.fields(cls)
+                if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [key for key in required if key not in values]
+    if missing:
+        raise UsageError(f"the following arguments are required: {', '.join('--' + key for key in missing)}")
+    for cls in command.arguments:  # every type first, then each dataclass's own checks (as argparse does)
+        values = coerce_values(cls, values)
+    args = CommandArguments(name, dataclass_parser(command.arguments).parse_dict(values))
+    if command.check:
+        command.check(args)
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The pipeline stages
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _run_generate(args: CommandArguments):
+    from .generate import generate
+    from .stages import load_input
+
+    io, options = args[StageIO], args[GenerateArguments]
+    args[BackendConfig].check(model_required=True)
+    check_local_path(io.input, "--input")
+    return generate(
+        load_input(io.input, io.split),
+        args[BackendConfig],  # built only if generation remains to be done
+        args[SamplingConfig],
+        output_dir=io.output,
+        problem_column=options.problem_column,
+        answer_column=options.answer_column,
+        system_prompt=options.system_prompt,
+        prompt_template=options.prompt_template,
+        shard_size=options.shard_size,
+        batch_size=options.problems_per_call,
+        overwrite=io.overwrite,
+        skip_invalid_rows=options.skip_invalid_rows,
+    )
+
+
+register("generate", "Sample teacher traces (n per problem), resumably.", _run_generate,
+         arguments=(StageIO, BackendConfig, SamplingConfig, GenerateArguments),
+         paths=lambda args: args[BackendConfig].local_paths())
+
+
+def _run_verify(args: CommandArguments):
+    from .stages import load_input
+    from .verify import verify
+
+    io, options, columns = args[StageIO], args[VerifyArguments], args[TraceColumns]
+    check_local_path(io.input, "--input")
+    return verify(
+        load_input(io.input, io.split),
+        task=args.task,
+        completion_column=columns.completion_column,
+        answer_column=columns.answer_column,
+        problem_column=columns.problem_column,
+        keep_only_correct=options.keep_only_correct,
+        timeout_seconds=options.timeout_seconds,
+        output_dir=io.output,
+        shard_size=options.shard_size,
+        overwrite=io.overwrite,
+        skip_invalid_rows=options.skip_invalid_rows,
+    )
+
+
+register("verify", "Mark correct traces (math-verify, exact, numeric, Countdown) and per-problem pass rates.",
+         _run_verify, arguments=(StageIO, TaskArguments, TraceColumns, VerifyArguments))
+
+
+def _compress_tokenizer(args: CommandArguments) -> tuple[str, str | None]:
+    backend = args[BackendConfig]
+    return ("--tokenizer", backend.tokenizer) if backend.tokenizer else ("--model", backend.model)
+
+
+def _check_compress(args: CommandArguments) -> None:
+    options, backend = args[CompressArguments], args[BackendConfig]
+    if not _compress_tokenizer(args)[1]:
+        raise UsageError("compress counts tokens: pass --tokenizer (or --model, whose tokenizer is then used).")
+    if options.compressor == "llm":
+        backend.check(model_required=True)
+        from .compress import COMPRESSION_PROMPTS
+
+        if options.prompt_version not in COMPRESSION_PROMPTS:
+            raise UsageError(f"argument --prompt_version: invalid choice: {options.prompt_version!r} (choose from "
+                             f"{', '.join(repr(v) for v in sorted(COMPRESSION_PROMPTS))})")
+
+
+def _run_compress(args: CommandArguments):
+    from .compress import ExtractiveCompressor, LLMCompressor, compress
+    from .stages import load_input
+
+    io, options, columns = args[StageIO], args[CompressArguments], args[TraceColumns]
+    option, tokenizer = _compress_tokenizer(args)
+    check_local_path(io.input, "--input")
+    check_local_path(tokenizer, option)
+    if options.compressor == "llm":
+        sampling = SamplingConfig(n=1, temperature=options.temperature, max_new_tokens=options.max_new_tokens)
+        compressor = LLMCompressor(args[BackendConfig], options.prompt_version, sampling=sampling)
+    else:
+        compressor = ExtractiveCompressor()
+    return compress(
+        load_input(io.input, io.split),
+        compressor,
+        tokenizer,
+        task=args.task,
+        completion_column=columns.completion_column,
+        problem_column=columns.problem_column,
+        answer_column=columns.answer_column,
+        output_dir=io.output,
+        shard_size=options.shard_size,
+        batch_size=options.problems_per_call,
+        overwrite=io.overwrite,
+        skip_invalid_rows=options.skip_invalid_rows,
+    )
+
+
+def _compress_paths(args: CommandArguments) -> list[tuple[str, str | None]]:
+    llm = args[CompressArguments].compressor == "llm"
+    return [_compress_tokenizer(args), *(args[BackendConfig].local_paths() if llm else [])]
+
+
+register("compress", "Rewrite traces shorter (LLM or extractive) and check that the answer survived.", _run_compress,
+         arguments=(StageIO, CompressArguments, BackendConfig, TaskArguments, TraceColumns),
+         check=_check_compress, paths=_compress_paths)
+
+
+def _run_build(args: CommandArguments):
+    from .build import build, statistics_table, variant_statistics
+    from .stages import load_input, pipeline_records
+
+    io, options, columns = args[StageIO], args[BuildArguments], args[TraceColumns]
+    check_local_path(io.input, "--input")
+    check_local_path(options.tokenizer, "--tokenizer")
+    dataset = load_input(io.input, io.split)
+    built = build(
+        dataset,
+        options.tokenizer,
+        variants=options.variants,
+        problem_column=columns.problem_column,
+        answer_column=columns.answer_column,
+        completion_column=columns.completion_column,
+        output_dir=io.output,
+        push_to_hub=options.push_to_hub,
+        overwrite=io.overwrite,
+    )
+    print(statistics_table(variant_statistics(built), pipeline_records(dataset)))
+    return built
+
+
+register("build", "Write the SFT variants (raw, compressed, answer_only, truncated) in messages form.", _run_build,
+         arguments=(StageIO, BuildArguments, TraceColumns), paths=lambda args: [("--tokenizer", args.tokenizer)])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# run: chain the stages from a YAML recipe (hf_compress.recipe)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _add_run(parser):
+    parser.add_argument("recipe", help="YAML recipe: `output_dir`, an input, and one section per stage to run.")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="Recipe values to override, dotted for stage sections: `generate.n=1 output_dir=runs/x`.")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="Check the recipe and print each stage's arguments; runs and imports none of its code.")
+
+
+def _run_recipe(args: CommandArguments):
+    from .recipe import run_recipe
+
+    return run_recipe(args.recipe, args.overrides, dry_run=args.dry_run)
+
+
+register("run", "Chain the pipeline stages from a YAML recipe.", _run_recipe, add_arguments=_add_run)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Students: sft, eval, report
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _add_sft(parser):
+    parser.add_argument("recipe", metavar="RECIPE",
+                        help="YAML recipe of trl.SFTConfig + trl.ModelConfig + CompressSFTArguments fields.")
+    parser.add_argument("overrides", nargs=argparse.REMAINDER,
+                        help="Any recipe field as `--name value` (`hf-compress sft RECIPE --help` lists them).")
+
+
+class _HelpWithEpilog(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter):
+    pass
+
+
+def sft_help(recipe: str | None = None, full: bool = False) -> str:
+    """`hf-compress sft [RECIPE] --help`: the data and model options, and the values the recipe sets; `full` lists
+    every `trl.SFTConfig` field too (which imports TRL's trainer, and torch: seconds)."""
+    import yaml
+    from trl import ModelConfig
+
+    from .arguments import CompressSFTArguments
+
+    if full:
+        from .sft import RECIPE_TYPES as types
+    else:
+        types = (CompressSFTArguments, ModelConfig)
+    lines = []
+    if recipe is not None:
+        try:
+            with open(recipe) as f:
+                values = yaml.safe_load(f) or {}
+            for key, value in values.items() if isinstance(values, dict) else ():
+                if key != "env":
+                    shown = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+                    lines.append(f"  --{key} {shown}")
+        except (OSError, yaml.YAMLError) as error:
+            lines.append(f"  (cannot read it: {error})")
+    epilog = (f"set by {recipe} (override any of them with --name value):\n" + "\n".join(lines) + "\n\n"
+              if recipe is not None else "")
+    if not full:
+        epilog += ("Every trl.SFTConfig field (output_dir, learning_rate, num_train_epochs, max_length, packing, seed, "
+                   "...) is\nan option too: `hf-compress sft RECIPE --help_all` lists them all (slower: it imports "
+                   "TRL's trainer).\n")
+    parser = dataclass_parser(
+        types, prog="hf-compress sft", usage="hf-compress sft RECIPE [--name value ...]",
+        description=SUBCOMMANDS["sft"].help + " Relative paths, in the recipe too, are relative to the working "
+        "directory.", epilog=epilog, formatter_class=_HelpWithEpilog)
+    parser.add_argument("recipe", metavar="RECIPE", help="YAML recipe of trl.SFTConfig, trl.ModelConfig and "
+                        "hf_compress.sft.CompressSFTArguments fields.")
+    if not full:
+        parser.add_argument("--help_all", action="store_true", help="List every option, trl.SFTConfig's too.")
+    return parser.format_help()
+
+
+def _parse_sft(argv: list[str]) -> CommandArguments:
+    if any(item in ("-h", "--help", "--help_all") for item in argv):
+        recipe = argv[0] if argv and not argv[0].startswith("-") else None
+        print(sft_help(recipe, full="--help_all" in argv))
+        sys.exit(0)
+    return CommandArguments("sft", extra=vars(command_parser("sft").parse_args(argv)))
+
+
+def _run_sft(args: CommandArguments):
+    import yaml
+
+    if not os.path.isfile(args.recipe):
+        raise FileNotFoundError(f"RECIPE: no such file: {args.recipe} (relative to {os.getcwd()})")
+    from .sft import parse_sft_cli, run_sft
+
+    script_args, training_args, model_args = parse_sft_cli(["--config", args.recipe, *args.overrides])
+    check_local_path(model_args.model_name_or_path, "--model_name_or_path")
+    check_local_path(script_args.dataset_path, "--dataset_path")
+    summary = run_sft(script_args, training_args, model_args)
+    print(yaml.safe_dump(summary, sort_keys=False))
+    return summary
+
+
+register("sft", "Train a student on one variant with TRL's SFTTrainer (checked assistant masks, packing).", _run_sft,
+         add_arguments=_add_sft, plain=True, parse=_parse_sft)
+
+
+def _run_eval(args: CommandArguments):
+    import yaml
+
+    from .evaluate import evaluate_student, save_evaluation
+    from .stages import load_input
+
+    options = args[EvalArguments]
+    check_local_path(options.model, "--model")
+    check_local_path(options.input, "--input")
+    summary, table = evaluate_student(
+        options.model,
+        load_input(options.input, options.split),
+        max_new_tokens=options.max_new_tokens,
+        batch_size=options.batch_size,
+        task=args.task,
+        answer_column=options.answer_column,
+        trust_remote_code=options.trust_remote_code,
+    )
+    save_evaluation(summary, table, options.output or options.model)
+    print(yaml.safe_dump(summary, sort_keys=False))
+    return summary
+
+
+register("eval", "Greedy accuracy and output length of a trained student (token cap, batched).", _run_eval,
+         arguments=(EvalArguments, TaskArguments))
+
+
+def _add_report(parser):
+    parser.add_argument("students", nargs="+", help="Student folders, each with compress_sft.json and eval.json.")
+    parser.add_argument("--output", required=True, help="Folder for report.md, comparison.json and the plot.")
+    parser.add_argument("--baseline", default="raw", help="Variant the ratios are relative to.")
+
+
+def _run_report(args: CommandArguments):
+    from .report import load_runs, write_report
+
+    for student in args.students:
+        check_local_path(student, "student")
+    table, markdown = write_report(load_runs(args.students), args.output, baseline=args.baseline)
+    print(markdown)
+    return table
+
+
+# Plain argparse: report reads JSON files, and starts without importing TRL, transformers or torch.
+register("report", "Compare students across variants: accuracy and costs as ratios to raw, plus a plot.", _run_report,
+         add_arguments=_add_report, plain=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The command line
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _top_level() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    parser = CommandParser(prog="hf-compress", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="Show the full traceback of an error.")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name, subcommand in SUBCOMMANDS.items():
-        subparser = subparsers.add_parser(name, help=subcommand.help, description=subcommand.help,
-                                          formatter_class=DefaultsHelpFormatter)
-        subcommand.add_arguments(subparser)
-        if name != "sft":  # sft passes every option after the recipe to TRL: use `hf-compress --debug sft ...`
-            subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                                   help="Show the full traceback of an error.")
+    for name, command in SUBCOMMANDS.items():
+        subparsers.add_parser(name, help=command.help, add_help=False)  # stands for the subcommand's own parser
+    return parser, subparsers
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line as one argparse tree, every subcommand's parser built (for the docs and their tests);
+    `main` builds only the parser of the subcommand it runs."""
+    parser, subparsers = _top_level()
+    for name in SUBCOMMANDS:
+        subparsers.choices[name] = command_parser(name)
     return parser
 
 
 def _is_usage_error(error: BaseException) -> bool:
-    from .stages import StageMismatchError
-
-    return isinstance(error, (ValueError, StageMismatchError, FileNotFoundError))
+    stages = sys.modules.get(f"{__package__}.stages")  # not imported: the error cannot be one of its own
+    return isinstance(error, (ValueError, FileNotFoundError) + ((stages.StageMismatchError,) if stages else ()))
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run one subcommand. Errors print one line (exit 2: the command or its inputs are wrong; 1: it failed while
     running; 130: interrupted); `--debug` shows the traceback instead."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    position = next((i for i, item in enumerate(argv) if not item.startswith("-")), len(argv))
+    top = _top_level()[0].parse_args(argv[: position + 1])  # --debug, --help, and a known subcommand
+    command, rest = top.command, argv[position + 1 :]
+    debug = top.debug or (command != "sft" and "--debug" in rest)
     try:
-        SUBCOMMANDS[args.command].run(args)
+        SUBCOMMANDS[command].run(parse_command(command, rest))
     except KeyboardInterrupt:
-        if args.debug:
+        if debug:
             raise
-        print(f"hf-compress {args.command}: interrupted. Finished shards are kept: rerun the same command to resume.",
+        print(f"hf-compress {command}: interrupted. Finished shards are kept: rerun the same command to resume.",
               file=sys.stderr)
         sys.exit(130)
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into a message and an exit code
-        if args.debug:
+        if debug:
             raise
         usage = _is_usage_error(error)
         kind = "" if usage else f"{type(error).__name__}: "
         message = " ".join(str(error).split()) or repr(error)
-        print(f"hf-compress {args.command}: error: {kind}{message} (--debug shows the traceback)", file=sys.stderr)
+        print(f"hf-compress {command}: error: {kind}{message} (--debug shows the traceback)", file=sys.stderr)
         sys.exit(2 if usage else 1)
 
 

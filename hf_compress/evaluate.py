@@ -22,12 +22,12 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from hf_compress.sft import bf16_supported, resolve_attn_implementation
-from hf_compress.stages import looks_like_a_path, save_to_disk, write_json_atomically
-from hf_compress.verify import check_texts, resolve_task
+from .arguments import looks_local
+from .constants import EVAL_FILE, EVAL_TABLE_DIR
+from .sft import bf16_supported, resolve_attn_implementation
+from .stages import save_to_disk, write_json_atomically
+from .verify import check_texts, resolve_task
 
-EVAL_FILE = "eval.json"
-EVAL_TABLE_DIR = "eval_table"
 PERCENTILES = (50, 90, 99)
 
 
@@ -39,6 +39,26 @@ def pipeline_verifier(task: str = "math", answer_column: str = "answer", timeout
         return [check.correct for check in check_texts(rows, texts, task, answer_column, timeout_seconds)]
 
     return verifier
+
+
+def load_answer_accuracy(task: str = "math"):
+    """The `answer_accuracy` `evaluate` metric shipped with hf_compress (`hf_compress.metrics.ANSWER_ACCURACY`; config
+    `math` or `countdown`), loaded from the installed package: no network. `hf-compress eval` scores with it."""
+    import evaluate
+
+    from .metrics import ANSWER_ACCURACY
+
+    return evaluate.load(ANSWER_ACCURACY, task, keep_in_memory=True)
+
+
+def answer_accuracy_scores(metric, texts: list[str], gold: dict, counts: list[int], task: str,
+                           answer_column: str) -> dict[str, Any]:
+    """`metric.compute` on completions and the eval rows' gold columns, with the per-completion flags (`correct`)."""
+    if task == "countdown":
+        references = [{"numbers": list(n), "target": t} for n, t in zip(gold["numbers"], gold["target"])]
+    else:
+        references = [str(answer) for answer in gold[answer_column]]
+    return metric.compute(predictions=texts, references=references, output_tokens=counts, return_correct=True)
 
 
 def eval_prompts(dataset: Dataset) -> list[list[dict]]:
@@ -60,8 +80,9 @@ def load_student_for_eval(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A trained student folder: full weights, or a LoRA adapter merged into its base model. `trust_remote_code`
     loads students whose modeling code is saved with them (e.g. `hf_dla` models), as in `hf-compress sft`."""
-    if looks_like_a_path(path) and not os.path.isdir(path):
-        raise FileNotFoundError(f"student {path} is not a folder here (a typo, or another working directory?).")
+    if looks_local(path) and not os.path.isdir(path):
+        raise FileNotFoundError(f"student {path} is not a folder here (relative to {os.getcwd()}; a typo, or another "
+                                "working directory?).")
     dtype = torch.bfloat16 if bf16_supported() else torch.float32
     attn = resolve_attn_implementation(None)
     if os.path.exists(os.path.join(path, "adapter_config.json")):
@@ -149,9 +170,10 @@ def evaluate_student(
     """Greedy accuracy and output length of a student on an eval set with gold answers.
 
     Correctness is judged as `hf-compress verify` judges teacher traces (`task="auto"`: Countdown when the set has
-    `numbers` and `target` columns, math otherwise), unless `verifier(completions, rows) -> flags` is given.
-    Returns the summary (accuracy and its standard error, mean and percentile output tokens, share of outputs cut
-    by the cap, seconds) and the per-problem table.
+    `numbers` and `target` columns, math otherwise), through the `answer_accuracy` evaluate metric
+    (`hf_compress.metrics.ANSWER_ACCURACY`), unless `verifier(completions, rows) -> flags` is given.
+    Returns the summary (accuracy and its standard error, mean and percentile output tokens, output tokens per
+    correct answer, share of outputs cut by the cap, seconds) and the per-problem table.
     """
     task = resolve_task(dataset, task)
     gold_columns = ["numbers", "target"] if task == "countdown" else [answer_column]
@@ -172,14 +194,18 @@ def evaluate_student(
         raise ValueError("Pass the tokenizer together with the model.")
     prompts = eval_prompts(dataset)
     gold = dataset.select_columns(gold_columns).to_dict()
-    verifier = verifier or pipeline_verifier(task, answer_column)
+    metric = None if verifier is not None else load_answer_accuracy(task)  # loaded before the long part
 
     start = time.perf_counter()
     texts, counts, capped = greedy_generate(
         model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
     )
     seconds = time.perf_counter() - start
-    correct = [bool(flag) for flag in verifier(texts, gold)]
+    if metric is None:
+        correct, scores = [bool(flag) for flag in verifier(texts, gold)], {}
+    else:
+        scores = answer_accuracy_scores(metric, texts, gold, counts, task, answer_column)
+        correct = scores.pop("correct")
 
     table = Dataset.from_dict(
         {
@@ -191,7 +217,7 @@ def evaluate_student(
             "hit_cap": capped,
         }
     )
-    accuracy = float(np.mean(correct))
+    accuracy = float(scores.get("accuracy", np.mean(correct)))
     summary = {
         "model": name,
         "task": task,
@@ -201,6 +227,7 @@ def evaluate_student(
         "output_tokens_mean": float(np.mean(counts)),
         **{f"output_tokens_p{q}": float(np.percentile(counts, q)) for q in PERCENTILES},
         "output_tokens_max": int(max(counts)),
+        "output_tokens_per_correct": float(sum(counts) / max(1, sum(correct))),
         "hit_cap_rate": float(np.mean(capped)),
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,

@@ -16,8 +16,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from hf_compress.evaluate import EVAL_FILE
-from hf_compress.sft import SUMMARY_FILE
+from .constants import EVAL_FILE, SUMMARY_FILE
 
 BASELINE = "raw"
 # (column, label in the table, format) for the quantities compared against the baseline.

@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,19 +35,19 @@ from datasets import Dataset
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    HfArgumentParser,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 from transformers.utils import is_flash_attn_2_available
-from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
+from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 from trl.chat_template_utils import clone_chat_template, get_training_chat_template, has_generation_markers
 
-from hf_compress.build import load_variants
+from .arguments import CompressSFTArguments
+from .build import load_variants
+from .constants import SUMMARY_FILE
+from .hub import check_push_access, hub_base_model, push_failed, update_student_card
 
 logger = logging.getLogger(__name__)
-
-SUMMARY_FILE = "compress_sft.json"
 
 # ChatML with the assistant turn (and its end-of-turn token) inside {% generation %}, for students whose tokenizer has
 # no chat template, or one without generation markers that TRL cannot patch. Same rendering as Qwen's ChatML.
@@ -69,27 +69,6 @@ _TEMPLATE_FIX = (
     "`hf_compress.sft.EMBEDDED_CHAT_TEMPLATE`), or `chat_template_path` to a Jinja file or tokenizer whose template "
     "wraps the assistant turn in `{% generation %}...{% endgeneration %}`."
 )
-
-
-@dataclass
-class CompressSFTArguments:
-    """Which data a Compress-Distill SFT run trains on (the rest of a recipe is `SFTConfig` and `ModelConfig`)."""
-
-    dataset_path: str | None = field(
-        default=None,
-        metadata={"help": "Folder written by `hf-compress build`: one `datasets` folder per variant."},
-    )
-    variant: str = field(
-        default="compressed",
-        metadata={"help": "Variant to train on: raw, compressed, answer_only or truncated."},
-    )
-    use_embedded_chat_template: bool = field(
-        default=False,
-        metadata={
-            "help": "Give the student `EMBEDDED_CHAT_TEMPLATE` (ChatML with generation markers) when its tokenizer "
-            "has no chat template or one without generation markers that TRL cannot patch."  # no '%': argparse
-        },
-    )
 
 
 RECIPE_TYPES = (CompressSFTArguments, SFTConfig, ModelConfig)
@@ -142,21 +121,28 @@ def parse_recipe(
             raise ValueError(f"{source} must hold a YAML mapping of field: value, got {type(recipe).__name__}.")
     recipe = {**recipe, **overrides}
     check_recipe_fields(recipe, source)
-    return HfArgumentParser(RECIPE_TYPES).parse_dict(_with_hardware_precision(recipe))
+    from .cli import dataclass_parser
+
+    return dataclass_parser(RECIPE_TYPES).parse_dict(_with_hardware_precision(recipe))
 
 
 def parse_sft_cli(argv: list[str] | None = None) -> tuple[CompressSFTArguments, SFTConfig, ModelConfig]:
-    """TRL-style command line: `--config recipe.yaml` then any field as `--name value` to override it."""
+    """TRL-style command line (`hf-compress sft`): `--config recipe.yaml` then any field as `--name value` to
+    override it. Option names are exact (no prefix matching); a mistyped one is an error suggesting the closest."""
+    from .cli import dataclass_parser
+
     argv = list(argv or [])
     recipe = {}
     if "--config" in argv:
         path = argv[argv.index("--config") + 1]
         with open(path) as f:
             recipe = yaml.safe_load(f) or {}
+        if not isinstance(recipe, dict):
+            raise ValueError(f"{path} must hold a YAML mapping of field: value, got {type(recipe).__name__}.")
         check_recipe_fields({k: v for k, v in recipe.items() if k != "env"}, path)  # `env`: TrlParser's own key
     if "--bf16" not in argv:
         argv += ["--bf16", str(_with_hardware_precision(recipe)["bf16"])]
-    return TrlParser(RECIPE_TYPES).parse_args_and_config(argv)
+    return dataclass_parser(RECIPE_TYPES, prog="hf-compress sft").parse_args_and_config(argv)
 
 
 def resolve_attn_implementation(requested: str | None) -> str:
@@ -367,6 +353,31 @@ def _count_trained_tokens(dataset: Dataset) -> tuple[int, int]:
     return n_tokens, n_loss
 
 
+class CompressSFTTrainer(SFTTrainer):
+    """TRL's `SFTTrainer`, whose model card (written by `create_model_card`, which `push_to_hub` calls) describes a
+    Compress-Distill student: `base_model` (when it is a Hub model), `library_name: peft` for a LoRA adapter, the
+    tags `compress-distill` and the variant, and the run summary (`compress_sft.json`) when it is written."""
+
+    compress_variant: str | None = None
+    compress_base_model: str | None = None
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if not self.is_world_process_zero():
+            return
+        try:
+            from peft import PeftModel
+
+            peft = isinstance(self.model, PeftModel)
+        except ImportError:
+            peft = False
+        summary_path = os.path.join(self.args.output_dir, SUMMARY_FILE)
+        summary = json.load(open(summary_path)) if os.path.exists(summary_path) else None
+        update_student_card(os.path.join(self.args.output_dir, "README.md"), variant=self.compress_variant or "unknown",
+                            base_model=self.compress_base_model, peft=peft, repo_id=self.hub_model_id,
+                            summary=summary, dataset=dataset_name)
+
+
 def build_sft_trainer(
     training_args: SFTConfig,
     model_args: ModelConfig,
@@ -399,7 +410,7 @@ def build_sft_trainer(
     if training_args.bf16 and not bf16_supported():
         updates["bf16"] = False
     training_args = dataclasses.replace(training_args, **updates)
-    trainer = SFTTrainer(
+    trainer = CompressSFTTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset.select_columns(["messages"]),
@@ -426,7 +437,23 @@ def train_student(
     use_embedded_chat_template: bool = False,
 ) -> dict[str, Any]:
     """Train, save model + tokenizer to `training_args.output_dir`, and write the run summary (`compress_sft.json`)
-    that `hf-compress report` reads: training tokens, loss tokens, training time."""
+    that `hf-compress report` reads: training tokens, loss tokens, training time.
+
+    With `training_args.push_to_hub`, the Hub repo (`hub_model_id`, else the output folder's name under the token's
+    account) is checked before the model is loaded (`hf_compress.hub.check_push_access`), and once the student is
+    saved, `trainer.push_to_hub` uploads the folder with a model card naming the base model and the variant. A
+    failed push keeps the saved student and says how to upload it."""
+    repo_id = None
+    if training_args.push_to_hub:  # before loading the model and training: fail now, not after hours of training
+        repo_id = check_push_access(training_args.hub_model_id or os.path.basename(
+            os.path.abspath(training_args.output_dir)), "model", token=training_args.hub_token,
+            private=training_args.hub_private_repo)
+        training_args = dataclasses.replace(training_args, hub_model_id=repo_id)
+        base_model = hub_base_model(model_args.model_name_or_path)
+        if model_args.use_peft and base_model is None:
+            logger.warning("model_name_or_path=%r is not a Hub model: the pushed adapter names a base model that "
+                           "others cannot download. Train from a Hub id to publish a loadable adapter.",
+                           model_args.model_name_or_path)
     trainer, report = build_sft_trainer(
         training_args,
         model_args,
@@ -435,10 +462,13 @@ def train_student(
         tokenizer=tokenizer,
         use_embedded_chat_template=use_embedded_chat_template,
     )
+    trainer.compress_variant = variant
+    trainer.compress_base_model = hub_base_model(model_args.model_name_or_path)
     start = time.perf_counter()
     result = trainer.train()
     train_seconds = time.perf_counter() - start
-    trainer.save_model(training_args.output_dir)
+    # _internal_call: with push_to_hub, Trainer.save_model would push here; the push comes below, with the summary
+    trainer.save_model(training_args.output_dir, _internal_call=True)
     trainer.processing_class.save_pretrained(training_args.output_dir)
     summary = {
         "variant": variant,
@@ -456,9 +486,24 @@ def train_student(
         "attn_implementation": trainer.model.config._attn_implementation,
         "eos_token": trainer.processing_class.eos_token,
     }
+    if repo_id:
+        summary["hub_model_id"] = repo_id
     with open(os.path.join(training_args.output_dir, SUMMARY_FILE), "w") as f:
         json.dump(summary, f, indent=2)
+    if repo_id:
+        push_student(trainer, repo_id, variant)
     return summary
+
+
+def push_student(trainer: SFTTrainer, repo_id: str, variant: str) -> None:
+    """`trainer.push_to_hub` (TRL's model card, amended by `CompressSFTTrainer`): the saved output folder (model or
+    LoRA adapter, tokenizer, `compress_sft.json`, README.md) in one commit; a failure names the saved folder."""
+    try:
+        trainer.push_to_hub(commit_message=f"hf-compress sft: {variant} student", tags=["compress-distill", variant])
+    except Exception as error:
+        folder = trainer.args.output_dir
+        raise push_failed(error, "the student", repo_id, "model", folder,
+                          f"upload it with `hf upload {repo_id} {folder}` (its card is written)") from error
 
 
 def run_sft(script_args: CompressSFTArguments, training_args: SFTConfig, model_args: ModelConfig) -> dict[str, Any]:

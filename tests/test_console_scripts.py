@@ -50,12 +50,12 @@ def error_line(result: subprocess.CompletedProcess, prefix: str) -> str:
 
 
 def parse_compress_recipe(path: str):
-    from hf_compress.cli import import_input_builder, load_recipe, plan_stages
+    from hf_compress.recipe import import_input_builder, load_recipe, plan_stages
 
     recipe = load_recipe(path)
     plan = plan_stages(recipe, path)
-    if "input_builder" in recipe:
-        import_input_builder(recipe["input_builder"], path)
+    if "input_builder" in recipe:  # the shipped recipes are run from the repository root (the tests' directory)
+        import_input_builder(recipe["input_builder"])
     return [name for name, _ in plan]
 
 
@@ -128,15 +128,19 @@ def test_compress_distill_checks_its_sft_recipe_before_generating(tmp_path, monk
 
 @pytest.mark.slow  # 5-7 s on the loaded 2-core CPU: two fresh `hf-compress` processes, each importing hf_compress
 def test_readme_recipe_resolves_from_the_repository_root_and_from_elsewhere(tmp_path):
-    # The README's command, from the repository root: the recipe's input builder must be importable from there.
+    # The README's command, from the repository root: the recipe's input builder is found there, as `python -m`
+    # finds a module (the working directory first), and a dry run imports none of it.
     at_root = run_script("hf-compress", "run", "examples/recipes/compress_arithmetic.yaml", "--dry_run", cwd=REPO_ROOT)
     assert at_root.returncode == 0, at_root.stderr[-3000:]
     builder_file = str(REPO_ROOT / "kit" / "tiny.py")
     assert [line.split(":")[0] for line in at_root.stdout.splitlines()] == ["input", "generate", "verify", "compress",
                                                                             "build"]
     assert builder_file in at_root.stdout
+    # From another directory `kit` is not importable (no search of the recipe's folders): a one-line error.
     elsewhere = run_script("hf-compress", "run", str(COMPRESS_RECIPE), "--dry_run", cwd=tmp_path)
-    assert elsewhere.returncode == 0 and builder_file in elsewhere.stdout, elsewhere.stderr[-3000:]
+    line = error_line(elsewhere, "hf-compress run")
+    assert elsewhere.returncode == 2 and "no module 'kit.tiny' in the working directory" in line
+    assert str(tmp_path) in line and "repository root" in line
 
 
 def test_hf_compress_errors_are_one_line_with_usage_exit_code(tmp_path):
@@ -184,7 +188,7 @@ def test_readme_pipeline_runs_end_to_end_from_the_repository_root(teacher_server
     assert set(built) == {"raw", "compressed", "answer_only", "truncated"} and len(built["raw"]) > 0
 
     changed = run_script("hf-compress", "run", str(COMPRESS_RECIPE), *overrides, "input_builder_kwargs.n=10",
-                         cwd=tmp_path)
+                         cwd=REPO_ROOT)
     assert changed.returncode == 2 and "the input dataset changed" in error_line(changed, "hf-compress run")
 
 

@@ -1,16 +1,24 @@
-"""Teacher generation spread over several OpenAI-compatible servers, one of which stops answering mid-run."""
+"""Teacher generation spread over several OpenAI-compatible servers, one of which stops answering mid-run; streamed
+answers, a server that goes silent mid-answer and one that is slow but steady."""
 
+import asyncio
+import json
 import threading
 import time
+from dataclasses import dataclass, field
 
 import pytest
+import uvicorn
 import yaml
 from datasets import load_from_disk
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
 
 from hf_compress.backends import BackendConfig, OpenAIBackend, SamplingConfig, TeacherUnavailableError
 from hf_compress.cli import main
 from hf_compress.generate import generate
 from kit.tiny import make_task_dataset
+from tests.compress.conftest import free_port, teacher_trace
 
 SAMPLING = SamplingConfig(n=2, temperature=0.7, seed=3)
 
@@ -113,3 +121,122 @@ def test_several_servers_from_the_command_line_and_from_a_recipe(start_teacher_s
         main(["run", str(tmp_path / f"{name}.yaml")])
         assert len(load_from_disk(str(tmp_path / name / "generate"))) == 8
         assert first.behaviour.served > 0 and second.behaviour.served > 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Streamed answers: a server that stops sending is detected by its silence, a slow but steady one is not cut
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StreamBehaviour:
+    chunk_seconds: float = 0.0  # pause before each chunk
+    stall_after_chunks: int | None = None  # go silent after this many chunks ...
+    stall_requests: int = 0  # ... in this many requests (the next ones answer in full)
+    first_chunk_seconds: float = 0.0  # pause before the first chunk (the headers come at once)
+    requests: int = 0
+    release: threading.Event = field(default_factory=threading.Event)  # set at teardown: ends the silences
+
+
+def streaming_app(behaviour: StreamBehaviour) -> FastAPI:
+    """An OpenAI-compatible server that streams its answer word by word (server-sent events, usage last)."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: dict):
+        behaviour.requests += 1
+        stalls = behaviour.requests <= behaviour.stall_requests
+        words = teacher_trace(body["messages"][-1]["content"], body.get("seed") or 0).split()[: body["max_tokens"]]
+        assert body["stream"] and body["stream_options"] == {"include_usage": True}
+
+        def event(delta: dict | None = None, finish_reason=None, usage=None) -> str:
+            choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
+            chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": body["model"], "choices": choices}
+            return f"data: {json.dumps({**chunk, 'usage': usage} if usage else chunk)}\n\n"
+
+        async def events():
+            await asyncio.sleep(behaviour.first_chunk_seconds)
+            yield event({"role": "assistant", "content": ""})
+            for i, word in enumerate(words):
+                if stalls and i == behaviour.stall_after_chunks:
+                    deadline = time.monotonic() + 30  # silent, the connection open (30 s at most)
+                    while not behaviour.release.is_set() and time.monotonic() < deadline:
+                        await asyncio.sleep(0.05)
+                    return
+                await asyncio.sleep(behaviour.chunk_seconds)
+                yield event({"content": word if i == 0 else " " + word})
+            yield event({}, finish_reason="stop")
+            yield event(usage={"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)})
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+@pytest.fixture
+def streaming_server():
+    behaviour = StreamBehaviour()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(streaming_app(behaviour), host="127.0.0.1", port=port, log_level="error",
+                                           timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}/v1", behaviour
+    behaviour.release.set()
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+ONE_PROBLEM = [[{"role": "user", "content": "Compute 3 + 4 from left to right."}]]
+ANSWER_TEXT = "Let me think step by step. 3 + 4 = 7. So the result is clear. The answer is \\boxed{7}."
+ANSWER = (ANSWER_TEXT, len(ANSWER_TEXT.split()), "stop")  # one token per word, as the server counts them
+
+
+def test_a_streamed_answer_reads_as_one_answer(streaming_server):
+    url, behaviour = streaming_server
+    (generations,) = OpenAIBackend("teacher", base_url=url).generate(ONE_PROBLEM, SamplingConfig(n=2), seed=0)
+    assert [(g.text, g.num_tokens, g.finish_reason) for g in generations] == [ANSWER] * 2
+    assert behaviour.requests == 2
+
+
+def test_an_answer_that_stops_mid_stream_is_retried_after_the_stall_timeout(streaming_server):
+    url, behaviour = streaming_server
+    behaviour.stall_after_chunks, behaviour.stall_requests = 3, 1  # 3 words, then silence (30 s at most)
+    backend = OpenAIBackend("teacher", base_url=url, request_timeout=30, stall_timeout_seconds=1.0, max_retries=2,
+                            backoff_seconds=0.01)
+    start = time.monotonic()
+    (generations,) = backend.generate(ONE_PROBLEM, SamplingConfig(), seed=0)
+    elapsed = time.monotonic() - start
+    assert generations[0].text == ANSWER_TEXT and behaviour.requests == 2  # the retry got the whole answer
+    assert elapsed < 15  # the silence was cut after about a second, not after request_timeout or 30 s
+    assert "stalled" in backend.servers[0].last_error
+
+    behaviour.requests, behaviour.stall_requests = 0, 3  # silent every time: a clear error, quickly
+    backend = OpenAIBackend("teacher", base_url=url, stall_timeout_seconds=0.5, max_retries=1, backoff_seconds=0.01)
+    with pytest.raises(TeacherUnavailableError, match=r"failed 2 times.*the answer stalled: nothing for"):
+        backend.generate(ONE_PROBLEM, SamplingConfig(), seed=0)
+
+
+def test_a_slow_but_steady_answer_is_not_cut(streaming_server):
+    url, behaviour = streaming_server
+    behaviour.chunk_seconds = behaviour.first_chunk_seconds = 0.25  # about 4.5 s in all, never 1.5 s silent
+    backend = OpenAIBackend("teacher", base_url=url, request_timeout=1.5, stall_timeout_seconds=1.5, max_retries=0)
+    start = time.monotonic()
+    (generations,) = backend.generate(ONE_PROBLEM, SamplingConfig(), seed=0)
+    assert generations[0].text == ANSWER_TEXT and behaviour.requests == 1
+    assert time.monotonic() - start > 3  # longer than either timeout: neither bounds the whole answer
+
+
+def test_stall_timeout_is_an_option_of_the_command_line_and_of_a_recipe(streaming_server, tmp_path):
+    url, behaviour = streaming_server
+    behaviour.stall_after_chunks, behaviour.stall_requests = 2, 1
+    problems(1).save_to_disk(str(tmp_path / "problems"))
+    main(["generate", "--input", str(tmp_path / "problems"), "--output", str(tmp_path / "cli"), "--backend", "openai",
+          "--model", "teacher", "--base_url", url, "--stall_timeout_seconds", "0.5", "--backoff_seconds", "0.01"])
+    assert behaviour.requests == 2 and len(load_from_disk(str(tmp_path / "cli"))) == 1
+    with pytest.raises(ValueError, match=r"--stall_timeout_seconds must be a number > 0, got 0.0"):
+        BackendConfig(backend="openai", model="teacher", stall_timeout_seconds=0)

@@ -1,0 +1,10 @@
+"""Names shared by the command-line layer and the modules that do the work, kept apart so that `hf-compress --help`
+and `hf-compress report` import neither torch, transformers, TRL nor datasets to know them."""
+
+# The SFT variants `build` writes, one split each (see `hf_compress.build`).
+VARIANTS = ("raw", "compressed", "answer_only", "truncated")
+
+# Written into a student's folder by `hf-compress sft` (training) and `hf-compress eval`; read by `report`.
+SUMMARY_FILE = "compress_sft.json"
+EVAL_FILE = "eval.json"
+EVAL_TABLE_DIR = "eval_table"
