@@ -172,7 +172,7 @@ def update_student_card(readme: str, *, variant: str, base_model: str | None, pe
         lines.append(f"Base model: `{base_model}`" + (" (this repo holds a LoRA adapter)." if peft else "."))
     if peft:
         lines += ["", "```python", "from peft import AutoPeftModelForCausalLM", "",
-                  f"model = AutoPeftModelForCausalLM.from_pretrained({repo_id or '<this repo>'!r})  # base, then adapter",
+                  f"model = AutoPeftModelForCausalLM.from_pretrained(\"{repo_id or '<this repo>'}\")  # base, then adapter",
                   "```"]
     if summary:
         keys = ("n_examples", "train_tokens", "loss_tokens", "train_loss", "num_train_epochs", "packing_strategy")
