@@ -12,8 +12,10 @@ This module is not needed to load a converted model (the saved folder holds `DLA
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import tempfile
 
 import torch
 from transformers import AutoTokenizer, Mamba2Config, Mamba2ForCausalLM, PreTrainedTokenizerBase
@@ -79,6 +81,10 @@ def convert_mamba2(
     max_states: int = 16,
     output_dir: str | os.PathLike | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    push_to_hub: bool = False,
+    repo_id: str | None = None,
+    private: bool | None = None,
+    token: str | bool | None = None,
     **config_overrides,
 ) -> DLAForCausalLM:
     """A `DLAForCausalLM` with the weights of a transformers `Mamba2ForCausalLM` (a model or a folder / hub id)
@@ -92,10 +98,16 @@ def convert_mamba2(
             `trust_remote_code=True`) together with the tokenizer, when there is one (else a warning says so).
         tokenizer: saved with the model; by default the one next to `model_or_path` (or the model's `name_or_path`),
             if that folder or repo has tokenizer files.
+        push_to_hub, repo_id, private, token: as in `save_pretrained(output_dir, push_to_hub=True, repo_id=...)`:
+            also upload what is saved (model, modeling files, tokenizer) to the Hub repo `repo_id` (default: the
+            name of `output_dir`; without `output_dir` the files are saved in a temporary folder and `repo_id` is
+            needed), created if missing (`private` applies then). `token` also reads `model_or_path` from the Hub.
         config_overrides: other `DLAConfig` fields (e.g. `backend="triton"`, `chunk_size=64`).
     """
+    if push_to_hub and output_dir is None and repo_id is None:
+        raise ValueError("convert_mamba2(push_to_hub=True) needs repo_id= (or output_dir=, whose name it then takes).")
     if isinstance(model_or_path, (str, os.PathLike)):
-        source = Mamba2ForCausalLM.from_pretrained(model_or_path)
+        source = Mamba2ForCausalLM.from_pretrained(model_or_path, token=token)
     elif isinstance(model_or_path, Mamba2ForCausalLM):
         source = model_or_path
     else:
@@ -115,20 +127,45 @@ def convert_mamba2(
             "Is it a transformers Mamba2ForCausalLM?"
         )
     model = model.to(dtype).eval()
-    if output_dir is not None:
-        model.save_pretrained(output_dir)
-        tokenizer = tokenizer or _find_tokenizer(model_or_path, source)
-        if tokenizer is None:
-            logger.warning(
-                "No tokenizer found for %s (no tokenizer files there); saved the model alone in %s. "
-                "Pass tokenizer= to save one with it.",
-                source.name_or_path,
-                output_dir,
+    if output_dir is not None or push_to_hub:
+        tokenizer = tokenizer or _find_tokenizer(model_or_path, source, token)
+        if push_to_hub:  # save_pretrained's default repo: the folder's name
+            repo_id = repo_id or os.path.basename(os.path.normpath(os.fspath(output_dir)))
+        hub_kwargs = {"push_to_hub": True, "repo_id": repo_id, "private": private, "token": token}
+        with _save_folder(output_dir) as folder:
+            _save_converted(
+                model, tokenizer, folder, hub_kwargs if push_to_hub else {}, source.name_or_path, output_dir
             )
-        else:
-            tokenizer.save_pretrained(output_dir)
-            logger.info("Saved the tokenizer (%s) with the model in %s.", type(tokenizer).__name__, output_dir)
     return model
+
+
+@contextlib.contextmanager
+def _save_folder(output_dir: str | os.PathLike | None):
+    """`output_dir`, or a temporary folder for a push to the Hub without a local copy (as `push_to_hub` does)."""
+    if output_dir is not None:
+        yield output_dir
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        yield folder
+
+
+def _save_converted(model, tokenizer, folder, hub_kwargs: dict, source_name: str, output_dir) -> None:
+    """Save (and with `hub_kwargs`, push) the model and, when there is one, the tokenizer: transformers'
+    `save_pretrained(push_to_hub=True, repo_id=...)` of each, so one commit each, of the files each wrote."""
+    model.save_pretrained(folder, **hub_kwargs)
+    places = [] if output_dir is None else [f"in {output_dir}"]
+    if hub_kwargs:
+        places.append(f"pushed to {hub_kwargs['repo_id']}")
+    if tokenizer is None:
+        logger.warning(
+            "No tokenizer found for %s (no tokenizer files there); saved the model alone (%s). "
+            "Pass tokenizer= to save one with it.",
+            source_name,
+            " and ".join(places),
+        )
+        return
+    tokenizer.save_pretrained(folder, **hub_kwargs)
+    logger.info("Saved the tokenizer (%s) with the model (%s).", type(tokenizer).__name__, " and ".join(places))
 
 
 def _mamba2_to_dla_name(name: str) -> str:
@@ -136,12 +173,12 @@ def _mamba2_to_dla_name(name: str) -> str:
     return "model." + name.removeprefix("backbone.") if name.startswith("backbone.") else name
 
 
-def _find_tokenizer(model_or_path, source) -> PreTrainedTokenizerBase | None:
+def _find_tokenizer(model_or_path, source, token=None) -> PreTrainedTokenizerBase | None:
     location = model_or_path if isinstance(model_or_path, (str, os.PathLike)) else source.name_or_path
     if not location:
         return None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location)
+        tokenizer = AutoTokenizer.from_pretrained(location, token=token)
     except (OSError, ValueError):
         return None
     return tokenizer if _has_vocabulary(tokenizer) else None
