@@ -148,6 +148,68 @@ def test_hf_compress_errors_are_one_line_with_usage_exit_code(tmp_path):
     assert bad.returncode == 2 and "expected true or false, got 'maybe'" in error_line(bad, "hf-compress run")
 
 
+def test_hf_compress_typos_get_a_suggestion_from_another_folder(tmp_path):
+    bad = run_script("hf-compress", "run", str(COMPRESS_RECIPE), "--dryrun", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert error_line(bad, "hf-compress run").endswith("unrecognized arguments: --dryrun (did you mean --dry_run?)")
+    bad = run_script("hf-compress", "generate", "--input", "x", "--output", "y", "--problems_per_call", "0", cwd=tmp_path)
+    assert bad.returncode == 2 and "--problems_per_call must be an integer >= 1, got 0" in error_line(
+        bad, "hf-compress generate")
+
+
+# What each command line imports, in a fresh interpreter: `main(argv)` for each argv, then the heavy modules loaded.
+IMPORTS = """
+import json, sys
+from hf_compress.cli import main
+for argv in json.loads(sys.argv[1]):
+    try:
+        main(argv)
+    except SystemExit as exit:
+        assert exit.code in (0, None), (argv, exit.code)
+print(json.dumps(sorted(name for name in ("torch", "transformers", "trl", "datasets") if name in sys.modules)))
+"""
+
+
+def modules_loaded_by(*argvs, cwd) -> list[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run([sys.executable, "-c", IMPORTS, json.dumps(argvs)], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_hf_compress_report_imports_no_torch_transformers_or_trl(tmp_path):
+    for variant, train_tokens in (("raw", 1000), ("compressed", 400)):
+        (tmp_path / variant).mkdir()
+        (tmp_path / variant / "compress_sft.json").write_text(json.dumps(
+            {"variant": variant, "train_tokens": train_tokens, "loss_tokens": 300, "train_seconds": 10.0}))
+        (tmp_path / variant / "eval.json").write_text(json.dumps(
+            {"n": 10, "accuracy": 0.5, "accuracy_stderr": 0.16, "output_tokens_mean": 20.0, "output_tokens_p90": 30,
+             "hit_cap_rate": 0.0}))
+    loaded = modules_loaded_by(["report", "raw", "compressed", "--output", "report"], ["report", "--help"],
+                               cwd=tmp_path)
+    assert (tmp_path / "report" / "comparison.json").exists()
+    assert not {"torch", "transformers", "trl"} & set(loaded), loaded
+
+
+def test_help_of_every_subcommand_imports_neither_torch_nor_transformers(tmp_path):
+    recipe = str(REPO_ROOT / "examples" / "recipes" / "sft_tiny_student.yaml")
+    argvs = [["--help"], *([command, "--help"] for command in
+                           ("run", "generate", "verify", "compress", "build", "eval", "report")), ["sft", recipe, "--help"]]
+    loaded = modules_loaded_by(*argvs, cwd=tmp_path)
+    assert not {"torch", "transformers"} & set(loaded), loaded  # TRL's parser alone (its package is lazy) is light
+
+
+def test_hf_compress_sft_help_is_short_and_names_the_subcommand(tmp_path):
+    recipe = str(REPO_ROOT / "examples" / "recipes" / "sft_tiny_student.yaml")
+    result = run_script("hf-compress", "sft", recipe, "--help", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("usage: hf-compress sft RECIPE"), result.stderr[-3000:]
+    assert len(result.stdout.splitlines()) < 150  # the data and model options and the recipe's values, not TRL's 800
+    assert "--dataset_path" in result.stdout and "--learning_rate 0.003" in result.stdout
+    assert "--help_all" in result.stdout
+
+
 def test_flowcredit_intervention_errors_are_one_line(tmp_path, capsys):
     from hf_flowcredit.intervention import main
 

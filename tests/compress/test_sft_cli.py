@@ -64,3 +64,25 @@ def test_recipe_with_an_unknown_field_fails_before_training(tmp_path, capsys):
     assert "'learning_rte' (did you mean 'learning_rate'?)" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"'learning_rte' \(did you mean 'learning_rate'\?\)"):
         main(["--debug", "sft", str(path), "--output_dir", str(tmp_path / "out")])
+
+
+def test_sft_options_are_exact_and_a_typo_gets_a_suggestion(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # argparse would have taken it as --learning_rate
+        main(["sft", TINY_RECIPE, "--learning_rat", "1e-3", "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert err == "hf-compress sft: error: unrecognized arguments: --learning_rat 1e-3 (did you mean --learning_rate?)\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_sft_help_lists_the_recipe_values_and_help_all_every_field(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sft", TINY_RECIPE, "--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and out.startswith("usage: hf-compress sft RECIPE")
+    assert "--lora_r" in out and "--learning_rate 0.003" in out and "--gradient_accumulation_steps" not in out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sft", TINY_RECIPE, "--help_all"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and out.startswith("usage: hf-compress sft RECIPE")
+    assert "--gradient_accumulation_steps" in out and "--dataset_path" in out
