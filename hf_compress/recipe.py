@@ -247,6 +247,11 @@ def run_recipe(recipe_path: str, overrides: list[str] = (), dry_run: bool = Fals
         for name, args in plan:
             print(f"{name}: " + " ".join(f"{key}={value!r}" for key, value in args.as_dict().items()))
         return plan
+    for name, args in plan:  # a push that cannot work fails now, before the first teacher request
+        if name == "build" and args.push_to_hub:
+            from .hub import check_push_access
+
+            check_push_access(args.push_to_hub, "dataset")
     with output_lock(recipe["output_dir"], "run"):  # one run per output_dir; each stage also locks its own folder
         load_recipe_input(recipe)
         results = {}

@@ -159,7 +159,6 @@ def test_push_access_is_checked_before_any_work_in_one_line(hub_server, hub_env,
         check_push_access("user/checked", "dataset", token="hf_wrong")
 
 
-@pytest.mark.slow
 def test_run_with_a_wrong_token_stops_before_the_first_teacher_request(hub_server, hub_env, teacher_server, tmp_path):
     import yaml
 
