@@ -33,6 +33,8 @@ import datasets
 from datasets import Dataset, concatenate_datasets, load_dataset, load_from_disk
 from tqdm.auto import tqdm
 
+from .arguments import looks_local
+
 logger = logging.getLogger(__name__)
 
 STAGE_FILE = "hf_compress_stage.json"
@@ -54,8 +56,9 @@ def require_columns(dataset: Dataset, columns: list[str], stage: str, hint: str 
 
 
 def looks_like_a_path(name: str) -> bool:
-    """True for names that cannot be Hub ids (those are `name` or `org/name`), so a missing one is a typo."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1
+    """True for names that cannot be Hub ids (those are `name` or `org/name`), so a missing one is a typo: the one
+    check of `hf_compress.arguments.looks_local`, which every subcommand uses."""
+    return looks_local(name)
 
 
 def load_input(source: str, split: str = "train") -> Dataset:
