@@ -96,3 +96,20 @@ def test_sft_with_a_wrong_token_stops_before_loading_the_model(hub_server, hub_e
     assert len(lines) == 1 and "user/never-pushed" in lines[0] and hub_server.endpoint in lines[0], lines
     assert "refused the token" in lines[0] and "HF_TOKEN" in lines[0]
     assert not (tmp_path / "student" / "compress_sft.json").exists()
+
+
+def test_train_student_checks_the_repo_before_loading_the_model(hub_server, hub_env, tmp_path, monkeypatch):
+    from trl import ModelConfig, SFTConfig
+
+    from hf_compress.hub import HubAccessError
+    from hf_compress.sft import train_student
+
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+    args = SFTConfig(output_dir=str(tmp_path / "student"), push_to_hub=True, use_cpu=True, bf16=False,
+                     report_to="none")  # no hub_model_id: the output folder's name
+    rows = DatasetDict.load_from_disk(built_variant(tmp_path / "built", "raw"))["raw"]
+    with pytest.raises(HubAccessError) as refused:  # "user/no-such-model" would fail to load: the check came first
+        train_student(args, ModelConfig(model_name_or_path="user/no-such-model"), rows, variant="raw")
+    message = str(refused.value)
+    assert "model repo student on " + hub_server.endpoint in message and "refused the token" in message
+    assert "\n" not in message and not (tmp_path / "student").exists()
