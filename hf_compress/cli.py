@@ -103,7 +103,8 @@ class _ExactOptions:
             words = [w.split("=")[0] for w in message.split(": ", 1)[1].split() if w.startswith("--")]
             message += did_you_mean(words, options)
         elif match := re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message):
-            message += did_you_mean([match.group(1)], re.findall(r"'([^']*)'", match.group(2)), quote=True)
+            choices = [choice.strip().strip("'") for choice in match.group(2).split(",")]
+            message += did_you_mean([match.group(1)], choices, quote=True)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -472,7 +473,10 @@ def _parse_sft(argv: list[str]) -> CommandArguments:
         recipe = argv[0] if argv and not argv[0].startswith("-") else None
         print(sft_help(recipe, full="--help_all" in argv))
         sys.exit(0)
-    return CommandArguments("sft", extra=vars(command_parser("sft").parse_args(argv)))
+    parser = command_parser("sft")
+    if not argv:
+        parser.error("the following arguments are required: RECIPE (`hf-compress sft --help` lists the options)")
+    return CommandArguments("sft", extra=vars(parser.parse_args(argv)))
 
 
 def _run_sft(args: CommandArguments):

@@ -10,13 +10,17 @@ import pytest
 
 from hf_compress.backends import (
     BackendConfig,
+    Generation,
+    MalformedAnswerError,
     OpenAIBackend,
     SamplingConfig,
+    ServerFailure,
     TeacherRequestError,
     TeacherUnavailableError,
     TransformersBackend,
     VLLMBackend,
 )
+from hf_compress.backends.openai_backend import parse_chat_stream
 from kit.tiny import build_tokenizer, tiny_causal_lm
 
 PROBLEMS = ["Compute 3 + 4 from left to right.", "Compute 12 - 5 * 2 from left to right.", "Compute 7 from left to right."]
@@ -290,3 +294,48 @@ def test_vllm_data_parallel_replicas_each_answer_a_share_on_their_own_gpus(fake_
     assert not any(replica.process.is_alive() for replica in backend.replicas)
     with pytest.raises(ValueError, match=r"needs 6 GPUs, but this process sees 5"):
         BackendConfig(backend="vllm", model="m", tensor_parallel_size=2, data_parallel_size=3).build()
+
+
+def sse(*chunks) -> list[str]:
+    return [line for chunk in chunks for line in (f"data: {json.dumps(chunk)}", "")] + ["data: [DONE]"]
+
+
+def test_a_streamed_answer_is_put_together_like_a_complete_one():
+    lines = sse({"choices": [{"index": 0, "delta": {"role": "assistant", "reasoning_content": "3 + 4"}}]},
+                {"choices": [{"index": 0, "delta": {"reasoning_content": " = 7."}}]},
+                {"choices": [{"index": 0, "delta": {"content": "The answer"}}]},
+                {"choices": [{"index": 0, "delta": {"content": " is 7."}, "finish_reason": "stop"}]},
+                {"choices": [], "usage": {"completion_tokens": 9}})
+    seen = []
+    generation = parse_chat_stream([": keep-alive", *lines], on_line=lambda: seen.append(1))
+    assert generation == Generation("<think>\n3 + 4 = 7.\n</think>\n\nThe answer is 7.", 9, "stop")
+    assert len(seen) == len(lines) + 1  # every line counts as a sign of life
+    no_usage = sse({"choices": [{"index": 0, "delta": {"content": "7"}, "finish_reason": "length"}]})
+    with pytest.raises(MalformedAnswerError, match="usage.completion_tokens"):
+        parse_chat_stream(no_usage)
+    with pytest.raises(ServerFailure, match="an error in the stream"):  # vLLM's mid-stream error: retried
+        parse_chat_stream(sse({"error": {"message": "engine dead", "code": 500}}))
+    with pytest.raises(MalformedAnswerError, match="not JSON"):
+        parse_chat_stream(["data: {oops"])
+
+
+def test_config_values_are_read_like_the_command_line_and_checked():
+    sampling = SamplingConfig(n="2", temperature="0.7", top_k="20")  # as a recipe may quote them
+    assert (sampling.n, sampling.temperature, sampling.top_k) == (2, 0.7, 20)
+    config = BackendConfig(backend="openai", model="m", base_url="http://a:1/v1, http://b:1/v1", max_retries="0")
+    assert config.base_urls == ["http://a:1/v1", "http://b:1/v1"] and config.max_retries == 0
+    for kwargs, message in [({"top_k": -5}, r"--top_k must be an integer >= 0"), ({"n": 2.5}, r"invalid int value"),
+                            ({"max_new_tokens": 0}, r"--max_new_tokens must be an integer >= 1, got 0")]:
+        with pytest.raises(ValueError, match=message):
+            SamplingConfig(**kwargs)
+    for kwargs, message in [({"request_timeout": 0}, "--request_timeout must be a number > 0"),
+                            ({"batch_size": 0}, "--batch_size must be an integer >= 1"),
+                            ({"backoff_seconds": -1}, "--backoff_seconds must be a number >= 0")]:
+        with pytest.raises(ValueError, match=message):
+            BackendConfig(backend="openai", model="m", **kwargs)
+
+
+def test_a_missing_local_model_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=rf"--model: no such folder: runs/sft/model \(relative to {tmp_path}\)"):
+        BackendConfig(model="runs/sft/model").build()

@@ -5,6 +5,7 @@ import importlib.metadata
 import os
 import re
 import shutil
+import subprocess
 import sys
 import uuid
 
@@ -345,3 +346,21 @@ def test_a_dry_run_imports_and_calls_none_of_the_recipes_code(tmp_path, monkeypa
     code, err = cli_error(["run", recipe(f"{package}.nothing:build"), "--dry_run"], capsys)
     assert code == 2 and f"no module '{package}.nothing' in the working directory ({tmp_path})" in err
     assert not (tmp_path / "out").exists()
+
+
+LAZY = """
+import sys, types
+import hf_compress
+assert "datasets" not in sys.modules and "hf_compress.generate" not in sys.modules
+import hf_compress.generate
+from hf_compress import generate, verify
+assert isinstance(generate, types.FunctionType) and hf_compress.generate is generate  # not the submodule
+assert isinstance(verify, types.FunctionType) and hf_compress.verify is verify
+from hf_compress.generate import GENERATED_COLUMNS  # the module itself is still importable
+print(sorted(name for name in hf_compress.__all__ if not hasattr(hf_compress, name)))
+"""
+
+
+def test_the_package_imports_its_names_when_first_used_and_stage_functions_stay_functions():
+    result = subprocess.run([sys.executable, "-c", LAZY], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-3000:]
