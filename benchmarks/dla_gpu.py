@@ -107,15 +107,11 @@ def plan_slot_map(args, memory, keys, pytorch_plan=False):
     """The memory plan's slot map over `keys`, its number of slots and the plan's wall time (s). The dla plan
     is `TritonDynamicPlan` (what `backend="triton"` uses) unless `pytorch_plan`."""
     from hf_dla.memory_plans import build_memory_plan
-    from hf_dla.ops.triton import TritonDynamicPlan
 
     if memory == "vanilla":
         return None, 1, 0.0
     num_slots = args.max_states if memory == "dla" else math.ceil(math.log2(keys.shape[1])) + 1
-    if memory == "dla" and not pytorch_plan:
-        plan = TritonDynamicPlan(num_slots, args.merge_threshold)
-    else:
-        plan = build_memory_plan(memory, num_slots, args.merge_threshold)
+    plan = build_memory_plan(memory, num_slots, args.merge_threshold, backend="chunk" if pytorch_plan else "triton")
     plan(keys[:, :2], torch.ones(keys.shape[0], 2, dtype=torch.bool, device=keys.device),
          plan.init_state(keys.shape[0], keys.shape[2] * keys.shape[3], keys.device))  # fmt: skip  # warm-up
     valid = torch.ones(keys.shape[:2], dtype=torch.bool, device=keys.device)
