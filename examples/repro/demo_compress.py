@@ -42,7 +42,7 @@ from hf_compress.verify import verify
 from kit.teacher import train_tiny_sft
 from kit.tiny import make_task_dataset, tiny_causal_lm
 
-RECIPE = os.path.join(os.path.dirname(__file__), "recipes", "sft_tiny_student.yaml")
+RECIPE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "recipes", "sft_tiny_student.yaml")
 INITS = ("scratch", "teacher")
 
 

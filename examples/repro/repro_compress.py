@@ -43,7 +43,7 @@ from hf_compress.sft import SUMMARY_FILE, parse_recipe, run_sft
 from hf_compress.stages import load_tokenizer, read_stage_record
 from hf_compress.verify import verify
 
-RECIPE = os.path.join(os.path.dirname(__file__), "recipes", "compress_real_student.yaml")
+RECIPE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "recipes", "compress_real_student.yaml")
 COMPRESSORS = ("extractive", "llm")
 
 
