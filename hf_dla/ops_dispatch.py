@@ -25,7 +25,7 @@ def get_multistate_op(backend: str, mixer: str):
     """The op of a backend (`naive` | `chunk` | `triton`) for a mixer (`mamba2` | `gated_deltanet`)."""
     if backend != "triton":
         if (backend, mixer) not in PYTORCH_OPS:
-            raise ValueError(f"No op for backend={backend!r}, mixer={mixer!r}; backends: naive, chunk, triton.")
+            raise ValueError(f"No op for backend={backend!r}, mixer={mixer!r}; backends: {', '.join(BACKENDS)}.")
         return PYTORCH_OPS[backend, mixer]
     return getattr(import_triton_backend(), TRITON_OP_NAMES[mixer])
 
