@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from datasets import Dataset, DatasetDict, load_from_disk
 
+from .constants import VARIANTS
 from .stages import (
     check_stage_input,
     dataset_fingerprint,
@@ -29,8 +30,6 @@ from .stages import (
     stage_output_lock,
 )
 from .verify import answer_span
-
-VARIANTS = ("raw", "compressed", "answer_only", "truncated")
 
 
 def answer_marker(trace: str, gold: str) -> str:
