@@ -8,9 +8,9 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
+from .ops_utils import BACKENDS, MEMORY_MODES
+
 MIXERS = ("mamba2", "gated_deltanet")
-MEMORY_MODES = ("vanilla", "loglinear", "dla")
-BACKENDS = ("naive", "chunk", "triton")
 
 
 @strict

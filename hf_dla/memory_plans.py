@@ -29,9 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .ops_utils import batch_to_documents, check_cu_seqlens, documents_to_batch, import_triton_backend
+from .ops_utils import (
+    MEMORY_MODES,
+    batch_to_documents,
+    check_cu_seqlens,
+    documents_to_batch,
+    import_triton_backend,
+)
 
-MEMORY_MODES = ("vanilla", "loglinear", "dla")
 NO_START = 2**62  # start position of an empty slot
 
 

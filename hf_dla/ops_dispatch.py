@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from .ops_chunk import chunk_gated_delta_rule, chunk_mamba2
 from .ops_naive import naive_gated_delta_rule, naive_mamba2
-from .ops_utils import import_triton_backend
+from .ops_utils import BACKENDS, import_triton_backend
 
-BACKENDS = ("naive", "chunk", "triton")
 PYTORCH_OPS = {
     ("naive", "mamba2"): naive_mamba2,
     ("naive", "gated_deltanet"): naive_gated_delta_rule,

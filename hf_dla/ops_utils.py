@@ -15,6 +15,10 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
+# The memory modes and op backends, named once here (the lowest module) for the plans, the dispatch and the config.
+MEMORY_MODES = ("vanilla", "loglinear", "dla")
+BACKENDS = ("naive", "chunk", "triton")
+
 TRITON_BACKEND = "hf_dla.ops.triton"
 
 # ----------------------------------------------------------------------------------------------------------
