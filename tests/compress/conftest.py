@@ -181,3 +181,29 @@ def teacher_server(_running_server):
     _running_server.behaviour.reset()
     yield _running_server
     _running_server.behaviour.reset()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from kit.tiny import build_tokenizer
+
+    return build_tokenizer()
+
+
+@pytest.fixture
+def compressed_folder(teacher_server, tokenizer, tmp_path):
+    """generate -> verify -> compress through folders (so `build` finds the stage records), as the CLI chains them;
+    the tokenizer is saved beside them (`tmp_path / "tokenizer"`) for `hf-compress build --tokenizer`."""
+    from hf_compress.backends import OpenAIBackend, SamplingConfig
+    from hf_compress.compress import ExtractiveCompressor, compress
+    from hf_compress.generate import generate
+    from hf_compress.verify import verify
+    from kit.tiny import make_task_dataset
+
+    problems = make_task_dataset("arithmetic", 6, seed=0).select_columns(["problem", "answer"])
+    traces = generate(problems, OpenAIBackend("teacher", base_url=teacher_server.base_url), SamplingConfig(n=2),
+                      output_dir=str(tmp_path / "generate"))
+    checked = verify(traces, output_dir=str(tmp_path / "verify"))
+    compress(checked, ExtractiveCompressor(), tokenizer, output_dir=str(tmp_path / "compress"))
+    tokenizer.save_pretrained(str(tmp_path / "tokenizer"))
+    return str(tmp_path / "compress")

@@ -5,29 +5,8 @@ import os
 import pytest
 from datasets import Dataset, load_from_disk
 
-from hf_compress.backends import OpenAIBackend, SamplingConfig
 from hf_compress.build import VARIANTS, build, load_variants, truncate_keeping_answer
-from hf_compress.compress import ExtractiveCompressor, compress
-from hf_compress.generate import generate
 from hf_compress.stages import StageMismatchError
-from hf_compress.verify import verify
-from kit.tiny import build_tokenizer, make_task_dataset
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
-
-
-@pytest.fixture
-def compressed_folder(teacher_server, tokenizer, tmp_path):
-    """generate -> verify -> compress through folders, as the CLI chains them."""
-    problems = make_task_dataset("arithmetic", 6, seed=0).select_columns(["problem", "answer"])
-    traces = generate(problems, OpenAIBackend("teacher", base_url=teacher_server.base_url), SamplingConfig(n=2),
-                      output_dir=str(tmp_path / "generate"))
-    checked = verify(traces, output_dir=str(tmp_path / "verify"))
-    compress(checked, ExtractiveCompressor(), tokenizer, output_dir=str(tmp_path / "compress"))
-    return str(tmp_path / "compress")
 
 
 def test_build_writes_four_aligned_variants(compressed_folder, tokenizer, tmp_path):

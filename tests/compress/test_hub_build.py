@@ -11,35 +11,14 @@ import pytest
 from datasets import load_from_disk
 from huggingface_hub import DatasetCard
 
-from hf_compress.backends import OpenAIBackend, SamplingConfig
 from hf_compress.build import VARIANTS, build, load_variants
 from hf_compress.cli import main
-from hf_compress.compress import ExtractiveCompressor, compress
-from hf_compress.generate import generate
 from hf_compress.hub import HubAccessError, HubPushError, check_push_access
 from hf_compress.stages import read_stage_record
-from hf_compress.verify import verify
 from kit.tiny import build_tokenizer, make_task_dataset
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HF_COMPRESS = os.path.join(os.path.dirname(sys.executable), "hf-compress")
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
-
-
-@pytest.fixture
-def compressed_folder(teacher_server, tokenizer, tmp_path):
-    """generate -> verify -> compress through folders (so `build` finds the stage records), as the CLI chains them."""
-    problems = make_task_dataset("arithmetic", 6, seed=0).select_columns(["problem", "answer"])
-    traces = generate(problems, OpenAIBackend("teacher", base_url=teacher_server.base_url), SamplingConfig(n=2),
-                      output_dir=str(tmp_path / "generate"))
-    checked = verify(traces, output_dir=str(tmp_path / "verify"))
-    compress(checked, ExtractiveCompressor(), tokenizer, output_dir=str(tmp_path / "compress"))
-    tokenizer.save_pretrained(str(tmp_path / "tokenizer"))
-    return str(tmp_path / "compress")
 
 
 def commits(hub_server, repo_id: str) -> int:
