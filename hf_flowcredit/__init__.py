@@ -1,7 +1,7 @@
 """hf_flowcredit: FlowTracer token credit for TRL GRPO.
 
 Answer-targeted attention flow through a completion's tokens, turned into per-token advantage weights.
-The core library (this block) works on any Hugging Face causal LM and does not import TRL.
+The core library (`_CORE_EXPORTS`) works on any Hugging Face causal LM and does not import TRL.
 """
 
 # Every name is imported from its module on first use: `import hf_flowcredit` (and so the `flowcredit-intervention`

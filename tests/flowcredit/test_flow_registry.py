@@ -90,3 +90,20 @@ def test_the_package_registers_one_attention_implementation():
     ours = [name for name in AttentionInterface._global_mapping if name.startswith("flowcredit")]
     masks = [name for name in AttentionMaskInterface._global_mapping if name.startswith("flowcredit")]
     assert ours == masks == ["flowcredit"]
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch and transformers: 5-15 s on the loaded 2-core CPU
+def test_package_imports_are_lazy_and_the_core_needs_no_trl():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hf_flowcredit\n"
+        "assert 'torch' not in sys.modules, 'import hf_flowcredit loaded torch'\n"
+        "hf_flowcredit.get_scorer('flow'), hf_flowcredit.capture_attention, hf_flowcredit.render_html\n"
+        "assert 'trl' not in sys.modules, 'the core library loaded trl'\n"
+        "hf_flowcredit.FlowGRPOConfig\n"
+        "assert 'trl' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]

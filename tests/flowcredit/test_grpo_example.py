@@ -44,3 +44,13 @@ def test_tiny_recipe_trains(tmp_path):
     main(script_args, training_args, model_args)
     trained = AutoModelForCausalLM.from_pretrained(output_dir)
     assert trained.config.num_hidden_layers == 3
+
+
+def test_cpu_quickstart_in_the_docs_is_the_script():
+    """docs/hf_flowcredit.md shows examples/scripts/flowcredit_cpu_quickstart.py as it is (its timing is measured)."""
+    import re
+
+    script = (RECIPES.parent / "scripts" / "flowcredit_cpu_quickstart.py").read_text()
+    body = script.split('"""', 2)[2].strip()  # the code after the module docstring
+    docs = (RECIPES.parents[1] / "docs" / "hf_flowcredit.md").read_text().split("## On a CPU", 1)[1]
+    assert re.search(r"```python\n(.*?)```", docs, re.S).group(1).strip() == body

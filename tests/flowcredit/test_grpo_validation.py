@@ -1,8 +1,11 @@
 """FlowGRPO settings and models that cannot work are refused when the config or the trainer is built, not when the
 first batch with an answer is scored (which can be hours into a run)."""
 
+import logging
 import math
 import re
+import types
+import warnings
 
 import pytest
 import torch
@@ -161,3 +164,50 @@ def test_a_missing_generation_output_key_is_named_at_the_first_batch(monkeypatch
     with pytest.raises(RuntimeError, match=r"output key\(s\) \['prompt_mask', 'completion_ids', 'completion_mask', "
                                            rf"'advantages'\], which trl {re.escape(trl.__version__)} does not"):
         trainer._generate_and_score_completions([])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Device defaults: TRL's GPU defaults (bf16, activation checkpointing) are turned off on the CPU unless set
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_cpu", [False, True], ids=["no accelerator", "use_cpu"])
+def test_on_the_cpu_unset_bf16_and_checkpointing_are_off(caplog, use_cpu):
+    assert not torch.accelerator.is_available()  # this suite runs on a CPU-only machine
+    with caplog.at_level(logging.INFO, logger="hf_flowcredit.config"), warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # nor transformers' warning about `gradient_checkpointing`
+        config = FlowGRPOConfig(output_dir="unused", report_to="none", use_cpu=use_cpu)
+    assert config.bf16 is False and config.fp16 is False
+    assert config.activation_checkpointing is False and config.gradient_checkpointing is False
+    assert "training on the CPU, so bf16=False and activation_checkpointing=False" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        (dict(bf16=True), dict(bf16=True, activation_checkpointing=False)),
+        (dict(bf16=False), dict(bf16=False, activation_checkpointing=False)),
+        (dict(activation_checkpointing=True), dict(bf16=False, activation_checkpointing=True)),
+        (dict(gradient_checkpointing=True), dict(bf16=False, activation_checkpointing=True)),
+        (dict(bf16=True, activation_checkpointing=True), dict(bf16=True, activation_checkpointing=True)),
+    ],
+    ids=lambda value: ",".join(f"{k}={v}" for k, v in value.items()),
+)
+def test_on_the_cpu_an_explicit_choice_is_kept(given, expected):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # `gradient_checkpointing` is deprecated: the user's choice
+        config = FlowGRPOConfig(output_dir="unused", report_to="none", use_cpu=True, **given)
+    assert {name: getattr(config, name) for name in expected} == expected
+    assert config.gradient_checkpointing == config.activation_checkpointing
+
+
+def test_with_an_accelerator_trl_defaults_stay(monkeypatch):
+    """On a GPU machine (simulated: the config cannot be built here with bf16, which needs the hardware)."""
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    unset = dict(use_cpu=False, fp16=False, bf16=None, activation_checkpointing=None, gradient_checkpointing=None)
+    args = types.SimpleNamespace(**unset)
+    FlowGRPOConfig._resolve_device_defaults(args)
+    assert args.bf16 is None and args.activation_checkpointing is True  # TRL then resolves bf16 to True
+    args = types.SimpleNamespace(**{**unset, "use_cpu": True})
+    FlowGRPOConfig._resolve_device_defaults(args)
+    assert args.bf16 is False and args.activation_checkpointing is False
