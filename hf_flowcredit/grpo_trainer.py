@@ -14,14 +14,19 @@ and slices extra tensors along with the batch, so nothing else is overridden.
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import textwrap
 import time
 import warnings
 from typing import Any
 
 import torch
 import trl
+from huggingface_hub import ModelCard, constants, get_token, whoami
+from huggingface_hub.errors import HfHubHTTPError
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-from trl import GRPOTrainer
+from trl import GRPOConfig, GRPOTrainer
 
 from .answer import answer_token_mask
 from .attention import capture_attention, capture_queries_keys, resolve_layers
@@ -43,10 +48,17 @@ from .scoring import (
 TESTED_TRL = ">=1.16,<1.17"
 TRL_RELIES_ON = {
     "method": ("_generate_and_score_completions",),  # overridden: its output gets per-token advantages
-    "class attribute": ("_tag_names", "_name"),  # overridden: the model card's tags and trainer name
+    "class attribute": ("_tag_names", "_name", "_paper"),  # overridden: the model card's tags, name and citation
     "attribute": ("_metrics", "_tokenizer", "_step", "num_generations", "num_generations_eval"),  # set by __init__
     "output key": ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages"),
 }
+
+FLOWGRPO_CITATION = textwrap.dedent("""\
+    @misc{flowtracer,
+        title        = {{How Does Reasoning Flow?}},
+        note         = {FlowTracer and FlowGRPO; implementation: hf_flowcredit, https://github.com/huggingface/hf-efficient-reasoning},
+    }
+    """) + getattr(GRPOTrainer, "_paper", {}).get("citation", "")  # FlowGRPO is GRPO with token credit: cite both
 
 # Loss types whose per-token loss multiplies the advantage token by token, so (B, T) advantages act per token.
 PER_TOKEN_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "vespo", "luspo")
@@ -61,8 +73,13 @@ class FlowGRPOTrainer(GRPOTrainer):
     `flow/seconds` (time spent scoring) through the trainer's usual logging.
     """
 
-    _tag_names = ["trl", "grpo", "flowtracer"]
-    _name = "FlowGRPO"  # shown in the generated model card; the GRPO paper reference is inherited
+    # The model card (TRL's `create_model_card`): tags, trainer name and citation; the FlowGRPO settings are added.
+    _tag_names = ["trl", "grpo", "flowgrpo", "flowtracer"]
+    _name = "FlowGRPO"
+    _paper = {
+        "title": "How Does Reasoning Flow?",  # no arXiv id: the card names the method without a paper link
+        "citation": FLOWGRPO_CITATION,
+    }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -80,6 +97,32 @@ class FlowGRPOTrainer(GRPOTrainer):
             if SCORERS[self.args.token_scorer].reads_attention:
                 _check_attention_capture(self.accelerator.unwrap_model(self.model), self.args)
             self.token_scorer = get_scorer(self.args.token_scorer, **self.args.scorer_options())
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """Create the Hub repo, as `Trainer` does when it is built with `push_to_hub=True` (so before training), after
+        checking the token and the Hub: a missing or refused token, a read-only one, an unreachable Hub or a repo that
+        cannot be created is one line (a `RuntimeError`) now, not a traceback after hours of training."""
+        token = token if token is not None else self.args.hub_token
+        if self.is_world_process_zero():
+            check_hub_access(token)
+        try:
+            super().init_hf_repo(token=token, private=private)
+        except HfHubHTTPError as error:
+            repo = self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+            raise RuntimeError(f"push_to_hub: cannot create the Hub repo {repo!r}: {_first_line(error)}") from None
+
+    def create_model_card(
+        self, model_name: str | None = None, dataset_name: str | None = None, tags: str | list[str] | None = None
+    ) -> None:
+        """TRL's model card (YAML metadata: library_name, base_model, datasets, tags with trl, grpo, flowgrpo; the
+        FlowGRPO and GRPO citations), with a section giving this run's FlowGRPO settings."""
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if not self.is_world_process_zero():
+            return
+        path = os.path.join(self.args.output_dir, "README.md")
+        card = ModelCard.load(path)
+        card.text = _with_flowgrpo_settings(card.text, self.args)
+        card.save(path)
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, torch.Tensor | Any]:
         output = super()._generate_and_score_completions(inputs)
@@ -212,6 +255,60 @@ class FlowGRPOTrainer(GRPOTrainer):
         metrics["flow/mean_weight"].append(total["weight_sum"] / tokens)
         metrics["flow/too_long_frac"].append(total["too_long"] / rows)
         metrics["flow/seconds"].append(total["seconds"] / self.accelerator.num_processes)
+
+
+def check_hub_access(token: str | None) -> None:
+    """Raise a one-line `RuntimeError` unless `token` (or the one `huggingface_hub` finds: HF_TOKEN, `hf auth login`)
+    is accepted by the Hub (`HF_ENDPOINT`) with write access."""
+    endpoint = constants.ENDPOINT
+    token = token or get_token()
+    if not token:
+        raise RuntimeError(
+            f"push_to_hub: no Hugging Face token found for {endpoint}; log in with `hf auth login`, set HF_TOKEN or "
+            "pass hub_token, or set push_to_hub=False."
+        )
+    try:
+        info = whoami(token=token)
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        if status == 401:
+            raise RuntimeError(
+                f"push_to_hub: {endpoint} refused the Hugging Face token (401 Unauthorized); log in again with "
+                "`hf auth login`, or set HF_TOKEN or hub_token to a valid token."
+            ) from None
+        raise RuntimeError(f"push_to_hub: {endpoint} answered the token check with: {_first_line(error)}") from None
+    except Exception as error:  # noqa: BLE001 - whatever the HTTP client raises when the Hub cannot be reached
+        raise RuntimeError(
+            f"push_to_hub: cannot reach the Hub at {endpoint} ({type(error).__name__}: {_first_line(error)}); check "
+            "the network or HF_ENDPOINT, or set push_to_hub=False."
+        ) from None
+    role = ((info.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise RuntimeError(f"push_to_hub: the Hugging Face token of {info.get('name')!r} is read-only; use a write token.")
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+
+
+def _with_flowgrpo_settings(text: str, args: FlowGRPOConfig) -> str:
+    """The card's text with a "FlowGRPO settings" section (every FlowGRPOConfig field GRPOConfig lacks) before
+    TRL's "Framework versions"."""
+    grpo_fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+    rows = [f"| `{f.name}` | `{getattr(args, f.name)!r}` |" for f in dataclasses.fields(args) if f.name not in grpo_fields]
+    section = "\n".join([
+        "### FlowGRPO settings",
+        "",
+        "Token credit by [hf_flowcredit](https://github.com/huggingface/hf-efficient-reasoning): the completion tokens "
+        "a token scorer ranks highest (`top_fraction` of each completion) get `high_weight` times the advantage.",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *rows,
+        "",
+    ])  # fmt: skip
+    marker = "### Framework versions"
+    return text.replace(marker, section + "\n" + marker, 1) if marker in text else text + "\n" + section
 
 
 def _check_trl(kind: str, present) -> None:
