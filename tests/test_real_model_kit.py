@@ -57,11 +57,13 @@ def test_missing_package_names_the_install_command(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_conversion_gives_a_loadable_llama_folder(tmp_path):
+def test_conversion_gives_a_loadable_llama_folder():
+    # The default cache, which the real-model tests and the README's snippet share: a fresh machine converts the
+    # shipped GGUF file once (here, or in whichever of them runs first), not once per test.
     from transformers import AutoConfig
 
-    path = real_model_path(cache_dir=tmp_path)
+    path = real_model_path()
     config = AutoConfig.from_pretrained(path)
     assert config.model_type == "llama" and config.num_hidden_layers == 30
     assert getattr(config, "quantization_config", None) is None  # a plain float32 model that trainers accept
-    assert real_model_path(cache_dir=tmp_path) == path  # converted once, reused
+    assert real_model_path() == path  # converted once, reused
