@@ -4,7 +4,7 @@ preceded by `<!-- readme-test: skip (why) -->` is illustrative (a GPU, a Hub mod
 marked with its reason.
 
 The chain's teacher is the suite's shared tiny teacher (`trained_teacher`), placed where `make demo-sft` leaves
-it, so `python -m examples.repro.demo_sft` reuses it as it would after `make demo-sft`."""
+it, so `train_tiny_sft('runs/sft')` reuses it as it would after `make demo-sft`."""
 
 import os
 import re
