@@ -55,8 +55,8 @@ TRL_RELIES_ON = {
 
 FLOWGRPO_CITATION = textwrap.dedent("""\
     @misc{flowtracer,
-        title        = {{How Does Reasoning Flow?}},
-        note         = {FlowTracer and FlowGRPO; implementation: hf_flowcredit, https://github.com/huggingface/hf-efficient-reasoning},
+        title        = {{How Does Reasoning Flow? Tracing Attention-Induced Information Flow for Targeted RL in LLMs}},
+        note         = {FlowTracer token credit for GRPO; implementation: the hf_flowcredit package},
     }
     """) + getattr(GRPOTrainer, "_paper", {}).get("citation", "")  # FlowGRPO is GRPO with token credit: cite both
 
@@ -299,7 +299,7 @@ def _with_flowgrpo_settings(text: str, args: FlowGRPOConfig) -> str:
     section = "\n".join([
         "### FlowGRPO settings",
         "",
-        "Token credit by [hf_flowcredit](https://github.com/huggingface/hf-efficient-reasoning): the completion tokens "
+        "Token credit by `hf_flowcredit` (the hf-efficient-reasoning package): the completion tokens "
         "a token scorer ranks highest (`top_fraction` of each completion) get `high_weight` times the advantage.",
         "",
         "| setting | value |",

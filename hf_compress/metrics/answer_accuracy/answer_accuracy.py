@@ -22,7 +22,7 @@ from hf_compress.verify import check_texts
 _CITATION = """\
 @misc{compress_distill,
   title = {Compress-Distill: training reasoning students on compressed teacher traces},
-  note = {hf_compress, https://github.com/huggingface/hf-efficient-reasoning},
+  note = {implementation: the hf_compress package (hf-efficient-reasoning)},
 }
 """
 
