@@ -13,7 +13,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .answer import answer_token_mask
-from .attention import _BLOCKED_KEYS, CAPTURE_ATTN_IMPLEMENTATION, _attn_implementation, _without_blocked_keys
+from .attention import (
+    BLOCKED_KEYS,
+    CAPTURE_ATTN_IMPLEMENTATION,
+    attn_implementation_set_to,
+    without_blocked_keys,
+)
 from .scoring import ScoringBatch, get_scorer
 
 BLOCKED_ATTENTION = CAPTURE_ATTN_IMPLEMENTATION  # the package's one attention implementation (see attention.py)
@@ -23,9 +28,9 @@ SELECTIONS = ("none", "top", "random", "bottom")
 def blocked_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
     """SDPA attention in which no query may attend to a blocked key that lies before it (the blocked token still
     attends to itself). Without blocked keys set, plain SDPA."""
-    blocked_keys = _BLOCKED_KEYS.get()
+    blocked_keys = BLOCKED_KEYS.get()
     if blocked_keys is not None:
-        attention_mask = _without_blocked_keys(query, key, attention_mask, blocked_keys)
+        attention_mask = without_blocked_keys(query, key, attention_mask, blocked_keys)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
@@ -37,12 +42,12 @@ def attention_blocking(model: PreTrainedModel, blocked_keys: torch.BoolTensor):
     generated tokens included. The model's attention goes through the package's attention implementation meanwhile
     (the same blocking as `blocked_sdpa_attention`).
     """
-    token = _BLOCKED_KEYS.set(blocked_keys)
+    token = BLOCKED_KEYS.set(blocked_keys)
     try:
-        with _attn_implementation(model, BLOCKED_ATTENTION):
+        with attn_implementation_set_to(model, BLOCKED_ATTENTION):
             yield model
     finally:
-        _BLOCKED_KEYS.reset(token)
+        BLOCKED_KEYS.reset(token)
 
 
 @dataclass
@@ -116,7 +121,7 @@ def _greedy(model, tokenizer, rows, blocked_rows=None, max_new_tokens=64) -> lis
     return [_completion_ids(row, stop_ids) for row in output[:, input_ids.shape[1] :]]
 
 
-def _prompt_ids(tokenizer, prompt, max_length: int | None = None) -> list[int]:
+def tokenized_prompt(tokenizer, prompt, max_length: int | None = None) -> list[int]:
     """The ids the model sees for a text or chat prompt; with `max_length`, at most that many (a length check)."""
     limit = {} if max_length is None else {"truncation": True, "max_length": max_length}
     if isinstance(prompt, str):
@@ -134,7 +139,7 @@ def finished_traces(
     """Greedy traces of `prompts` (text or conversational), keeping those with an answer after some reasoning."""
     traces = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="traces", leave=False):
-        prompt_rows = [_prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
+        prompt_rows = [tokenized_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
         completions = _greedy(model, tokenizer, prompt_rows, max_new_tokens=max_new_tokens)
         for prompt_ids, completion, span in zip(
             prompt_rows, completions, _answer_spans(tokenizer, completions, answer_format)

@@ -219,7 +219,7 @@ def _mask_recipe(capture: _Capture, attention_mask: torch.Tensor | None) -> dict
     )
 
 
-def _without_blocked_keys(query, key, attention_mask, blocked_keys: torch.Tensor) -> torch.Tensor:
+def without_blocked_keys(query, key, attention_mask, blocked_keys: torch.Tensor) -> torch.Tensor:
     """`attention_mask` (bool, or None for plain causal) with no query attending to a blocked key that lies before it
     (a blocked token still attends to itself). `blocked_keys` is `[B, K_max]` over the padded sequence's columns."""
     q_len, k_len = query.shape[2], key.shape[2]
@@ -231,9 +231,9 @@ def _without_blocked_keys(query, key, attention_mask, blocked_keys: torch.Tensor
     return attention_mask.bool() & ~blocked
 
 
-# Which keys are blocked (see `_without_blocked_keys`). A context variable rather than a forward argument because
+# Which keys are blocked (see `without_blocked_keys`). A context variable rather than a forward argument because
 # `generate` refuses keyword arguments that the model's forward does not declare. Set by `attention_blocking`.
-_BLOCKED_KEYS: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("blocked_keys", default=None)
+BLOCKED_KEYS: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("blocked_keys", default=None)
 
 
 def _record(capture: _Capture, module, query, key, attention_mask, scaling, kwargs) -> float:
@@ -265,14 +265,14 @@ def _record(capture: _Capture, module, query, key, attention_mask, scaling, kwar
 
 def _flowcredit_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """The function registered in `AttentionInterface`: block keys and/or record what flow needs, then SDPA."""
-    capture, blocked_keys = _ACTIVE_CAPTURE.get(), _BLOCKED_KEYS.get()
+    capture, blocked_keys = _ACTIVE_CAPTURE.get(), BLOCKED_KEYS.get()
     if capture is None and blocked_keys is None:
         raise RuntimeError(
             f"attn_implementation={CAPTURE_ATTN_IMPLEMENTATION!r} is only usable inside `capture_attention` or "
             "`attention_blocking`; load or set the model with another implementation."
         )
     if blocked_keys is not None:
-        attention_mask = _without_blocked_keys(query, key, attention_mask, blocked_keys)
+        attention_mask = without_blocked_keys(query, key, attention_mask, blocked_keys)
     if capture is not None:
         scaling = _record(capture, module, query, key, attention_mask, scaling, kwargs)
     return sdpa_attention_forward(
@@ -306,7 +306,7 @@ def eval_mode(model: torch.nn.Module):
 
 
 @contextlib.contextmanager
-def _attn_implementation(model: PreTrainedModel, name: str):
+def attn_implementation_set_to(model: PreTrainedModel, name: str):
     previous = model.config._attn_implementation
     model.set_attn_implementation(name)
     try:
@@ -349,7 +349,7 @@ def _run_capture(model, input_ids, attention_mask, position_ids, capture: _Captu
         inputs["logits_to_keep"] = 1
     token = _ACTIVE_CAPTURE.set(capture)
     try:
-        with torch.no_grad(), eval_mode(model), _attn_implementation(model, CAPTURE_ATTN_IMPLEMENTATION):
+        with torch.no_grad(), eval_mode(model), attn_implementation_set_to(model, CAPTURE_ATTN_IMPLEMENTATION):
             model(**inputs)
     except _StopForward:
         pass

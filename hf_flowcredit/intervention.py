@@ -252,11 +252,11 @@ def load_prompts(args: InterventionArguments) -> list[tuple[str, typing.Any]]:
 
 def check_prompt_lengths(prompts: list[tuple[str, typing.Any]], tokenizer, args: InterventionArguments) -> None:
     """Refuse a prompt over `--max_prompt_tokens` (as the model will see it: chat template applied)."""
-    from ._intervention import _prompt_ids
+    from ._intervention import tokenized_prompt
 
     for where, prompt in prompts:
         # Counted up to one past the limit: no full encoding of a huge prompt, no tokenizer warning about it.
-        if len(_prompt_ids(tokenizer, prompt, max_length=args.max_prompt_tokens + 1)) > args.max_prompt_tokens:
+        if len(tokenized_prompt(tokenizer, prompt, max_length=args.max_prompt_tokens + 1)) > args.max_prompt_tokens:
             raise ValueError(
                 f"{where}: field {args.prompt_column!r} has more than --max_prompt_tokens={args.max_prompt_tokens} "
                 "tokens; shorten it or raise the limit"

@@ -64,7 +64,7 @@ def test_push_to_hub_after_two_steps(hub_server, hub_env, tmp_path):
                     "| `flow_layers` | `'0,1'` |"):
         assert setting in card.text, setting
     assert card.text.index("### FlowGRPO settings") < card.text.index("### Framework versions")
-    assert "title        = {{How Does Reasoning Flow?}}" in card.text  # the paper's citation
+    assert "title        = {{How Does Reasoning Flow? Tracing Attention-Induced Information Flow for Targeted RL in LLMs}}" in card.text  # the paper's citation
     assert "@article{shao2024deepseekmath" in card.text  # and GRPO's
     assert (hub_server.repo_dir("user/flowgrpo-tiny") / "README.md").read_text() == str(card)
 

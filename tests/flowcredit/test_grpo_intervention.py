@@ -8,7 +8,7 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from hf_flowcredit.intervention import (
-    _BLOCKED_KEYS,
+    BLOCKED_KEYS,
     attention_blocking,
     blocked_sdpa_attention,
     choose_positions,
@@ -44,11 +44,11 @@ def test_blocked_attention_matches_reference():
     blocked = torch.zeros(2, 7, dtype=torch.bool)
     blocked[0, [1, 4]] = True
     blocked[1, 0] = True
-    token = _BLOCKED_KEYS.set(blocked)
+    token = BLOCKED_KEYS.set(blocked)
     try:
         output, _ = blocked_sdpa_attention(_Module(), query, key, value, None, scaling=8**-0.5)
     finally:
-        _BLOCKED_KEYS.reset(token)
+        BLOCKED_KEYS.reset(token)
     torch.testing.assert_close(output, _reference_attention(query, key, value, blocked))
     # With nothing blocked set, it is plain SDPA.
     plain, _ = blocked_sdpa_attention(_Module(), query, key, value, None, scaling=8**-0.5)
