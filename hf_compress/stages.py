@@ -55,12 +55,6 @@ def require_columns(dataset: Dataset, columns: list[str], stage: str, hint: str 
         )
 
 
-def looks_like_a_path(name: str) -> bool:
-    """True for names that cannot be Hub ids (those are `name` or `org/name`), so a missing one is a typo: the one
-    check of `hf_compress.arguments.looks_local`, which every subcommand uses."""
-    return looks_local(name)
-
-
 def load_input(source: str, split: str = "train") -> Dataset:
     """A `datasets` folder written by `save_to_disk` (or by a previous stage), or a Hub dataset id."""
     if os.path.isdir(source) and (
@@ -78,7 +72,7 @@ def load_input(source: str, split: str = "train") -> Dataset:
     if os.path.exists(source):
         raise ValueError(f"{source} exists but is not a `datasets` folder (no state.json); write it with save_to_disk.")
     not_here = f"{source} is not a folder here (a typo, or another working directory?)"
-    if looks_like_a_path(source):
+    if looks_local(source):
         raise FileNotFoundError(f"{not_here}.")
     try:
         return load_dataset(source, split=split)
@@ -90,7 +84,7 @@ def load_tokenizer(tokenizer):
     """A tokenizer object as given, or loaded from a path or Hub id (transformers imported only then)."""
     if not isinstance(tokenizer, str):
         return tokenizer
-    if looks_like_a_path(tokenizer) and not os.path.isdir(tokenizer):
+    if looks_local(tokenizer) and not os.path.isdir(tokenizer):
         raise FileNotFoundError(f"tokenizer {tokenizer} is not a folder here (a typo, or another working directory?).")
     from transformers import AutoTokenizer
 
