@@ -16,8 +16,9 @@ was padded. A group holds as many rows as keep its `[rows, T, T]` attention (or 
     >>> weights = select_weights(scores, batch.completion_mask)  # 1.5 on the top 40% of each completion, 1.0 else
 
 Every scorer is declared in one place, its class, and registered with `@register_scorer`: its `name`, whether it
-`reads_attention`, a one-line `summary`, and its options (dataclass fields; `metadata={"config": field}` names the
-`FlowGRPOConfig` field that sets one). `SCORERS`, the config's `token_scorer` choices and help, the trainer's checks
+`runs_model` (then its `forward_groups` says which forwards a call runs) and whether it `reads_attention`, a
+one-line `summary`, and its options (dataclass fields; `metadata={"config": field}` names the `FlowGRPOConfig`
+field that sets one). `SCORERS`, the config's `token_scorer` choices and help, the trainer's checks
 and the table in docs/hf_flowcredit.md all come from there.
 """
 
@@ -132,16 +133,33 @@ class TokenScorer(Protocol):
 SCORERS: dict[str, type] = {}
 
 
+DECLARED_CLASS_VARIABLES = ("name", "runs_model", "reads_attention", "summary")
+
+
 def register_scorer(scorer: type) -> type:
     """Class decorator: make a dataclass scorer available under its `name` (`get_scorer`, `token_scorer=...`).
 
-    The class declares, as class variables, `name`, `reads_attention` (it captures the model's attention, so the
-    trainer checks at start-up that the model's attention can be captured) and `summary` (one line for the config's
-    help and the docs' table); its dataclass fields are its options.
+    The class declares, as class variables, `name`, `runs_model` (it calls the model), `reads_attention` (it
+    captures the model's attention, so the trainer checks at start-up that the model's attention can be captured)
+    and `summary` (one line for the config's help and the docs' table); its dataclass fields are its options.
+
+    A scorer that runs the model must also say how many forwards a call runs: a method
+    `forward_groups(model, batch)` returning one item per forward (`count_forwards` counts them). Under FSDP or
+    ZeRO-3 every forward gathers parameters collectively, so the trainer makes every process run as many as the
+    busiest one; a count it cannot know would leave processes waiting on each other forever.
     """
-    missing = [attribute for attribute in ("name", "reads_attention", "summary") if not hasattr(scorer, attribute)]
+    missing = [attribute for attribute in DECLARED_CLASS_VARIABLES if not hasattr(scorer, attribute)]
     if missing or not dataclasses.is_dataclass(scorer):
         raise TypeError(f"{scorer.__name__} must be a dataclass with class variables {missing or ''} to register.")
+    if scorer.reads_attention and not scorer.runs_model:
+        raise TypeError(f"{scorer.__name__} declares reads_attention=True, which needs runs_model=True.")
+    if scorer.runs_model and not callable(getattr(scorer, "forward_groups", None)):
+        raise TypeError(
+            f"{scorer.__name__} declares runs_model=True but has no `forward_groups(model, batch)` method saying which "
+            "forwards a call runs (one item per forward): without it sharded training (FSDP, ZeRO-3) cannot give "
+            "every process the same number of forwards. Add the method, or declare runs_model=False if the scorer "
+            "never calls the model."
+        )
     if scorer.name == "none" or scorer.name in SCORERS:
         raise ValueError(f"A token scorer named {scorer.name!r} exists already ('none' means plain GRPO).")
     SCORERS[scorer.name] = scorer
@@ -185,6 +203,7 @@ class FlowScorer:
     """
 
     name: ClassVar[str] = "flow"
+    runs_model: ClassVar[bool] = True
     reads_attention: ClassVar[bool] = True
     summary: ClassVar[str] = "attention-flow throughput from the prompt to the answer (FlowTracer)"
     layers: str | int | Sequence[int] = field(default="middle", metadata={"config": "flow_layers"})
@@ -218,6 +237,7 @@ class AttentionScorer:
     """Attention received: the sum over later real tokens j of `attn[j, i]` (same captured layers as `flow`)."""
 
     name: ClassVar[str] = "attention"
+    runs_model: ClassVar[bool] = True
     reads_attention: ClassVar[bool] = True
     summary: ClassVar[str] = "attention received from later tokens"
     layers: str | int | Sequence[int] = field(default="middle", metadata={"config": "flow_layers"})
@@ -239,6 +259,7 @@ class RandomScorer:
     """Uniform random scores, reproducible from `batch.seed`; the model is not used."""
 
     name: ClassVar[str] = "random"
+    runs_model: ClassVar[bool] = False
     reads_attention: ClassVar[bool] = False
     summary: ClassVar[str] = "uniform random scores (the model is not used)"
 
@@ -265,6 +286,7 @@ class EntropyScorer:
     """Entropy of the model's next-token distribution at each completion token: H(p(. | x_<t))."""
 
     name: ClassVar[str] = "entropy"
+    runs_model: ClassVar[bool] = True
     reads_attention: ClassVar[bool] = False
     summary: ClassVar[str] = "entropy of the model's next-token distribution"
 
@@ -295,6 +317,7 @@ class GradientScorer:
     """
 
     name: ClassVar[str] = "gradient"
+    runs_model: ClassVar[bool] = True
     reads_attention: ClassVar[bool] = False
     summary: ClassVar[str] = "gradient norm of the completion's log-likelihood w.r.t. the token's input embedding"
 
@@ -326,6 +349,7 @@ class CorrelationScorer:
     """
 
     name: ClassVar[str] = "correlation"
+    runs_model: ClassVar[bool] = False
     reads_attention: ClassVar[bool] = False
     summary: ClassVar[str] = "token-reward association across the rollouts of one prompt (the model is not used)"
 
@@ -362,9 +386,14 @@ def get_scorer(name: str, **options) -> TokenScorer:
 
 
 def count_forwards(scorer: TokenScorer, model, batch: ScoringBatch) -> int:
-    """How many model forwards `scorer(model, batch)` runs (0 for scorers that do not use the model)."""
-    forward_groups = getattr(scorer, "forward_groups", None)
-    return 0 if forward_groups is None else len(forward_groups(model, batch))
+    """How many model forwards `scorer(model, batch)` runs (0 for scorers that declare `runs_model=False`)."""
+    runs_model = getattr(scorer, "runs_model", None)
+    if runs_model is None:
+        raise TypeError(
+            f"{type(scorer).__name__} does not declare `runs_model`, so the number of model forwards it runs is "
+            "unknown; declare it (and `forward_groups` if True) and register it with @register_scorer."
+        )
+    return len(scorer.forward_groups(model, batch)) if runs_model else 0
 
 
 def filler_batch(token_id: int, device: torch.device | str = "cpu") -> ScoringBatch:

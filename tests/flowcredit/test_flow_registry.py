@@ -12,22 +12,23 @@ from transformers.masking_utils import AttentionMaskInterface
 import hf_flowcredit.intervention  # noqa: F401 - imported for its registrations, if any
 from hf_flowcredit import FlowGRPOConfig
 from hf_flowcredit.config import TOKEN_SCORERS
-from hf_flowcredit.scoring import SCORERS, config_options, get_scorer, register_scorer
+from hf_flowcredit.scoring import SCORERS, config_options, count_forwards, get_scorer, register_scorer
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "hf_flowcredit.md"
 SETTINGS = dict(output_dir="unused", report_to="none", use_cpu=True)
 
 
-def documented_scorers() -> dict[str, tuple[str, str, str]]:
-    """`{name: (reads attention, set by, summary)}` from the table under "## Token scorers"."""
+def documented_scorers() -> dict[str, tuple[str, str, str, str]]:
+    """`{name: (runs the model, reads attention, set by, summary)}` from the table under "## Token scorers"."""
     section = DOCS.read_text().split("## Token scorers", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `(\w+)` \| (yes|no) \|([^|]*)\|([^|]*)\|$", section, re.M)
-    return {name: (reads, set_by.strip(), summary.strip()) for name, reads, set_by, summary in rows}
+    rows = re.findall(r"^\| `(\w+)` \| (yes|no) \| (yes|no) \|([^|]*)\|([^|]*)\|$", section, re.M)
+    return {name: (runs, reads, set_by.strip(), summary.strip()) for name, runs, reads, set_by, summary in rows}
 
 
 def test_docs_table_matches_the_registry():
     expected = {
         name: (
+            "yes" if scorer.runs_model else "no",
             "yes" if scorer.reads_attention else "no",
             ", ".join(f"`{field}`" for field in config_options(scorer).values()),
             scorer.summary,
@@ -81,9 +82,45 @@ def test_register_scorer_refuses_duplicates_and_undeclared_classes():
     class Undeclared:
         name = "undeclared"
 
-    with pytest.raises(TypeError, match="reads_attention"):
+    with pytest.raises(TypeError, match="runs_model.*reads_attention"):
         register_scorer(Undeclared)
     assert "undeclared" not in SCORERS
+
+
+def _declared(runs_model, reads_attention, with_forward_groups):
+    namespace = dict(name="declared", runs_model=runs_model, reads_attention=reads_attention, summary="s")
+    namespace["__call__"] = lambda self, model, batch: batch.completion_mask.float()
+    if with_forward_groups:
+        namespace["forward_groups"] = lambda self, model, batch: [None]
+    return dataclasses.dataclass(type("Declared", (), namespace))
+
+
+@pytest.mark.parametrize(
+    "runs_model, reads_attention, match",
+    [(True, False, "runs_model=True but has no `forward_groups"), (False, True, "needs runs_model=True")],
+)
+def test_a_scorer_that_runs_the_model_must_say_how_many_forwards_it_runs(runs_model, reads_attention, match):
+    with pytest.raises(TypeError, match=match):
+        register_scorer(_declared(runs_model, reads_attention, with_forward_groups=False))
+    assert "declared" not in SCORERS
+
+
+def test_count_forwards_follows_the_declaration_and_refuses_an_undeclared_scorer():
+    scorer_class = register_scorer(_declared(True, False, with_forward_groups=True))
+    try:
+        assert count_forwards(scorer_class(), model=None, batch=None) == 1
+    finally:
+        SCORERS.pop("declared")
+    assert count_forwards(get_scorer("random"), model=None, batch=None) == 0
+
+    class Unregistered:  # a bare callable: no declaration, so its forward count is unknown rather than 0
+        name = "unregistered"
+
+        def __call__(self, model, batch):
+            return batch.completion_mask.float()
+
+    with pytest.raises(TypeError, match="does not declare `runs_model`"):
+        count_forwards(Unregistered(), model=None, batch=None)
 
 
 def test_the_package_registers_one_attention_implementation():
