@@ -3,7 +3,10 @@
 `capture_attention` runs one no-grad forward with a capturing function registered in transformers'
 `AttentionInterface` (its mask function is SDPA's, registered in `AttentionMaskInterface`). In the selected layers
 it recomputes the softmax probabilities in fp32, in query chunks, averages them over heads (grouped-query heads
-expanded) and adds them to a `[B, T, T]` accumulator; every layer's real output still comes from SDPA. In a single
+expanded) and adds them to a `[B, T, T]` accumulator; every layer's real output still comes from SDPA. Layers with
+attention logit softcapping (Gemma 2: `softcap * tanh(logits / softcap)`) or attention sinks (GPT-OSS: one more
+logit per head in the softmax normaliser, received by no token) get exact probabilities too, and their output,
+which SDPA cannot compute, comes from the eager math (`transformed_logit_attention`). In a single
 process the forward stops inside the last selected layer, so later layers (and the LM head) are never computed; with
 several torch.distributed processes it runs to the end (a sharded model's forward is a collective). No more than
 one query chunk of `B x H x chunk x T` probabilities exists at any time.
@@ -16,8 +19,8 @@ The model keeps whatever `attn_implementation` it was loaded with (eager, sdpa, 
 capturing function for the one forward and switched back afterwards, even if the forward fails.
 
 The package registers one attention implementation, `"flowcredit"`: inside `capture_attention` it records what flow
-needs, inside `intervention.attention_blocking` it removes blocked keys from the mask, then it lets SDPA compute the
-output.
+needs, inside `intervention.attention_blocking` it removes blocked keys from the mask, then it lets SDPA (or, for
+softcapping and sinks, `transformed_logit_attention`) compute the output.
 """
 
 from __future__ import annotations
@@ -36,11 +39,13 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 __all__ = [
     "CAPTURE_ATTN_IMPLEMENTATION",
+    "LogitTransform",
     "QueryKeyAttention",
     "capture_attention",
     "capture_queries_keys",
     "eval_mode",
     "resolve_layers",
+    "transformed_logit_attention",
 ]
 
 # The package's one entry in transformers' AttentionInterface (capture and key blocking both go through it).
@@ -86,6 +91,7 @@ class _LayerQueriesKeys:
     key: torch.Tensor  # [B, H_kv, T, D]
     scaling: float
     mask_recipe: dict | None  # the `sdpa_mask` arguments that built this layer's mask; None: plain causal
+    transform: LogitTransform  # softcapping / attention sinks of this layer
 
 
 @dataclass
@@ -133,22 +139,46 @@ class _Workspace:
         return self.buffer[:size].view(shape)
 
 
-def _add_head_summed_rows(
-    out: torch.Tensor,
+@dataclass(frozen=True)
+class LogitTransform:
+    """What a layer does to its attention logits beyond scaling and masking, as transformers' eager functions do.
+
+    `softcap` (Gemma 2): logits become `softcap * tanh(logits / softcap)` before the mask is applied. `sinks`
+    (GPT-OSS, `[H]`, one per query head): one more logit column in the softmax normaliser that no token receives, so
+    a query's probabilities over the keys sum to less than 1. None: plain softmax attention.
+    """
+
+    softcap: float | None = None
+    sinks: torch.Tensor | None = None
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict) -> LogitTransform:
+        """From the keyword arguments transformers' attention layers pass (`softcap=`, `s_aux=`)."""
+        return cls(softcap=kwargs.get("softcap"), sinks=kwargs.get("s_aux"))
+
+    @property
+    def is_plain(self) -> bool:
+        return self.softcap is None and self.sinks is None
+
+
+PLAIN = LogitTransform()
+
+
+def _attention_probabilities(
     queries: torch.Tensor,
     keys_t: torch.Tensor,
     mask: torch.Tensor | None,
     scaling: float,
     start: int,
-    weight: float,
     workspace: _Workspace,
-) -> None:
-    """`out[:, :, :kv] += weight * sum over query heads of softmax(scaling * q k^T)` for the queries at `start..`.
+    transform: LogitTransform = PLAIN,
+) -> torch.Tensor:
+    """Attention probabilities `[B, H_kv, group, n, kv]` of the queries at positions `start..start + n - 1`.
 
     `queries` [B, H, n, D]; `keys_t` [B * H_kv, D, K] (transposed keys, in the compute dtype); `mask` [B, 1, n, K] is
     bool (True = may attend), an additive float mask, or None for plain causal attention. Only the first
     `kv = start + n` keys are read unless the mask lets a query see later ones. Fully masked rows (padding queries)
-    add nothing.
+    are zero. Query head `h` is `[:, h // group, h % group]`. The result lives in `workspace` until its next use.
     """
     batch, heads, rows, head_dim = queries.shape
     kv_heads = keys_t.shape[0] // batch
@@ -164,6 +194,8 @@ def _add_head_summed_rows(
     scores = workspace.take((batch * kv_heads, queries.shape[1], kv_length), keys_t.dtype, keys_t.device)
     torch.bmm(queries, keys_t[..., :kv_length], out=scores)
     scores = scores.view(batch, kv_heads, -1, rows, kv_length)  # [B, H_kv, group, n, kv]
+    if transform.softcap is not None:  # Gemma 2: the logits are squashed before the mask is added
+        scores.div_(transform.softcap).tanh_().mul_(transform.softcap)
     if mask is None:  # causal: only keys after the query's own position are masked
         future = torch.ones(rows, rows, dtype=torch.bool, device=scores.device).triu_(1)
         scores[..., start:].masked_fill_(future, float("-inf"))
@@ -174,11 +206,67 @@ def _add_head_summed_rows(
             scores.add_(mask[:, :, None].to(scores.dtype))
             allowed = torch.isfinite(scores)
         scores.masked_fill_(~allowed, float("-inf"))
-    torch.softmax(scores, dim=-1, out=scores)
+    if transform.sinks is None:
+        torch.softmax(scores, dim=-1, out=scores)
+    else:  # the sink is one more logit in each head's normaliser: p = exp(s - logaddexp(logsumexp(s), sink))
+        sinks = transform.sinks.detach().to(scores.dtype).view(1, kv_heads, -1, 1)
+        normaliser = torch.logaddexp(torch.logsumexp(scores, dim=-1), sinks)  # finite even for fully masked rows
+        scores.sub_(normaliser[..., None]).exp_()
     if mask is not None:
         scores.nan_to_num_(0.0)  # fully masked (padding) rows: no weight
-    width = min(kv_length, out.shape[-1])  # the caller may want fewer columns (QueryKeyAttention: causal part only)
-    out[..., :width].add_(scores.sum(dim=(1, 2))[..., :width], alpha=weight)
+    return scores
+
+
+def _add_head_summed_rows(
+    out: torch.Tensor,
+    queries: torch.Tensor,
+    keys_t: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float,
+    start: int,
+    weight: float,
+    workspace: _Workspace,
+    transform: LogitTransform = PLAIN,
+) -> None:
+    """`out[:, :, :kv] += weight * sum over query heads of the attention probabilities` of the queries at `start..`
+    (see `_attention_probabilities` for the arguments)."""
+    probabilities = _attention_probabilities(queries, keys_t, mask, scaling, start, workspace, transform)
+    width = min(probabilities.shape[-1], out.shape[-1])  # the caller may want fewer columns (QueryKeyAttention)
+    out[..., :width].add_(probabilities.sum(dim=(1, 2))[..., :width], alpha=weight)
+
+
+def transformed_logit_attention(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, transform: LogitTransform = PLAIN, **kwargs
+) -> tuple[torch.Tensor, None]:
+    """The attention output of a layer with logit softcapping and/or attention sinks, which SDPA cannot compute.
+
+    The math of the model's eager attention (`transform` applied, grouped-query heads, dropout in training), with a
+    bool or additive `attention_mask` or None (causal, the queries being the last `q_len` positions), in query
+    chunks of `B x H x chunk x K` probabilities, computed in fp32 (fp64 stays fp64). Returns `[B, q_len, H, D_v]` and
+    no weights, as transformers' attention functions do.
+    """
+    batch, heads, q_len, head_dim = query.shape
+    kv_heads, kv_length = key.shape[1], key.shape[2]
+    scaling = head_dim**-0.5 if scaling is None else scaling
+    dtype = _compute_dtype(query.dtype)
+    keys_t = _transposed_keys(key, dtype)
+    values = value.to(dtype).reshape(batch * kv_heads, kv_length, value.shape[-1])
+    output = query.new_empty(batch, heads, q_len, value.shape[-1])
+    offset = kv_length - q_len  # with a KV cache the queries are the last positions
+    chunk = _chunk_rows(None, batch, heads, kv_length)
+    workspace = _Workspace()
+    for start in range(0, q_len, chunk):
+        end = min(q_len, start + chunk)
+        mask = None if attention_mask is None else attention_mask[:, :, start:end]
+        probabilities = _attention_probabilities(
+            query[:, :, start:end], keys_t, mask, scaling, offset + start, workspace, transform
+        )
+        if dropout and module.training:
+            probabilities = torch.nn.functional.dropout(probabilities, p=dropout, training=True)
+        rows, width = end - start, probabilities.shape[-1]
+        grouped = probabilities.reshape(batch * kv_heads, -1, width)  # [B * H_kv, group * n, kv]
+        output[:, :, start:end] = torch.bmm(grouped, values[:, :width]).view(batch, heads, rows, -1).to(output.dtype)
+    return output.transpose(1, 2).contiguous(), None
 
 
 def _transposed_keys(key: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -192,7 +280,12 @@ def _chunk_rows(capture_chunk: int | None, batch: int, heads: int, kv_length: in
 
 
 def _add_head_averaged_probabilities(
-    capture: _Capture, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float
+    capture: _Capture,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    transform: LogitTransform,
 ) -> None:
     batch, heads, length, _ = query.shape
     keys_t = _transposed_keys(key, capture.accumulator.dtype)
@@ -203,7 +296,15 @@ def _add_head_averaged_probabilities(
         end = min(length, start + chunk)
         mask = None if attention_mask is None else attention_mask[:, :, start:end]
         _add_head_summed_rows(
-            capture.accumulator[:, start:end], query[:, :, start:end], keys_t, mask, scaling, start, weight, workspace
+            capture.accumulator[:, start:end],
+            query[:, :, start:end],
+            keys_t,
+            mask,
+            scaling,
+            start,
+            weight,
+            workspace,
+            transform,
         )
 
 
@@ -236,11 +337,9 @@ def without_blocked_keys(query, key, attention_mask, blocked_keys: torch.Tensor)
 BLOCKED_KEYS: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("blocked_keys", default=None)
 
 
-def _record(capture: _Capture, module, query, key, attention_mask, scaling, kwargs) -> float:
+def _record(capture: _Capture, module, query, key, attention_mask, scaling, transform: LogitTransform) -> float:
     """Record what flow needs from one layer's attention call (nothing outside the selected layers); returns the
-    scaling SDPA is to use (the default made explicit in a selected layer, as the recorded rows use it)."""
-    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
-        raise NotImplementedError("capture_attention does not support attention logit softcapping or attention sinks.")
+    scaling the output is to use (the default made explicit in a selected layer, as the recorded rows use it)."""
     layer = getattr(module, "layer_idx", None)
     if layer is None:
         raise RuntimeError(
@@ -253,9 +352,10 @@ def _record(capture: _Capture, module, query, key, attention_mask, scaling, kwar
             )
         scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
         if capture.queries_keys is None:
-            _add_head_averaged_probabilities(capture, query, key, attention_mask, scaling)
+            _add_head_averaged_probabilities(capture, query, key, attention_mask, scaling, transform)
         else:
-            capture.queries_keys.append(_LayerQueriesKeys(query, key, scaling, _mask_recipe(capture, attention_mask)))
+            recipe = _mask_recipe(capture, attention_mask)
+            capture.queries_keys.append(_LayerQueriesKeys(query, key, scaling, recipe, transform))
         if layer == capture.last_layer:
             capture.reached_last_layer = True
             if capture.stop_early:
@@ -264,7 +364,9 @@ def _record(capture: _Capture, module, query, key, attention_mask, scaling, kwar
 
 
 def _flowcredit_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """The function registered in `AttentionInterface`: block keys and/or record what flow needs, then SDPA."""
+    """The function registered in `AttentionInterface`: block keys and/or record what flow needs, then the output
+    from SDPA, or from `transformed_logit_attention` for a layer with logit softcapping or attention sinks (which
+    SDPA cannot compute)."""
     capture, blocked_keys = _ACTIVE_CAPTURE.get(), BLOCKED_KEYS.get()
     if capture is None and blocked_keys is None:
         raise RuntimeError(
@@ -273,8 +375,13 @@ def _flowcredit_attention(module, query, key, value, attention_mask, scaling=Non
         )
     if blocked_keys is not None:
         attention_mask = without_blocked_keys(query, key, attention_mask, blocked_keys)
+    transform = LogitTransform.from_kwargs(kwargs)
     if capture is not None:
-        scaling = _record(capture, module, query, key, attention_mask, scaling, kwargs)
+        scaling = _record(capture, module, query, key, attention_mask, scaling, transform)
+    if not transform.is_plain:
+        return transformed_logit_attention(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, transform=transform
+        )
     return sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
     )
@@ -450,7 +557,9 @@ class QueryKeyAttention:
             mask = None if masks is None else masks[:, :, chunk_start - start : chunk_end - start, :kv_length]
             query = layer.query[:, :, chunk_start:chunk_end]
             out = rows[:, chunk_start - start : chunk_end - start]
-            _add_head_summed_rows(out, query, keys_t, mask, layer.scaling, chunk_start, weight, self.workspace)
+            _add_head_summed_rows(
+                out, query, keys_t, mask, layer.scaling, chunk_start, weight, self.workspace, layer.transform
+            )
 
     def _masks(self, layer: _LayerQueriesKeys, start: int, end: int) -> torch.Tensor | None:
         """This layer's attention mask for queries `start..end-1`, rebuilt by the mask function that made it."""

@@ -27,6 +27,7 @@ from huggingface_hub import ModelCard, constants, get_token, whoami
 from huggingface_hub.errors import HfHubHTTPError
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import get_config_model_id
 
 from .answer import answer_token_mask
 from .attention import capture_attention, capture_queries_keys, resolve_layers
@@ -60,14 +61,19 @@ FLOWGRPO_CITATION = textwrap.dedent("""\
     }
     """) + getattr(GRPOTrainer, "_paper", {}).get("citation", "")  # FlowGRPO is GRPO with token credit: cite both
 
-# Loss types whose per-token loss multiplies the advantage token by token, so (B, T) advantages act per token.
+# Loss types whose per-token loss multiplies the advantage token by token, so (B, T) advantages act per token: all
+# of TRL's, each with importance_sampling_level="token" only (a sequence-level ratio collapses the token weights).
 PER_TOKEN_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "vespo", "luspo")
+# Of those, the ones whose paper setup in TRL is importance_sampling_level="sequence" (TRL warns at "token"): with
+# FlowGRPO they run at "token" only.
+SEQUENCE_LEVEL_IN_TRL = ("luspo",)
 
 
 class FlowGRPOTrainer(GRPOTrainer):
     """[`~trl.GRPOTrainer`] whose advantages are reweighted per token by a token scorer (FlowTracer by default).
 
-    Takes the same arguments as `GRPOTrainer`; `args` must be a [`FlowGRPOConfig`]. Logs `flow/answer_found_frac`
+    Takes the same arguments as `GRPOTrainer`; `args` must be a [`FlowGRPOConfig`] (None: `FlowGRPOConfig`'s
+    defaults, written to `"<model name>-GRPO"` as `GRPOTrainer` does). Logs `flow/answer_found_frac`
     (completions with an answer span), `flow/selected_frac` (completion tokens given the high weight),
     `flow/mean_weight` (mean token weight), `flow/too_long_frac` (sequences over `flow_max_length`, left unscored) and
     `flow/seconds` (time spent scoring) through the trainer's usual logging.
@@ -81,8 +87,11 @@ class FlowGRPOTrainer(GRPOTrainer):
         "citation": FLOWGRPO_CITATION,
     }
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, model, reward_funcs=None, args: FlowGRPOConfig | None = None, *more, **kwargs):
+        if args is None:  # as GRPOTrainer does with a GRPOConfig: the defaults, in the same output directory
+            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = FlowGRPOConfig(f"{model_name.split('/')[-1]}-GRPO")
+        super().__init__(model, reward_funcs, args, *more, **kwargs)
         _check_trl("method", lambda name: callable(getattr(GRPOTrainer, name, None)))
         _check_trl("class attribute", lambda name: name in vars(GRPOTrainer))
         _check_trl("attribute", lambda name: hasattr(self, name))
@@ -328,13 +337,21 @@ def _check_loss_takes_token_advantages(args: FlowGRPOConfig) -> None:
     if args.loss_type not in PER_TOKEN_LOSS_TYPES:
         raise ValueError(
             f"loss_type={args.loss_type!r} is not known to take per-token advantages; FlowGRPOTrainer supports "
-            f"{PER_TOKEN_LOSS_TYPES}. Pick one of those, or set token_scorer='none' for plain GRPO."
+            f"{PER_TOKEN_LOSS_TYPES}, each with importance_sampling_level='token'. Pick one of those, or set "
+            "token_scorer='none' for plain GRPO."
         )
-    if args.importance_sampling_level == "sequence":
+    if args.importance_sampling_level != "token":
+        paper_setup = (
+            f" loss_type={args.loss_type!r} is run by TRL at importance_sampling_level='sequence' (its paper's setup), "
+            "which token credit cannot follow: with FlowGRPO it runs at 'token' only (TRL then warns that this "
+            "departs from the paper)."
+            if args.loss_type in SEQUENCE_LEVEL_IN_TRL
+            else ""
+        )
         raise ValueError(
-            "importance_sampling_level='sequence' (GSPO-style) uses one importance ratio per sequence, so per-token "
-            "advantage weights collapse to a single scale per completion and token credit is lost. Use "
-            "importance_sampling_level='token', or token_scorer='none'."
+            f"importance_sampling_level={args.importance_sampling_level!r} (GSPO-style) uses one importance ratio per "
+            "sequence, so per-token advantage weights collapse to a single scale per completion and token credit is "
+            f"lost.{paper_setup} Use importance_sampling_level='token', or token_scorer='none' for plain GRPO."
         )
 
 
@@ -366,7 +383,7 @@ def _check_attention_capture(model, args: FlowGRPOConfig) -> None:
             raise ValueError(
                 f"token_scorer={args.token_scorer!r} reads the attention of {name}, but capturing it fails: {error} "
                 f"Use a scorer that does not read attention ({others}), or a model whose attention layers call "
-                "transformers' AttentionInterface without logit softcapping or attention sinks."
+                "transformers' AttentionInterface."
             ) from error
 
 
