@@ -340,7 +340,7 @@ def _check_loss_takes_token_advantages(args: FlowGRPOConfig) -> None:
             f"{PER_TOKEN_LOSS_TYPES}, each with importance_sampling_level='token'. Pick one of those, or set "
             "token_scorer='none' for plain GRPO."
         )
-    if args.importance_sampling_level != "token":
+    if args.importance_sampling_level == "sequence":
         paper_setup = (
             f" loss_type={args.loss_type!r} is run by TRL at importance_sampling_level='sequence' (its paper's setup), "
             "which token credit cannot follow: with FlowGRPO it runs at 'token' only (TRL then warns that this "
@@ -349,9 +349,9 @@ def _check_loss_takes_token_advantages(args: FlowGRPOConfig) -> None:
             else ""
         )
         raise ValueError(
-            f"importance_sampling_level={args.importance_sampling_level!r} (GSPO-style) uses one importance ratio per "
-            "sequence, so per-token advantage weights collapse to a single scale per completion and token credit is "
-            f"lost.{paper_setup} Use importance_sampling_level='token', or token_scorer='none' for plain GRPO."
+            "importance_sampling_level='sequence' (GSPO-style) uses one importance ratio per sequence, so per-token "
+            "advantage weights collapse to a single scale per completion and token credit is lost."
+            f"{paper_setup} Use importance_sampling_level='token', or token_scorer='none' for plain GRPO."
         )
 
 
