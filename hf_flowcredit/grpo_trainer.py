@@ -27,7 +27,7 @@ from huggingface_hub import ModelCard, constants, get_token, whoami
 from huggingface_hub.errors import HfHubHTTPError
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from trl import GRPOConfig, GRPOTrainer
-from trl.trainer.utils import get_config_model_id
+from trl.trainer.utils import get_config_model_id  # what GRPOTrainer names its default output dir by
 
 from .answer import answer_token_mask
 from .attention import capture_attention, capture_queries_keys, resolve_layers
