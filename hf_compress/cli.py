@@ -501,7 +501,7 @@ register("sft", "Train a student on one variant with TRL's SFTTrainer (checked a
 def _run_eval(args: CommandArguments):
     import yaml
 
-    from .evaluate import evaluate_student, save_evaluation
+    from .evaluation import evaluate_student, save_evaluation
     from .stages import load_input
 
     options = args[EvalArguments]

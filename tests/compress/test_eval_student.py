@@ -1,11 +1,11 @@
-"""`hf_compress.evaluate`: batched greedy decoding, output lengths, accuracy, and the saved summary + table."""
+"""`hf_compress.evaluation`: batched greedy decoding, output lengths, accuracy, and the saved summary + table."""
 
 import json
 
 import pytest
 from datasets import load_from_disk
 
-from hf_compress.evaluate import (
+from hf_compress.evaluation import (
     EVAL_FILE,
     EVAL_TABLE_DIR,
     _output_length,

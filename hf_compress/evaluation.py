@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from .arguments import looks_local
 from .constants import EVAL_FILE, EVAL_TABLE_DIR
-from .sft import bf16_supported, resolve_attn_implementation
+from .hardware import bf16_supported, resolve_attn_implementation
 from .stages import save_to_disk, write_json_atomically
 from .verify import check_texts, resolve_task
 
