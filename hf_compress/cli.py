@@ -44,12 +44,10 @@ from .arguments import (
     StageIO,
     TaskArguments,
     TraceColumns,
-    UsageError,
     VerifyArguments,
-    check_local_path,
-    coerce_values,
 )
 from .backends.config import BackendConfig, SamplingConfig
+from .validation import UsageError, check_local_path, coerce_values
 
 # Stages `run` chains, in order, each reading the previous one's output folder.
 PIPELINE: list[str] = ["generate", "verify", "compress", "build"]

@@ -8,3 +8,6 @@ VARIANTS = ("raw", "compressed", "answer_only", "truncated")
 SUMMARY_FILE = "compress_sft.json"
 EVAL_FILE = "eval.json"
 EVAL_TABLE_DIR = "eval_table"
+
+# How answers are checked (`verify`, `compress`, `eval`): auto picks Countdown for rows with `numbers` and `target`.
+TASKS = ("auto", "math", "countdown")

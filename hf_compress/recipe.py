@@ -27,8 +27,8 @@ from collections.abc import Callable
 
 import yaml
 
-from .arguments import UsageError, looks_local
 from .cli import PIPELINE, SUBCOMMANDS, CommandArguments, command_from_dict, did_you_mean, option_names
+from .validation import UsageError, looks_local
 
 RECIPE_KEYS = ("output_dir", "input", "split", "input_builder", "input_builder_kwargs")
 CHAIN_KEYS = ("input", "output", "split")  # set by `run` itself, from the recipe's top level and the stage order

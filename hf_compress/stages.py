@@ -33,7 +33,7 @@ import datasets
 from datasets import Dataset, concatenate_datasets, load_dataset, load_from_disk
 from tqdm.auto import tqdm
 
-from .arguments import looks_local
+from .validation import looks_local
 
 logger = logging.getLogger(__name__)
 

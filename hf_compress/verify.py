@@ -28,10 +28,10 @@ from datasets import Dataset
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 from math_verify import verify as math_verify_equal
 
+from .constants import TASKS
 from .helper_process import HelperProcess
 from .stages import ID_COLUMN, check_input_rows, check_problem_set, require_columns, run_stage, stage_output_lock
 
-TASKS = ("auto", "math", "countdown")
 _BOXED = re.compile(r"\\boxed\s*\{")
 _BRACE = re.compile(r"[{}]")
 _TAG_OPEN, _TAG_CLOSE = "<answer>", "</answer>"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 
-from ..arguments import UsageError, at_least, check_fields, positive, require
+from ..validation import UsageError, at_least, check_fields, positive, require
 from .base import TeacherBackend
 from .server_pool import parse_base_urls
 

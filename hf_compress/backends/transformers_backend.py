@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..arguments import check_local_path
+from ..validation import check_local_path
 from .base import Generation, TeacherBackend
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..arguments import check_local_path
+from ..validation import check_local_path
 from .base import TeacherBackend
 from .vllm_replicas import VLLMReplica, chat_generations, replica_devices, split_evenly
 
