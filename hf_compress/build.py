@@ -16,16 +16,13 @@ from __future__ import annotations
 from datasets import Dataset, DatasetDict, load_from_disk
 
 from .constants import VARIANTS
+from .inputs import check_stage_input, dataset_folder, load_tokenizer, require_columns
 from .stages import (
-    check_stage_input,
     dataset_fingerprint,
-    dataset_folder,
     load_finished_stage,
-    load_tokenizer,
     pipeline_records,
     prepare_output_folder,
     quiet_datasets_progress,
-    require_columns,
     save_stage,
     stage_output_lock,
 )

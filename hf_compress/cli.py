@@ -253,7 +253,7 @@ def command_from_dict(name: str, values: dict) -> CommandArguments:
 
 def _run_generate(args: CommandArguments):
     from .generate import generate
-    from .stages import load_input
+    from .inputs import load_input
 
     io, options = args[StageIO], args[GenerateArguments]
     args[BackendConfig].check(model_required=True)
@@ -280,7 +280,7 @@ register("generate", "Sample teacher traces (n per problem), resumably.", _run_g
 
 
 def _run_verify(args: CommandArguments):
-    from .stages import load_input
+    from .inputs import load_input
     from .verify import verify
 
     io, options, columns = args[StageIO], args[VerifyArguments], args[TraceColumns]
@@ -324,7 +324,7 @@ def _check_compress(args: CommandArguments) -> None:
 
 def _run_compress(args: CommandArguments):
     from .compress import ExtractiveCompressor, LLMCompressor, compress
-    from .stages import load_input
+    from .inputs import load_input
 
     io, options, columns = args[StageIO], args[CompressArguments], args[TraceColumns]
     option, tokenizer = _compress_tokenizer(args)
@@ -363,7 +363,8 @@ register("compress", "Rewrite traces shorter (LLM or extractive) and check that 
 
 def _run_build(args: CommandArguments):
     from .build import build, statistics_table, variant_statistics
-    from .stages import load_input, pipeline_records
+    from .inputs import load_input
+    from .stages import pipeline_records
 
     io, options, columns = args[StageIO], args[BuildArguments], args[TraceColumns]
     check_local_path(io.input, "--input")
@@ -500,7 +501,7 @@ def _run_eval(args: CommandArguments):
     import yaml
 
     from .evaluation import evaluate_student, save_evaluation
-    from .stages import load_input
+    from .inputs import load_input
 
     options = args[EvalArguments]
     check_local_path(options.model, "--model")

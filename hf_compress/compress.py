@@ -13,7 +13,9 @@ from abc import ABC, abstractmethod
 from datasets import Dataset
 
 from .backends import BackendConfig, SamplingConfig, TeacherBackend, resolve_backend
-from .stages import ID_COLUMN, check_input_rows, load_tokenizer, require_columns, run_stage, stage_output_lock
+from .inputs import load_tokenizer, require_columns
+from .row_checks import ID_COLUMN, check_input_rows
+from .stages import run_stage, stage_output_lock
 from .verify import answer_span, check_texts, resolve_task
 
 # Versioned so that a dataset records exactly which instructions produced it; add versions, never edit one.

@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .constants import EVAL_FILE, EVAL_TABLE_DIR
+from .durable import save_to_disk, write_json_atomically
 from .hardware import bf16_supported, resolve_attn_implementation
-from .stages import save_to_disk, write_json_atomically
 from .validation import looks_local
 from .verify import check_texts, resolve_task
 

@@ -9,7 +9,9 @@ import logging
 from datasets import Dataset
 
 from .backends import BackendConfig, SamplingConfig, TeacherBackend, resolve_backend
-from .stages import ID_COLUMN, check_input_rows, check_problem_set, require_columns, run_stage, stage_output_lock
+from .inputs import require_columns
+from .row_checks import ID_COLUMN, check_input_rows, check_problem_set
+from .stages import run_stage, stage_output_lock
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ def generate(
     blank) are refused when the input is read, each named by index (and id, from `id_column` when the input has
     one) and field, before any request; `skip_invalid_rows` leaves them out instead and counts them in the stage
     record. An id on two rows, or one problem text with two different golds, is refused too. With `output_dir`,
-    the run holds that folder's lock until it returns (see `stages.output_lock`): a concurrent run on the same
+    the run holds that folder's lock until it returns (see `locking.output_lock`): a concurrent run on the same
     folder is refused at once.
     """
     sampling = sampling or SamplingConfig()

@@ -192,7 +192,9 @@ def load_recipe_input(recipe: dict) -> str:
         return recipe["input"]
     from datasets import Dataset
 
-    from .stages import STAGE_FILE, StageMismatchError, check_not_empty, load_finished_stage, save_stage
+    from .constants import STAGE_FILE
+    from .inputs import check_not_empty
+    from .stages import StageMismatchError, load_finished_stage, save_stage
 
     path = os.path.join(recipe["output_dir"], "input")
     builder = import_input_builder(recipe["input_builder"])
@@ -234,7 +236,8 @@ def missing_paths(recipe: dict, plan: list[tuple[str, CommandArguments]]) -> lis
 
 def run_recipe(recipe_path: str, overrides: list[str] = (), dry_run: bool = False):
     """`hf-compress run RECIPE [key=value ...] [--dry_run]`."""
-    from .stages import StageMismatchError, output_lock
+    from .locking import output_lock
+    from .stages import StageMismatchError
 
     recipe = load_recipe(recipe_path, overrides)
     plan = plan_stages(recipe, recipe_path)

@@ -30,7 +30,9 @@ from math_verify import verify as math_verify_equal
 
 from .constants import TASKS
 from .helper_process import HelperProcess
-from .stages import ID_COLUMN, check_input_rows, check_problem_set, require_columns, run_stage, stage_output_lock
+from .inputs import require_columns
+from .row_checks import ID_COLUMN, check_input_rows, check_problem_set
+from .stages import run_stage, stage_output_lock
 
 _BOXED = re.compile(r"\\boxed\s*\{")
 _BRACE = re.compile(r"[{}]")

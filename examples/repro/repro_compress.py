@@ -38,9 +38,10 @@ from hf_compress.build import VARIANTS, build
 from hf_compress.compress import ExtractiveCompressor, LLMCompressor, compress
 from hf_compress.evaluation import EVAL_FILE, evaluate_student, load_student_for_eval, save_evaluation
 from hf_compress.generate import generate
+from hf_compress.inputs import load_tokenizer
 from hf_compress.report import PLOT_FILE, load_runs, plot_accuracy_vs_tokens, write_report
 from hf_compress.sft import SUMMARY_FILE, parse_recipe, run_sft
-from hf_compress.stages import load_tokenizer, read_stage_record
+from hf_compress.stages import read_stage_record
 from hf_compress.verify import verify
 
 RECIPE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "recipes", "compress_real_student.yaml")

@@ -19,8 +19,9 @@ from hf_compress.backends import (
     TeacherUnavailableError,
     TransformersBackend,
 )
+from hf_compress.constants import SHARDS_DIR, STAGE_FILE
 from hf_compress.generate import generate
-from hf_compress.stages import SHARDS_DIR, STAGE_FILE, StageMismatchError, read_stage_record
+from hf_compress.stages import StageMismatchError, read_stage_record
 from kit.tiny import build_tokenizer, make_task_dataset, tiny_causal_lm
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -9,8 +9,9 @@ import pytest
 from datasets import load_from_disk
 
 from hf_compress.backends import OpenAIBackend, SamplingConfig, TeacherUnavailableError
+from hf_compress.constants import SHARDS_DIR
 from hf_compress.generate import generate
-from hf_compress.stages import SHARDS_DIR, StageMismatchError
+from hf_compress.stages import StageMismatchError
 from kit.tiny import make_task_dataset
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
