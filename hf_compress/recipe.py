@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import yaml
 
-from .cli import PIPELINE, SUBCOMMANDS, CommandArguments, command_from_dict, did_you_mean, option_names
+from .commands import PIPELINE, SUBCOMMANDS, CommandArguments, command_from_dict, did_you_mean, option_names
 from .validation import UsageError, looks_local
 
 RECIPE_KEYS = ("output_dir", "input", "split", "input_builder", "input_builder_kwargs")

@@ -42,6 +42,7 @@ from trl.chat_template_utils import clone_chat_template, get_training_chat_templ
 
 from .arguments import CompressSFTArguments
 from .build import load_variants
+from .commands.registry import dataclass_parser
 from .constants import SUMMARY_FILE
 from .hardware import bf16_supported, resolve_attn_implementation
 from .hub import check_push_access, hub_base_model, push_failed, update_student_card
@@ -116,16 +117,12 @@ def parse_recipe(
             raise ValueError(f"{source} must hold a YAML mapping of field: value, got {type(recipe).__name__}.")
     recipe = {**recipe, **overrides}
     check_recipe_fields(recipe, source)
-    from .cli import dataclass_parser
-
     return dataclass_parser(RECIPE_TYPES).parse_dict(_with_hardware_precision(recipe))
 
 
 def parse_sft_cli(argv: list[str] | None = None) -> tuple[CompressSFTArguments, SFTConfig, ModelConfig]:
     """TRL-style command line (`hf-compress sft`): `--config recipe.yaml` then any field as `--name value` to
     override it. Option names are exact (no prefix matching); a mistyped one is an error suggesting the closest."""
-    from .cli import dataclass_parser
-
     argv = list(argv or [])
     recipe = {}
     if "--config" in argv:
