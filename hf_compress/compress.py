@@ -13,10 +13,11 @@ from abc import ABC, abstractmethod
 from datasets import Dataset
 
 from .backends import BackendConfig, SamplingConfig, TeacherBackend, resolve_backend
-from .inputs import load_tokenizer, require_columns
-from .row_checks import ID_COLUMN, check_input_rows
-from .stages import run_stage, stage_output_lock
-from .verify import answer_span, check_texts, resolve_task
+from .inputs import load_tokenizer
+from .row_checks import ID_COLUMN
+from .stages import open_stage, run_stage
+from .tasks import gold_columns, resolve_task
+from .verify import answer_span, check_texts
 
 # Versioned so that a dataset records exactly which instructions produced it; add versions, never edit one.
 COMPRESSION_PROMPTS = {
@@ -139,17 +140,10 @@ def compress(
     holds that folder's lock until it returns.
     """
     task = resolve_task(dataset, task)
-    needed = [completion_column, problem_column] + (["numbers", "target"] if task == "countdown" else [answer_column])
-    require_columns(dataset, needed, "compress")
-    clashing = [c for c in COMPRESSED_COLUMNS if c in dataset.column_names]
-    if clashing:
-        raise ValueError(f"compress adds the columns {clashing}, which the input already has; rename or drop them.")
-    golds = ["numbers", "target"] if task == "countdown" else [answer_column]
-    fields = {problem_column: "text", completion_column: "trace",
-              **{c: "gold" if c == answer_column else "value" for c in golds}}
-    dataset, skipped = check_input_rows(dataset, "compress", fields, skip_invalid_rows=skip_invalid_rows,
-                                        id_column=id_column)
-    with stage_output_lock(dataset, output_dir, "compress"):  # after the row checks: a refused input writes nothing
+    with open_stage(dataset, "compress", output_dir=output_dir,
+                    fields={completion_column: "trace", problem_column: "text"}, golds=gold_columns(task, answer_column),
+                    added_columns=COMPRESSED_COLUMNS, skip_invalid_rows=skip_invalid_rows,
+                    id_column=id_column) as (dataset, skipped):
         return _compress(dataset, compressor, load_tokenizer(tokenizer), task=task,
                          completion_column=completion_column, problem_column=problem_column,
                          answer_column=answer_column, timeout_seconds=timeout_seconds, output_dir=output_dir,

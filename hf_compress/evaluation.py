@@ -25,8 +25,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from .constants import EVAL_FILE, EVAL_TABLE_DIR
 from .durable import save_to_disk, write_json_atomically
 from .hardware import bf16_supported, resolve_attn_implementation
+from .tasks import gold_columns, gold_references, resolve_task
 from .validation import looks_local
-from .verify import check_texts, resolve_task
+from .verify import check_texts
 
 PERCENTILES = (50, 90, 99)
 
@@ -54,10 +55,7 @@ def load_answer_accuracy(task: str = "math"):
 def answer_accuracy_scores(metric, texts: list[str], gold: dict, counts: list[int], task: str,
                            answer_column: str) -> dict[str, Any]:
     """`metric.compute` on completions and the eval rows' gold columns, with the per-completion flags (`correct`)."""
-    if task == "countdown":
-        references = [{"numbers": list(n), "target": t} for n, t in zip(gold["numbers"], gold["target"])]
-    else:
-        references = [str(answer) for answer in gold[answer_column]]
+    references = gold_references(task, gold, answer_column)
     return metric.compute(predictions=texts, references=references, output_tokens=counts, return_correct=True)
 
 
@@ -176,8 +174,8 @@ def evaluate_student(
     correct answer, share of outputs cut by the cap, seconds) and the per-problem table.
     """
     task = resolve_task(dataset, task)
-    gold_columns = ["numbers", "target"] if task == "countdown" else [answer_column]
-    missing = [column for column in gold_columns if column not in dataset.column_names]
+    golds = gold_columns(task, answer_column)
+    missing = [column for column in golds if column not in dataset.column_names]
     if missing:
         raise ValueError(
             f"The eval set has no {missing} column(s) (it has {dataset.column_names}): accuracy needs the gold "
@@ -193,7 +191,7 @@ def evaluate_student(
     elif tokenizer is None:
         raise ValueError("Pass the tokenizer together with the model.")
     prompts = eval_prompts(dataset)
-    gold = dataset.select_columns(gold_columns).to_dict()
+    gold = dataset.select_columns(golds).to_dict()
     metric = None if verifier is not None else load_answer_accuracy(task)  # loaded before the long part
 
     start = time.perf_counter()

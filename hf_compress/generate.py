@@ -9,9 +9,10 @@ import logging
 from datasets import Dataset
 
 from .backends import BackendConfig, SamplingConfig, TeacherBackend, resolve_backend
-from .inputs import require_columns
-from .row_checks import ID_COLUMN, check_input_rows, check_problem_set
-from .stages import run_stage, stage_output_lock
+from .row_checks import ID_COLUMN
+from .stages import open_stage, run_stage
+from .tasks import gold_columns, resolve_task
+from .validation import check_prompt_template
 
 logger = logging.getLogger(__name__)
 
@@ -59,19 +60,11 @@ def generate(
     folder is refused at once.
     """
     sampling = sampling or SamplingConfig()
-    require_columns(dataset, [problem_column, answer_column], "generate")
-    clashing = [c for c in GENERATED_COLUMNS if c in dataset.column_names]
-    if clashing:
-        raise ValueError(f"generate adds the columns {clashing}, which the input already has; rename or drop them.")
-    if "{problem}" not in prompt_template:
-        raise ValueError(f"prompt_template must contain '{{problem}}', got {prompt_template!r}.")
-    golds = ["numbers", "target"] if {"numbers", "target"} <= set(dataset.column_names) else [answer_column]
-    dataset, skipped = check_input_rows(
-        dataset, "generate", {problem_column: "text", **{c: "gold" if c == answer_column else "value" for c in golds}},
-        skip_invalid_rows=skip_invalid_rows, id_column=id_column,
-    )
-    check_problem_set(dataset, "generate", problem_column, golds, traces=False, id_column=id_column)
-    with stage_output_lock(dataset, output_dir, "generate"):  # after the row checks: a refused input writes nothing
+    check_prompt_template(prompt_template)
+    golds = gold_columns(resolve_task(dataset, "auto"), answer_column)
+    with open_stage(dataset, "generate", output_dir=output_dir, fields={problem_column: "text"}, golds=golds,
+                    added_columns=GENERATED_COLUMNS, problem_column=problem_column, problem_set="problems",
+                    skip_invalid_rows=skip_invalid_rows, id_column=id_column) as (dataset, skipped):
         return _generate(dataset, backend, sampling, output_dir=output_dir, problem_column=problem_column,
                          system_prompt=system_prompt, prompt_template=prompt_template, shard_size=shard_size,
                          batch_size=batch_size, overwrite=overwrite, skipped=skipped)

@@ -19,7 +19,6 @@ import importlib
 import importlib.machinery
 import importlib.util
 import inspect
-import json
 import os
 import shutil
 import sys
@@ -194,28 +193,31 @@ def load_recipe_input(recipe: dict) -> str:
 
     from .constants import STAGE_FILE
     from .inputs import check_not_empty
-    from .stages import StageMismatchError, load_finished_stage, save_stage
+    from .stages import StageMismatchError, run_stage
 
     path = os.path.join(recipe["output_dir"], "input")
     builder = import_input_builder(recipe["input_builder"])
     arguments = input_builder_arguments(recipe, builder)
-    fingerprint = hashlib.sha256(json.dumps(arguments, sort_keys=True).encode()).hexdigest()[:16]
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, STAGE_FILE)) and os.listdir(path):
         if not os.path.exists(os.path.join(path, "state.json")):
             raise UsageError(f"{path} exists and is not a built input; move it away or change output_dir.")
         shutil.rmtree(path)  # built by an older hf-compress, without a fingerprint: cannot be trusted
+
+    def build_input(_) -> tuple[Dataset, dict]:
+        built = builder(**recipe.get("input_builder_kwargs", {}))
+        if not isinstance(built, Dataset):
+            raise UsageError(f"input_builder {recipe['input_builder']!r} returned {type(built).__name__}, "
+                             "not a datasets.Dataset.")
+        check_not_empty(built, "input_builder")
+        return built, {"rows": len(built)}
+
+    # A result that depends on the builder, its arguments and its source alone: run_stage's whole-dataset mode.
     try:
-        if load_finished_stage(path, "input", fingerprint, arguments) is not None:
-            return path
+        run_stage(None, None, stage="input", arguments=arguments, output_dir=path, finalize=build_input)
     except StageMismatchError:
         print(f"[hf-compress run] the input builder or its arguments changed: rebuilding {path}", file=sys.stderr)
-        shutil.rmtree(path)
-    built = builder(**recipe.get("input_builder_kwargs", {}))
-    if not isinstance(built, Dataset):
-        raise UsageError(f"input_builder {recipe['input_builder']!r} returned {type(built).__name__}, "
-                         "not a datasets.Dataset.")
-    check_not_empty(built, "input_builder")
-    save_stage(built, path, stage="input", fingerprint=fingerprint, arguments=arguments, stats={"rows": len(built)})
+        run_stage(None, None, stage="input", arguments=arguments, output_dir=path, finalize=build_input,
+                  overwrite=True)
     return path
 
 

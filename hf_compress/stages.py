@@ -38,8 +38,10 @@ from .durable import (
     sync_folder,
     write_json_atomically,
 )
-from .inputs import check_stage_input, dataset_folder
+from .inputs import check_stage_input, dataset_folder, require_columns
 from .locking import output_lock
+from .row_checks import ID_COLUMN, check_input_rows, check_problem_set
+from .tasks import COUNTDOWN_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -138,25 +140,33 @@ def quiet_datasets_progress():
             datasets.enable_progress_bars()
 
 def run_stage(
-    dataset: Dataset,
-    process_shard: Callable[[Dataset, int, tqdm], Dataset],
+    dataset: Dataset | None,
+    process_shard: Callable[[Dataset, int, tqdm], Dataset] | None,
     *,
     stage: str,
     arguments: dict,
     output_dir: str | None,
-    shard_size: int,
+    shard_size: int | None = None,
     finalize: Callable[[Dataset], tuple[Dataset, dict]] | None = None,
     overwrite: bool = False,
-) -> Dataset:
+    extra_files: Callable[[Dataset | datasets.DatasetDict], dict[str, str]] | None = None,
+) -> Dataset | datasets.DatasetDict:
     """Apply `process_shard(shard, shard_index, progress)` to consecutive shards of `shard_size` rows, then
     `finalize(concatenated) -> (result, statistics)` for what needs every row (per-problem rates).
 
     With an `output_dir`, finished shards are saved as they complete and the result is saved there with its
     statistics; a rerun with the same input and arguments resumes, or returns the saved result.
     `process_shard` advances `progress` by the number of input rows it has handled.
+
+    Whole-dataset mode (`process_shard=None`): `finalize(dataset)` computes the whole result at once (a Dataset or a
+    DatasetDict; `build`), saved with its record and `extra_files(result)` ({name: text}) but without shards;
+    `dataset` may then be None (a result that depends on `arguments` alone: a recipe's built input).
     """
     finalize = finalize or (lambda result: (result, {}))
-    if shard_size < 1:
+    if process_shard is None:
+        return _run_whole_stage(dataset, finalize, stage=stage, arguments=arguments, output_dir=output_dir,
+                                overwrite=overwrite, extra_files=extra_files)
+    if shard_size is None or shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}.")
     check_stage_input(dataset, output_dir, stage)
     num_shards = max(1, math.ceil(len(dataset) / shard_size))
@@ -167,12 +177,33 @@ def run_stage(
             parts = [process_shard(dataset.select(r), i, progress) for i, r in enumerate(shard_ranges)]
             return finalize(concatenate_datasets(parts))[0]
 
-    refuse_foreign_folder(output_dir, stage)  # before writing even its lock file next to it
-    with output_lock(output_dir, stage):  # one run per output folder, for as long as it runs
+    with stage_output_lock(dataset, output_dir, stage):  # one run per output folder, for as long as it runs
         fingerprint = dataset_fingerprint(dataset, {"stage": stage, **arguments})
         return _run_stage_in_folder(dataset, process_shard, stage=stage, arguments=arguments, output_dir=output_dir,
                                     overwrite=overwrite, fingerprint=fingerprint, shard_ranges=shard_ranges,
                                     finalize=finalize)
+
+
+def _run_whole_stage(dataset, finalize, *, stage, arguments, output_dir, overwrite, extra_files):
+    if dataset is not None:
+        check_stage_input(dataset, output_dir, stage)
+    if output_dir is None:
+        with quiet_datasets_progress():
+            return finalize(dataset)[0]
+    with stage_output_lock(dataset, output_dir, stage):
+        fingerprint = (dataset_fingerprint(dataset, {"stage": stage, **arguments}) if dataset is not None else
+                       hashlib.sha256(json.dumps(arguments, sort_keys=True, default=str).encode()).hexdigest()[:16])
+        prepare_output_folder(output_dir, stage, overwrite)
+        finished = load_finished_stage(output_dir, stage, fingerprint, arguments)
+        if finished is not None:
+            logger.info("%s: %s already holds this result; skipping.", stage, output_dir)
+            return finished
+        with quiet_datasets_progress():
+            result, stats = finalize(dataset)
+        return save_stage(result, output_dir, stage=stage, fingerprint=fingerprint, arguments=arguments, stats=stats,
+                          input_folder=dataset_folder(dataset) if dataset is not None else None,
+                          extra_files=extra_files(result) if extra_files else None)
+
 
 def _run_stage_in_folder(dataset, process_shard, *, stage, arguments, output_dir, overwrite, fingerprint,
                          shard_ranges, finalize) -> Dataset:
@@ -258,11 +289,51 @@ def save_stage(
     return saved
 
 @contextlib.contextmanager
-def stage_output_lock(dataset: Dataset, output_dir: str | None, stage: str):
+def stage_output_lock(dataset: Dataset | None, output_dir: str | None, stage: str):
     """A stage's checks of its output folder, then its lock (see `output_lock`): an output apart from the input and
     not a folder of other files is checked before even the lock file is written next to it."""
-    check_stage_input(dataset, output_dir, stage)
+    if dataset is not None:
+        check_stage_input(dataset, output_dir, stage)
     if output_dir is not None:
         refuse_foreign_folder(output_dir, stage)
     with output_lock(output_dir, stage):
         yield
+
+
+@contextlib.contextmanager
+def open_stage(
+    dataset: Dataset,
+    stage: str,
+    *,
+    output_dir: str | None,
+    fields: dict[str, str],
+    golds: list[str] = (),
+    added_columns: tuple[str, ...] = (),
+    problem_column: str | None = None,
+    problem_set: str | None = None,
+    skip_invalid_rows: bool = False,
+    id_column: str = ID_COLUMN,
+    hint: str = "",
+):
+    """The opening every stage shares, in the order that writes nothing for a refused input: the columns it reads
+    (`fields`: column -> kind, see `row_checks.check_input_rows`; and the gold columns `golds`, from
+    `tasks.gold_columns`) are present and those it adds (`added_columns`) are not; its rows are usable (or left out
+    with `skip_invalid_rows`); with `problem_set` ("problems": one row per problem; "traces": n rows per problem)
+    the rows agree across the set (`row_checks.check_problem_set`); then the output folder is checked and locked
+    for the life of the block. Yields `(dataset, skipped)`: the rows to work on and the skipped-row statistics for
+    the stage record."""
+    golds = list(golds)
+    require_columns(dataset, list(dict.fromkeys([*fields, *golds])), stage, hint)
+    clashing = [column for column in added_columns if column in dataset.column_names]
+    if clashing:
+        raise ValueError(f"{stage} adds the columns {clashing}, which the input already has; rename or drop them.")
+    gold_kind = "value" if tuple(golds) == COUNTDOWN_COLUMNS else "gold"  # Countdown: numbers and a target
+    kinds = {**fields, **dict.fromkeys(golds, gold_kind)}
+    dataset, skipped = check_input_rows(dataset, stage, kinds, skip_invalid_rows=skip_invalid_rows,
+                                        id_column=id_column)
+    if problem_set is not None:
+        if problem_set not in ("problems", "traces"):
+            raise ValueError(f"problem_set must be 'problems' or 'traces', got {problem_set!r}.")
+        check_problem_set(dataset, stage, problem_column, golds, traces=problem_set == "traces", id_column=id_column)
+    with stage_output_lock(dataset, output_dir, stage):  # after the row checks: a refused input writes nothing
+        yield dataset, skipped

@@ -55,7 +55,7 @@ def test_an_input_that_is_neither_a_folder_here_nor_on_the_hub_is_named(tmp_path
     with pytest.raises(FileNotFoundError):
         inputs.load_input(str(tmp_path / "typo"))
     with pytest.raises(FileNotFoundError, match="tokenizer runs/sft/typo is not a folder here"):
-        stages.load_tokenizer("runs/sft/typo")
+        inputs.load_tokenizer("runs/sft/typo")
 
 
 def test_a_truncated_shard_is_detected_and_redone(tmp_path):
