@@ -124,7 +124,7 @@ def compress(
     timeout_seconds: int = 5,
     output_dir: str | None = None,
     shard_size: int = 256,
-    batch_size: int = 64,
+    problems_per_call: int = 64,
     overwrite: bool = False,
     skip_invalid_rows: bool = False,
     id_column: str = ID_COLUMN,
@@ -147,11 +147,11 @@ def compress(
         return _compress(dataset, compressor, load_tokenizer(tokenizer), task=task,
                          completion_column=completion_column, problem_column=problem_column,
                          answer_column=answer_column, timeout_seconds=timeout_seconds, output_dir=output_dir,
-                         shard_size=shard_size, batch_size=batch_size, overwrite=overwrite, skipped=skipped)
+                         shard_size=shard_size, problems_per_call=problems_per_call, overwrite=overwrite, skipped=skipped)
 
 
 def _compress(dataset, compressor, tokenizer, *, task, completion_column, problem_column, answer_column,
-              timeout_seconds, output_dir, shard_size, batch_size, overwrite, skipped) -> Dataset:
+              timeout_seconds, output_dir, shard_size, problems_per_call, overwrite, skipped) -> Dataset:
 
     def compress_batch(batch: dict, indices: list[int]) -> dict:
         traces = batch[completion_column]
@@ -185,7 +185,7 @@ def _compress(dataset, compressor, tokenizer, *, task, completion_column, proble
             progress.update(len(indices))
             return result
 
-        return shard.map(compress_and_count, with_indices=True, batched=True, batch_size=batch_size,
+        return shard.map(compress_and_count, with_indices=True, batched=True, batch_size=problems_per_call,
                          keep_in_memory=True, load_from_cache_file=False, new_fingerprint=f"compress-{shard_index}")
 
     describe = compressor.backend.describe() if isinstance(compressor, LLMCompressor) else {}
@@ -198,7 +198,7 @@ def _compress(dataset, compressor, tokenizer, *, task, completion_column, proble
         "task": task,
         "completion_column": completion_column,
         "shard_size": shard_size,
-        "batch_size": batch_size,
+        "problems_per_call": problems_per_call,
     }
     return run_stage(dataset, process_shard, stage="compress", arguments=arguments, output_dir=output_dir,
                      shard_size=shard_size, finalize=lambda d: (d, {**summarize_compression(d), **skipped}),

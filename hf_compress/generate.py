@@ -35,7 +35,7 @@ def generate(
     system_prompt: str | None = None,
     prompt_template: str = "{problem}",
     shard_size: int = 256,
-    batch_size: int = 64,
+    problems_per_call: int = 64,
     overwrite: bool = False,
     skip_invalid_rows: bool = False,
     id_column: str = ID_COLUMN,
@@ -49,7 +49,7 @@ def generate(
     With `output_dir`, problems are processed in shards of `shard_size` saved as they finish: a killed run
     restarted with the same arguments resumes after the last finished shard, and its result equals an
     uninterrupted run's (each batch's seed derives from `sampling.seed` and its position in the dataset).
-    `batch_size` problems go to the backend per call (the backend may split them further). A `BackendConfig`
+    `problems_per_call` problems go to the backend per call (the backend may split them further). A `BackendConfig`
     is built into its backend only if some shard remains to be generated.
 
     Rows the teacher cannot be asked about (a problem that is None, not text or empty; a gold that is None or
@@ -67,11 +67,11 @@ def generate(
                     skip_invalid_rows=skip_invalid_rows, id_column=id_column) as (dataset, skipped):
         return _generate(dataset, backend, sampling, output_dir=output_dir, problem_column=problem_column,
                          system_prompt=system_prompt, prompt_template=prompt_template, shard_size=shard_size,
-                         batch_size=batch_size, overwrite=overwrite, skipped=skipped)
+                         problems_per_call=problems_per_call, overwrite=overwrite, skipped=skipped)
 
 
 def _generate(dataset, backend, sampling, *, output_dir, problem_column, system_prompt, prompt_template, shard_size,
-              batch_size, overwrite, skipped) -> Dataset:
+              problems_per_call, overwrite, skipped) -> Dataset:
     teacher = functools.cache(lambda: resolve_backend(backend))
 
     def process_shard(shard: Dataset, shard_index: int, progress) -> Dataset:
@@ -97,7 +97,7 @@ def _generate(dataset, backend, sampling, *, output_dir, problem_column, system_
             generate_batch,
             with_indices=True,
             batched=True,
-            batch_size=batch_size,
+            batch_size=problems_per_call,
             remove_columns=shard.column_names,
             keep_in_memory=True,
             load_from_cache_file=False,
@@ -111,7 +111,7 @@ def _generate(dataset, backend, sampling, *, output_dir, problem_column, system_
         "system_prompt": system_prompt,
         "prompt_template": prompt_template,
         "shard_size": shard_size,
-        "batch_size": batch_size,
+        "problems_per_call": problems_per_call,
     }
     return run_stage(
         dataset,

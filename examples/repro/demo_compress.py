@@ -76,7 +76,7 @@ def build_variants(settings: DemoSettings, teacher_dir: str, data_dir: str) -> t
             TransformersBackend(teacher_dir, batch_size=128),
             SamplingConfig(n=1, temperature=0.0, max_new_tokens=settings.max_new_tokens, seed=settings.seed),
             output_dir=stages.setdefault("generate", os.path.join(data_dir, "generate")),
-            batch_size=256,
+            problems_per_call=256,
             shard_size=1024,
         )
     else:  # the task's worked solutions, after a restatement, stand in for verified teacher traces

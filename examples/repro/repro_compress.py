@@ -154,7 +154,7 @@ def run_pipeline(settings: ReproSettings, model_path: str, fast_path: str, data_
                               max_new_tokens=settings.teacher_max_new_tokens, seed=settings.data_seed)
     traces = generate(word_problems(settings, "train"), backend, sampling, output_dir=folder["generate"],
                       prompt_template="{problem} " + settings.instruction.replace("{", "{{").replace("}", "}}"),
-                      shard_size=settings.shard_size, batch_size=settings.teacher_batch_size)
+                      shard_size=settings.shard_size, problems_per_call=settings.teacher_batch_size)
     correct = verify(traces, keep_only_correct=True, output_dir=folder["verify"])
     n_correct = len(correct)
     if settings.require_stop:

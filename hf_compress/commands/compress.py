@@ -49,7 +49,7 @@ def _run_compress(args: CommandArguments):
         answer_column=columns.answer_column,
         output_dir=io.output,
         shard_size=options.shard_size,
-        batch_size=options.problems_per_call,
+        problems_per_call=options.problems_per_call,
         overwrite=io.overwrite,
         skip_invalid_rows=options.skip_invalid_rows,
     )

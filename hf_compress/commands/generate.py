@@ -25,7 +25,7 @@ def _run_generate(args: CommandArguments):
         system_prompt=options.system_prompt,
         prompt_template=options.prompt_template,
         shard_size=options.shard_size,
-        batch_size=options.problems_per_call,
+        problems_per_call=options.problems_per_call,
         overwrite=io.overwrite,
         skip_invalid_rows=options.skip_invalid_rows,
     )
