@@ -134,20 +134,26 @@ class BuildArguments:
 
 @dataclass
 class EvalArguments:
-    model: str = field(metadata={"help": "Trained student folder (full weights or LoRA adapter)."})
+    """What `hf-compress eval` reads and writes; the student, and what decodes it, are `--backend` and its options
+    (`EvalBackendConfig`: `transformers` loads the student folder `--model` here, `vllm` and `openai` serve it)."""
+
     input: str = field(metadata={"help": "Eval set with gold answers: `datasets` folder or Hub id."})
     split: str = field(default="test", metadata={"help": "Split to read when the input has several."})
-    output: str | None = field(default=None, metadata={"help": "Where eval.json and eval_table/ go (default: --model)."})
+    output: str | None = field(default=None, metadata={
+        "help": "Where eval.json, eval_table/ and the resumable eval_completions/ go (default: --model, the student "
+                "folder; needed with --backend openai, whose --model is a served name)."})
     max_new_tokens: int = field(default=8192, metadata={"help": "Token cap per completion."})
-    batch_size: int = field(default=32, metadata={"help": "Prompts per generate call."})
+    shard_size: int = field(default=1024, metadata={
+        "help": "Problems per saved shard (resume unit); a transformers batch never spans two shards."})
     answer_column: str = field(default="answer", metadata={"help": "Column holding the gold final answer."})
     trust_remote_code: bool = field(default=False, metadata={
-        "help": "Load a student whose modeling code is saved with it (hf_dla)."})
+        "help": "transformers: load a student whose modeling code is saved with it (hf_dla)."})
+    overwrite: bool = field(default=False, metadata={"help": "Discard saved completions from other arguments."})
 
     def __post_init__(self):
         check_fields(self)
-        not_empty(self, "model", "input", "split", "answer_column")
-        at_least(self, 1, "max_new_tokens", "batch_size")
+        not_empty(self, "input", "split", "answer_column")
+        at_least(self, 1, "max_new_tokens", "shard_size")
 
 
 @dataclass

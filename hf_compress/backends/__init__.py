@@ -14,7 +14,7 @@ clients: each backend imports its own when it is built.
 """
 
 from .base import Conversation, Generation, TeacherBackend, TeacherError, TeacherRequestError, TeacherUnavailableError
-from .config import BackendConfig, SamplingConfig, resolve_backend
+from .config import BackendConfig, EvalBackendConfig, SamplingConfig, resolve_backend
 from .openai_backend import RETRIED_STATUS, MalformedAnswerError, OpenAIBackend, parse_chat_completion, snippet
 from .registry import BACKEND_REGISTRY, BACKENDS, RegisteredBackend, register_backend
 from .server_pool import PooledServer, RequestsCancelled, ServerFailure, ServerPool, parse_base_urls
@@ -28,6 +28,7 @@ __all__ = [
     "RETRIED_STATUS",
     "BackendConfig",
     "Conversation",
+    "EvalBackendConfig",
     "Generation",
     "MalformedAnswerError",
     "OpenAIBackend",

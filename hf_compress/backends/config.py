@@ -112,3 +112,14 @@ def resolve_backend(backend: TeacherBackend | BackendConfig) -> TeacherBackend:
     """The backend itself, or the one a `BackendConfig` builds (stages build it only when work remains,
     so a cached or finished stage never loads the model)."""
     return backend.build() if isinstance(backend, BackendConfig) else backend
+
+
+@dataclass
+class EvalBackendConfig(BackendConfig):
+    """`BackendConfig` for `hf-compress eval`: the same backends, options and server pool as `generate`, with the
+    student as `--model` and eval's own default batch."""
+
+    model: str | None = field(default=None, metadata={
+        "help": "The student: a trained folder (full weights or LoRA adapter) for transformers, a model path for "
+                "vllm, the served model name for openai."})
+    batch_size: int = field(default=32, metadata={"help": "transformers: prompts per generate call."})
