@@ -30,7 +30,7 @@ def _run_compress(args: CommandArguments):
     from ..compress import ExtractiveCompressor, LLMCompressor, compress
     from ..inputs import load_input
 
-    io, options, columns = args[StageIO], args[CompressArguments], args[TraceColumns]
+    io, options = args[StageIO], args[CompressArguments]
     option, tokenizer = _compress_tokenizer(args)
     check_local_path(io.input, "--input")
     check_local_path(tokenizer, option)
@@ -43,15 +43,12 @@ def _run_compress(args: CommandArguments):
         load_input(io.input, io.split),
         compressor,
         tokenizer,
-        task=args.task,
-        completion_column=columns.completion_column,
-        problem_column=columns.problem_column,
-        answer_column=columns.answer_column,
         output_dir=io.output,
         shard_size=options.shard_size,
         problems_per_call=options.problems_per_call,
         overwrite=io.overwrite,
         skip_invalid_rows=options.skip_invalid_rows,
+        **args.options(TaskArguments, TraceColumns),
     )
 
 

@@ -12,7 +12,7 @@ def _run_generate(args: CommandArguments):
     from ..generate import generate
     from ..inputs import load_input
 
-    io, options = args[StageIO], args[GenerateArguments]
+    io = args[StageIO]
     args[BackendConfig].check(model_required=True)
     check_local_path(io.input, "--input")
     return generate(
@@ -20,16 +20,9 @@ def _run_generate(args: CommandArguments):
         args[BackendConfig],  # built only if generation remains to be done
         args[SamplingConfig],
         output_dir=io.output,
-        problem_column=options.problem_column,
-        answer_column=options.answer_column,
-        system_prompt=options.system_prompt,
-        prompt_template=options.prompt_template,
-        shard_size=options.shard_size,
-        problems_per_call=options.problems_per_call,
         overwrite=io.overwrite,
-        skip_invalid_rows=options.skip_invalid_rows,
+        **args.options(GenerateArguments),
     )
-
 
 register("generate", "Sample teacher traces (n per problem), resumably.", _run_generate,
          arguments=(StageIO, BackendConfig, SamplingConfig, GenerateArguments), position=10, pipeline=True,

@@ -140,6 +140,11 @@ class CommandArguments:
             return self.extra[name]
         raise AttributeError(f"hf-compress {self.command} has no argument {name!r}")
 
+    def options(self, *classes: type) -> dict:
+        """The fields of the given argument dataclasses as keywords: a stage function's parameters are named like
+        its options, so a new option is its field and its parameter, with nothing to map in between."""
+        return {f.name: getattr(self[cls], f.name) for cls in classes for f in dataclasses.fields(cls) if f.init}
+
     def as_dict(self) -> dict:
         values = {f.name: getattr(part, f.name) for part in self.parts for f in dataclasses.fields(part) if f.init}
         return {**values, **{k: v for k, v in self.extra.items() if k != "debug"}}
