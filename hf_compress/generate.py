@@ -63,7 +63,7 @@ def generate(
     check_prompt_template(prompt_template)
     golds = gold_columns(resolve_task(dataset, "auto"), answer_column)
     with open_stage(dataset, "generate", output_dir=output_dir, fields={problem_column: "text"}, golds=golds,
-                    added_columns=GENERATED_COLUMNS, problem_column=problem_column, problem_set="problems",
+                    also_required=(answer_column,), added_columns=GENERATED_COLUMNS, problem_column=problem_column, problem_set="problems",
                     skip_invalid_rows=skip_invalid_rows, id_column=id_column) as (dataset, skipped):
         return _generate(dataset, backend, sampling, output_dir=output_dir, problem_column=problem_column,
                          system_prompt=system_prompt, prompt_template=prompt_template, shard_size=shard_size,

@@ -308,6 +308,7 @@ def open_stage(
     output_dir: str | None,
     fields: dict[str, str],
     golds: list[str] = (),
+    also_required: tuple[str, ...] = (),
     added_columns: tuple[str, ...] = (),
     problem_column: str | None = None,
     problem_set: str | None = None,
@@ -317,13 +318,13 @@ def open_stage(
 ):
     """The opening every stage shares, in the order that writes nothing for a refused input: the columns it reads
     (`fields`: column -> kind, see `row_checks.check_input_rows`; and the gold columns `golds`, from
-    `tasks.gold_columns`) are present and those it adds (`added_columns`) are not; its rows are usable (or left out
-    with `skip_invalid_rows`); with `problem_set` ("problems": one row per problem; "traces": n rows per problem)
-    the rows agree across the set (`row_checks.check_problem_set`); then the output folder is checked and locked
-    for the life of the block. Yields `(dataset, skipped)`: the rows to work on and the skipped-row statistics for
+    `tasks.gold_columns`; and `also_required`, present but not checked row by row) are present and those it adds
+    (`added_columns`) are not; its rows are usable (or left out with `skip_invalid_rows`); with `problem_set`
+    ("problems": one row per problem; "traces": n rows per problem) the rows agree across the set
+    (`row_checks.check_problem_set`); then the output folder is checked and locked for the life of the block. Yields `(dataset, skipped)`: the rows to work on and the skipped-row statistics for
     the stage record."""
     golds = list(golds)
-    require_columns(dataset, list(dict.fromkeys([*fields, *golds])), stage, hint)
+    require_columns(dataset, list(dict.fromkeys([*fields, *golds, *also_required])), stage, hint)
     clashing = [column for column in added_columns if column in dataset.column_names]
     if clashing:
         raise ValueError(f"{stage} adds the columns {clashing}, which the input already has; rename or drop them.")
