@@ -32,6 +32,8 @@ _EXPORTS = {
     "TeacherUnavailableError": "backends",
     "TransformersBackend": "backends",
     "VLLMBackend": "backends",
+    "EvalBackendConfig": "backends",
+    "register_backend": "backends",
     "VARIANTS": "build",
     "build": "build",
     "load_variants": "build",

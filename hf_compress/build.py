@@ -16,19 +16,8 @@ from __future__ import annotations
 from datasets import Dataset, DatasetDict, load_from_disk
 
 from .constants import VARIANTS
-from .stages import (
-    check_stage_input,
-    dataset_fingerprint,
-    dataset_folder,
-    load_finished_stage,
-    load_tokenizer,
-    pipeline_records,
-    prepare_output_folder,
-    quiet_datasets_progress,
-    require_columns,
-    save_stage,
-    stage_output_lock,
-)
+from .inputs import check_stage_input, load_tokenizer, require_columns
+from .stages import pipeline_records, run_stage
 from .verify import answer_span
 
 
@@ -130,26 +119,19 @@ def build(
     tokenizer = load_tokenizer(tokenizer)
     arguments = {"variants": list(variants), "tokenizer": getattr(tokenizer, "name_or_path", ""),
                  "columns": [problem_column, answer_column, completion_column]}
-    fingerprint = dataset_fingerprint(dataset, {"stage": "build", **arguments})
+    columns = {"problem": problem_column, "answer": answer_column, "completion": completion_column}
 
-    with stage_output_lock(dataset, output_dir, "build"):  # one run per output folder, for as long as it runs
-        built = None
-        if output_dir is not None:
-            prepare_output_folder(output_dir, "build", overwrite)
-            if load_finished_stage(output_dir, "build", fingerprint, arguments) is not None:
-                built = load_variants(output_dir)
-        if built is None:
-            with quiet_datasets_progress():
-                rows = select_training_rows(dataset, variants)
-                if len(rows) == 0:
-                    raise ValueError("No row is left to train on: none is verified correct (with its answer kept "
-                                     "after compression). Check the verify and compress statistics.")
-                columns = {"problem": problem_column, "answer": answer_column, "completion": completion_column}
-                built = DatasetDict({v: build_variant(rows, v, tokenizer, columns) for v in variants})
-            if output_dir is not None:
-                built = save_stage(built, output_dir, stage="build", fingerprint=fingerprint, arguments=arguments,
-                                   stats=variant_statistics(built), input_folder=dataset_folder(dataset),
-                                   extra_files={"README.md": dataset_card(built, pipeline_records(dataset))})
+    def build_all(dataset: Dataset) -> tuple[DatasetDict, dict]:
+        rows = select_training_rows(dataset, variants)
+        if len(rows) == 0:
+            raise ValueError("No row is left to train on: none is verified correct (with its answer kept "
+                             "after compression). Check the verify and compress statistics.")
+        built = DatasetDict({v: build_variant(rows, v, tokenizer, columns) for v in variants})
+        return built, variant_statistics(built)
+
+    built = run_stage(dataset, None, stage="build", arguments=arguments, output_dir=output_dir, finalize=build_all,
+                      overwrite=overwrite,
+                      extra_files=lambda built: {"README.md": dataset_card(built, pipeline_records(dataset))})
     if push_to_hub:
         from .hub import push_variants
 

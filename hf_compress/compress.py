@@ -13,8 +13,11 @@ from abc import ABC, abstractmethod
 from datasets import Dataset
 
 from .backends import BackendConfig, SamplingConfig, TeacherBackend, resolve_backend
-from .stages import ID_COLUMN, check_input_rows, load_tokenizer, require_columns, run_stage, stage_output_lock
-from .verify import answer_span, check_texts, resolve_task
+from .inputs import load_tokenizer
+from .row_checks import ID_COLUMN
+from .stages import open_stage, run_stage
+from .tasks import gold_columns, resolve_task
+from .verify import answer_span, check_texts
 
 # Versioned so that a dataset records exactly which instructions produced it; add versions, never edit one.
 COMPRESSION_PROMPTS = {
@@ -121,7 +124,7 @@ def compress(
     timeout_seconds: int = 5,
     output_dir: str | None = None,
     shard_size: int = 256,
-    batch_size: int = 64,
+    problems_per_call: int = 64,
     overwrite: bool = False,
     skip_invalid_rows: bool = False,
     id_column: str = ID_COLUMN,
@@ -137,25 +140,18 @@ def compress(
     holds that folder's lock until it returns.
     """
     task = resolve_task(dataset, task)
-    needed = [completion_column, problem_column] + (["numbers", "target"] if task == "countdown" else [answer_column])
-    require_columns(dataset, needed, "compress")
-    clashing = [c for c in COMPRESSED_COLUMNS if c in dataset.column_names]
-    if clashing:
-        raise ValueError(f"compress adds the columns {clashing}, which the input already has; rename or drop them.")
-    golds = ["numbers", "target"] if task == "countdown" else [answer_column]
-    fields = {problem_column: "text", completion_column: "trace",
-              **{c: "gold" if c == answer_column else "value" for c in golds}}
-    dataset, skipped = check_input_rows(dataset, "compress", fields, skip_invalid_rows=skip_invalid_rows,
-                                        id_column=id_column)
-    with stage_output_lock(dataset, output_dir, "compress"):  # after the row checks: a refused input writes nothing
+    with open_stage(dataset, "compress", output_dir=output_dir,
+                    fields={completion_column: "trace", problem_column: "text"}, golds=gold_columns(task, answer_column),
+                    added_columns=COMPRESSED_COLUMNS, skip_invalid_rows=skip_invalid_rows,
+                    id_column=id_column) as (dataset, skipped):
         return _compress(dataset, compressor, load_tokenizer(tokenizer), task=task,
                          completion_column=completion_column, problem_column=problem_column,
                          answer_column=answer_column, timeout_seconds=timeout_seconds, output_dir=output_dir,
-                         shard_size=shard_size, batch_size=batch_size, overwrite=overwrite, skipped=skipped)
+                         shard_size=shard_size, problems_per_call=problems_per_call, overwrite=overwrite, skipped=skipped)
 
 
 def _compress(dataset, compressor, tokenizer, *, task, completion_column, problem_column, answer_column,
-              timeout_seconds, output_dir, shard_size, batch_size, overwrite, skipped) -> Dataset:
+              timeout_seconds, output_dir, shard_size, problems_per_call, overwrite, skipped) -> Dataset:
 
     def compress_batch(batch: dict, indices: list[int]) -> dict:
         traces = batch[completion_column]
@@ -189,7 +185,7 @@ def _compress(dataset, compressor, tokenizer, *, task, completion_column, proble
             progress.update(len(indices))
             return result
 
-        return shard.map(compress_and_count, with_indices=True, batched=True, batch_size=batch_size,
+        return shard.map(compress_and_count, with_indices=True, batched=True, batch_size=problems_per_call,
                          keep_in_memory=True, load_from_cache_file=False, new_fingerprint=f"compress-{shard_index}")
 
     describe = compressor.backend.describe() if isinstance(compressor, LLMCompressor) else {}
@@ -202,7 +198,7 @@ def _compress(dataset, compressor, tokenizer, *, task, completion_column, proble
         "task": task,
         "completion_column": completion_column,
         "shard_size": shard_size,
-        "batch_size": batch_size,
+        "problems_per_call": problems_per_call,
     }
     return run_stage(dataset, process_shard, stage="compress", arguments=arguments, output_dir=output_dir,
                      shard_size=shard_size, finalize=lambda d: (d, {**summarize_compression(d), **skipped}),

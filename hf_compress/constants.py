@@ -8,3 +8,11 @@ VARIANTS = ("raw", "compressed", "answer_only", "truncated")
 SUMMARY_FILE = "compress_sft.json"
 EVAL_FILE = "eval.json"
 EVAL_TABLE_DIR = "eval_table"
+
+# How answers are checked (`verify`, `compress`, `eval`): auto picks Countdown for rows with `numbers` and `target`.
+TASKS = ("auto", "math", "countdown")
+
+# A stage's output folder: its record (written last, the commit point), and its finished shards with their manifests.
+STAGE_FILE = "hf_compress_stage.json"
+SHARDS_DIR = ".shards"
+SHARD_MANIFEST = "hf_compress_shard.json"

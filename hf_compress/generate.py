@@ -9,7 +9,10 @@ import logging
 from datasets import Dataset
 
 from .backends import BackendConfig, SamplingConfig, TeacherBackend, resolve_backend
-from .stages import ID_COLUMN, check_input_rows, check_problem_set, require_columns, run_stage, stage_output_lock
+from .row_checks import ID_COLUMN
+from .stages import open_stage, run_stage
+from .tasks import gold_columns, resolve_task
+from .validation import check_prompt_template
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ def generate(
     system_prompt: str | None = None,
     prompt_template: str = "{problem}",
     shard_size: int = 256,
-    batch_size: int = 64,
+    problems_per_call: int = 64,
     overwrite: bool = False,
     skip_invalid_rows: bool = False,
     id_column: str = ID_COLUMN,
@@ -46,37 +49,29 @@ def generate(
     With `output_dir`, problems are processed in shards of `shard_size` saved as they finish: a killed run
     restarted with the same arguments resumes after the last finished shard, and its result equals an
     uninterrupted run's (each batch's seed derives from `sampling.seed` and its position in the dataset).
-    `batch_size` problems go to the backend per call (the backend may split them further). A `BackendConfig`
+    `problems_per_call` problems go to the backend per call (the backend may split them further). A `BackendConfig`
     is built into its backend only if some shard remains to be generated.
 
     Rows the teacher cannot be asked about (a problem that is None, not text or empty; a gold that is None or
     blank) are refused when the input is read, each named by index (and id, from `id_column` when the input has
     one) and field, before any request; `skip_invalid_rows` leaves them out instead and counts them in the stage
     record. An id on two rows, or one problem text with two different golds, is refused too. With `output_dir`,
-    the run holds that folder's lock until it returns (see `stages.output_lock`): a concurrent run on the same
+    the run holds that folder's lock until it returns (see `locking.output_lock`): a concurrent run on the same
     folder is refused at once.
     """
     sampling = sampling or SamplingConfig()
-    require_columns(dataset, [problem_column, answer_column], "generate")
-    clashing = [c for c in GENERATED_COLUMNS if c in dataset.column_names]
-    if clashing:
-        raise ValueError(f"generate adds the columns {clashing}, which the input already has; rename or drop them.")
-    if "{problem}" not in prompt_template:
-        raise ValueError(f"prompt_template must contain '{{problem}}', got {prompt_template!r}.")
-    golds = ["numbers", "target"] if {"numbers", "target"} <= set(dataset.column_names) else [answer_column]
-    dataset, skipped = check_input_rows(
-        dataset, "generate", {problem_column: "text", **{c: "gold" if c == answer_column else "value" for c in golds}},
-        skip_invalid_rows=skip_invalid_rows, id_column=id_column,
-    )
-    check_problem_set(dataset, "generate", problem_column, golds, traces=False, id_column=id_column)
-    with stage_output_lock(dataset, output_dir, "generate"):  # after the row checks: a refused input writes nothing
+    check_prompt_template(prompt_template)
+    golds = gold_columns(resolve_task(dataset, "auto"), answer_column)
+    with open_stage(dataset, "generate", output_dir=output_dir, fields={problem_column: "text"}, golds=golds,
+                    also_required=(answer_column,), added_columns=GENERATED_COLUMNS, problem_column=problem_column, problem_set="problems",
+                    skip_invalid_rows=skip_invalid_rows, id_column=id_column) as (dataset, skipped):
         return _generate(dataset, backend, sampling, output_dir=output_dir, problem_column=problem_column,
                          system_prompt=system_prompt, prompt_template=prompt_template, shard_size=shard_size,
-                         batch_size=batch_size, overwrite=overwrite, skipped=skipped)
+                         problems_per_call=problems_per_call, overwrite=overwrite, skipped=skipped)
 
 
 def _generate(dataset, backend, sampling, *, output_dir, problem_column, system_prompt, prompt_template, shard_size,
-              batch_size, overwrite, skipped) -> Dataset:
+              problems_per_call, overwrite, skipped) -> Dataset:
     teacher = functools.cache(lambda: resolve_backend(backend))
 
     def process_shard(shard: Dataset, shard_index: int, progress) -> Dataset:
@@ -102,7 +97,7 @@ def _generate(dataset, backend, sampling, *, output_dir, problem_column, system_
             generate_batch,
             with_indices=True,
             batched=True,
-            batch_size=batch_size,
+            batch_size=problems_per_call,
             remove_columns=shard.column_names,
             keep_in_memory=True,
             load_from_cache_file=False,
@@ -116,7 +111,7 @@ def _generate(dataset, backend, sampling, *, output_dir, problem_column, system_
         "system_prompt": system_prompt,
         "prompt_template": prompt_template,
         "shard_size": shard_size,
-        "batch_size": batch_size,
+        "problems_per_call": problems_per_call,
     }
     return run_stage(
         dataset,

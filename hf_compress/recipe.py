@@ -19,7 +19,6 @@ import importlib
 import importlib.machinery
 import importlib.util
 import inspect
-import json
 import os
 import shutil
 import sys
@@ -27,8 +26,8 @@ from collections.abc import Callable
 
 import yaml
 
-from .arguments import UsageError, looks_local
-from .cli import PIPELINE, SUBCOMMANDS, CommandArguments, command_from_dict, did_you_mean, option_names
+from .commands import PIPELINE, SUBCOMMANDS, CommandArguments, command_from_dict, did_you_mean, option_names
+from .validation import UsageError, looks_local
 
 RECIPE_KEYS = ("output_dir", "input", "split", "input_builder", "input_builder_kwargs")
 CHAIN_KEYS = ("input", "output", "split")  # set by `run` itself, from the recipe's top level and the stage order
@@ -192,28 +191,33 @@ def load_recipe_input(recipe: dict) -> str:
         return recipe["input"]
     from datasets import Dataset
 
-    from .stages import STAGE_FILE, StageMismatchError, check_not_empty, load_finished_stage, save_stage
+    from .constants import STAGE_FILE
+    from .inputs import check_not_empty
+    from .stages import StageMismatchError, run_stage
 
     path = os.path.join(recipe["output_dir"], "input")
     builder = import_input_builder(recipe["input_builder"])
     arguments = input_builder_arguments(recipe, builder)
-    fingerprint = hashlib.sha256(json.dumps(arguments, sort_keys=True).encode()).hexdigest()[:16]
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, STAGE_FILE)) and os.listdir(path):
         if not os.path.exists(os.path.join(path, "state.json")):
             raise UsageError(f"{path} exists and is not a built input; move it away or change output_dir.")
         shutil.rmtree(path)  # built by an older hf-compress, without a fingerprint: cannot be trusted
+
+    def build_input(_) -> tuple[Dataset, dict]:
+        built = builder(**recipe.get("input_builder_kwargs", {}))
+        if not isinstance(built, Dataset):
+            raise UsageError(f"input_builder {recipe['input_builder']!r} returned {type(built).__name__}, "
+                             "not a datasets.Dataset.")
+        check_not_empty(built, "input_builder")
+        return built, {"rows": len(built)}
+
+    # A result that depends on the builder, its arguments and its source alone: run_stage's whole-dataset mode.
     try:
-        if load_finished_stage(path, "input", fingerprint, arguments) is not None:
-            return path
+        run_stage(None, None, stage="input", arguments=arguments, output_dir=path, finalize=build_input)
     except StageMismatchError:
         print(f"[hf-compress run] the input builder or its arguments changed: rebuilding {path}", file=sys.stderr)
-        shutil.rmtree(path)
-    built = builder(**recipe.get("input_builder_kwargs", {}))
-    if not isinstance(built, Dataset):
-        raise UsageError(f"input_builder {recipe['input_builder']!r} returned {type(built).__name__}, "
-                         "not a datasets.Dataset.")
-    check_not_empty(built, "input_builder")
-    save_stage(built, path, stage="input", fingerprint=fingerprint, arguments=arguments, stats={"rows": len(built)})
+        run_stage(None, None, stage="input", arguments=arguments, output_dir=path, finalize=build_input,
+                  overwrite=True)
     return path
 
 
@@ -234,7 +238,8 @@ def missing_paths(recipe: dict, plan: list[tuple[str, CommandArguments]]) -> lis
 
 def run_recipe(recipe_path: str, overrides: list[str] = (), dry_run: bool = False):
     """`hf-compress run RECIPE [key=value ...] [--dry_run]`."""
-    from .stages import StageMismatchError, output_lock
+    from .locking import output_lock
+    from .stages import StageMismatchError
 
     recipe = load_recipe(recipe_path, overrides)
     plan = plan_stages(recipe, recipe_path)

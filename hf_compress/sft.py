@@ -29,7 +29,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import yaml
 from datasets import Dataset
 from transformers import (
@@ -38,13 +37,14 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-from transformers.utils import is_flash_attn_2_available
 from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 from trl.chat_template_utils import clone_chat_template, get_training_chat_template, has_generation_markers
 
 from .arguments import CompressSFTArguments
 from .build import load_variants
+from .commands.registry import dataclass_parser
 from .constants import SUMMARY_FILE
+from .hardware import bf16_supported, resolve_attn_implementation
 from .hub import check_push_access, hub_base_model, push_failed, update_student_card
 
 logger = logging.getLogger(__name__)
@@ -97,10 +97,6 @@ def check_recipe_fields(recipe: dict[str, Any], source: str = "recipe") -> None:
         )
 
 
-def bf16_supported() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
 def _with_hardware_precision(recipe: dict[str, Any]) -> dict[str, Any]:
     """bf16 on when the hardware has it, off otherwise (SFTConfig would default it on, and fail on a CPU)."""
     wanted = bool(recipe.get("bf16", not recipe.get("fp16", False)))
@@ -121,16 +117,12 @@ def parse_recipe(
             raise ValueError(f"{source} must hold a YAML mapping of field: value, got {type(recipe).__name__}.")
     recipe = {**recipe, **overrides}
     check_recipe_fields(recipe, source)
-    from .cli import dataclass_parser
-
     return dataclass_parser(RECIPE_TYPES).parse_dict(_with_hardware_precision(recipe))
 
 
 def parse_sft_cli(argv: list[str] | None = None) -> tuple[CompressSFTArguments, SFTConfig, ModelConfig]:
     """TRL-style command line (`hf-compress sft`): `--config recipe.yaml` then any field as `--name value` to
     override it. Option names are exact (no prefix matching); a mistyped one is an error suggesting the closest."""
-    from .cli import dataclass_parser
-
     argv = list(argv or [])
     recipe = {}
     if "--config" in argv:
@@ -143,17 +135,6 @@ def parse_sft_cli(argv: list[str] | None = None) -> tuple[CompressSFTArguments, 
     if "--bf16" not in argv:
         argv += ["--bf16", str(_with_hardware_precision(recipe)["bf16"])]
     return dataclass_parser(RECIPE_TYPES, prog="hf-compress sft").parse_args_and_config(argv)
-
-
-def resolve_attn_implementation(requested: str | None) -> str:
-    """FlashAttention 2 when it is installed and a GPU is present, SDPA otherwise; an explicit request is honoured."""
-    fa2_ok = torch.cuda.is_available() and is_flash_attn_2_available()
-    if requested == "flash_attention_2" and not fa2_ok:
-        raise ValueError(
-            "attn_implementation='flash_attention_2' needs a CUDA GPU and `pip install flash-attn`; "
-            "leave attn_implementation unset to pick it automatically when available."
-        )
-    return requested or ("flash_attention_2" if fa2_ok else "sdpa")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -29,9 +29,10 @@ from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 from math_verify import verify as math_verify_equal
 
 from .helper_process import HelperProcess
-from .stages import ID_COLUMN, check_input_rows, check_problem_set, require_columns, run_stage, stage_output_lock
+from .row_checks import ID_COLUMN
+from .stages import open_stage, run_stage
+from .tasks import COUNTDOWN_COLUMNS, gold_columns, resolve_task
 
-TASKS = ("auto", "math", "countdown")
 _BOXED = re.compile(r"\\boxed\s*\{")
 _BRACE = re.compile(r"[{}]")
 _TAG_OPEN, _TAG_CLOSE = "<answer>", "</answer>"
@@ -271,17 +272,10 @@ def check_countdown(numbers: list[int], target: int, text: str) -> Check:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def resolve_task(dataset: Dataset, task: str) -> str:
-    if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; choose one of {TASKS}.")
-    if task == "auto":
-        return "countdown" if {"numbers", "target"} <= set(dataset.column_names) else "math"
-    return task
-
-
 def check_texts(batch: dict, texts: list[str], task: str, answer_column: str, timeout_seconds: int) -> list[Check]:
     if task == "countdown":
-        return [check_countdown(n, t, x) for n, t, x in zip(batch["numbers"], batch["target"], texts)]
+        numbers, targets = (batch[column] for column in COUNTDOWN_COLUMNS)
+        return [check_countdown(n, t, x) for n, t, x in zip(numbers, targets, texts)]
     return [check_math(str(gold), x, timeout_seconds) for gold, x in zip(batch[answer_column], texts)]
 
 
@@ -332,19 +326,13 @@ def verify(
     text with two golds) are refused too. With `output_dir`, the run holds that folder's lock until it returns.
     """
     task = resolve_task(dataset, task)
-    needed = [completion_column, problem_column] + (["numbers", "target"] if task == "countdown" else [answer_column])
-    require_columns(dataset, needed, "verify")
     if isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, (int, float)) or not timeout_seconds > 0:
         raise ValueError(f"timeout_seconds must be a number of seconds > 0 (the deadline for checking one trace), "
                          f"got {timeout_seconds!r}.")
-
-    golds = ["numbers", "target"] if task == "countdown" else [answer_column]
-    fields = {problem_column: "text", completion_column: "trace",
-              **{c: "gold" if c == answer_column else "value" for c in golds}}
-    dataset, skipped = check_input_rows(dataset, "verify", fields, skip_invalid_rows=skip_invalid_rows,
-                                        id_column=id_column)
-    check_problem_set(dataset, "verify", problem_column, golds, traces=True, id_column=id_column)
-    with stage_output_lock(dataset, output_dir, "verify"):  # after the row checks: a refused input writes nothing
+    with open_stage(dataset, "verify", output_dir=output_dir,
+                    fields={completion_column: "trace", problem_column: "text"}, golds=gold_columns(task, answer_column),
+                    problem_column=problem_column, problem_set="traces", skip_invalid_rows=skip_invalid_rows,
+                    id_column=id_column) as (dataset, skipped):
         return _verify(dataset, task=task, completion_column=completion_column, answer_column=answer_column,
                        problem_column=problem_column, keep_only_correct=keep_only_correct,
                        timeout_seconds=timeout_seconds, output_dir=output_dir, shard_size=shard_size,

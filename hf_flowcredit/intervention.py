@@ -28,6 +28,7 @@ import difflib
 import importlib
 import json
 import os
+import re
 import sys
 import typing
 from collections.abc import Iterator
@@ -130,9 +131,16 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def _looks_local(name: str) -> bool:
-    """A path rather than a Hub id (`org/name` has one slash and no leading dot, tilde or slash)."""
-    return name.startswith(("/", "./", "../", "~")) or name in (".", "..") or name.count("/") > 1 or (
-        os.sep != "/" and os.sep in name
+    """True for a model or dataset name that can only be a local path: `./x`, `../x`, `/x`, `~/x`, `a/b/c`, `x/`, or
+    anything else that is not a valid Hub id (`name` or `namespace/name`). hf_compress has the same rule
+    (`hf_compress.validation.looks_local`); tests/test_shared_helpers.py holds both to one table of cases."""
+    return (
+        name.startswith((".", "/", "~"))
+        or name.endswith(("/", os.sep))
+        or (os.sep != "/" and os.sep in name)
+        or not re.match(r"^(\b[\w\-.]+\b/)?\b[\w\-.]+\b$", name)  # a Hub id, as huggingface_hub checks it
+        or "--" in name
+        or ".." in name
     )
 
 

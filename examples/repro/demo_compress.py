@@ -14,7 +14,7 @@ trained on the full traces, at a lower training and inference cost?
    `examples/recipes/sft_tiny_student.yaml`:
    - `scratch`: a randomly initialised tiny Qwen3 (`kit.tiny.tiny_causal_lm`): must learn the task from the traces;
    - `teacher`: initialised from the teacher's weights (self-distillation): the traces reshape how it answers.
-4. Every student is evaluated greedily on held-out problems (`hf_compress.evaluate`) and compared with
+4. Every student is evaluated greedily on held-out problems (`hf_compress.evaluation`) and compared with
    `hf_compress.report`: accuracy, training tokens, training time and output tokens, as ratios to `raw`.
 """
 
@@ -33,7 +33,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hf_compress.backends import SamplingConfig, TransformersBackend
 from hf_compress.build import VARIANTS, build
 from hf_compress.compress import ExtractiveCompressor, compress
-from hf_compress.evaluate import evaluate_student, save_evaluation
+from hf_compress.evaluation import evaluate_student, save_evaluation
 from hf_compress.generate import generate
 from hf_compress.report import PLOT_FILE, load_runs, markdown_table, write_report
 from hf_compress.sft import parse_recipe, train_student
@@ -76,7 +76,7 @@ def build_variants(settings: DemoSettings, teacher_dir: str, data_dir: str) -> t
             TransformersBackend(teacher_dir, batch_size=128),
             SamplingConfig(n=1, temperature=0.0, max_new_tokens=settings.max_new_tokens, seed=settings.seed),
             output_dir=stages.setdefault("generate", os.path.join(data_dir, "generate")),
-            batch_size=256,
+            problems_per_call=256,
             shard_size=1024,
         )
     else:  # the task's worked solutions, after a restatement, stand in for verified teacher traces

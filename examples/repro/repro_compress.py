@@ -11,7 +11,7 @@ students fine-tuned on each variant, on a CPU.
 3. `hf_compress.build` makes raw / compressed / answer_only / truncated from the same rows (`--compressed_from`
    picks which compressor's rewrites make the `compressed` and `truncated` variants).
 4. Students: the real model with LoRA (`examples/recipes/compress_real_student.yaml`, `hf_compress.sft`), one per
-   variant and seed; each evaluated greedily on `--n_test` held-out problems (`hf_compress.evaluate`), as is the
+   variant and seed; each evaluated greedily on `--n_test` held-out problems (`hf_compress.evaluation`), as is the
    base model (no fine-tuning). `hf_compress.report` per seed (table + plot) and `report.md` over the seeds.
 
 Everything is cached: each pipeline stage in its folder (resumable shard by shard), each student when trained
@@ -36,11 +36,12 @@ import torch
 from hf_compress.backends import BackendConfig, SamplingConfig, TeacherBackend
 from hf_compress.build import VARIANTS, build
 from hf_compress.compress import ExtractiveCompressor, LLMCompressor, compress
-from hf_compress.evaluate import EVAL_FILE, evaluate_student, load_student_for_eval, save_evaluation
+from hf_compress.evaluation import EVAL_FILE, evaluate_student, load_student_for_eval, save_evaluation
 from hf_compress.generate import generate
+from hf_compress.inputs import load_tokenizer
 from hf_compress.report import PLOT_FILE, load_runs, plot_accuracy_vs_tokens, write_report
 from hf_compress.sft import SUMMARY_FILE, parse_recipe, run_sft
-from hf_compress.stages import load_tokenizer, read_stage_record
+from hf_compress.stages import read_stage_record
 from hf_compress.verify import verify
 
 RECIPE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "recipes", "compress_real_student.yaml")
@@ -153,7 +154,7 @@ def run_pipeline(settings: ReproSettings, model_path: str, fast_path: str, data_
                               max_new_tokens=settings.teacher_max_new_tokens, seed=settings.data_seed)
     traces = generate(word_problems(settings, "train"), backend, sampling, output_dir=folder["generate"],
                       prompt_template="{problem} " + settings.instruction.replace("{", "{{").replace("}", "}}"),
-                      shard_size=settings.shard_size, batch_size=settings.teacher_batch_size)
+                      shard_size=settings.shard_size, problems_per_call=settings.teacher_batch_size)
     correct = verify(traces, keep_only_correct=True, output_dir=folder["verify"])
     n_correct = len(correct)
     if settings.require_stop:

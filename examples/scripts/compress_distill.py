@@ -22,7 +22,7 @@ from trl import TrlParser
 from hf_compress.backends import BackendConfig, SamplingConfig
 from hf_compress.build import VARIANTS, build
 from hf_compress.compress import LLMCompressor, compress
-from hf_compress.evaluate import evaluate_student, save_evaluation
+from hf_compress.evaluation import evaluate_student, save_evaluation
 from hf_compress.generate import generate
 from hf_compress.report import load_runs, write_report
 from hf_compress.sft import CompressSFTArguments, parse_recipe, run_sft

@@ -8,13 +8,15 @@ its text, the number of generated tokens and why generation stopped ("stop" or "
 
 One client per module: `transformers_backend`, `openai_backend` (with `server_pool`: several servers, retries and
 backoff) and `vllm_backend` (with `vllm_replicas`: data-parallel engine processes); `base` holds the interface and
-the errors, `config` the options (`SamplingConfig`, `BackendConfig`). Importing this package loads none of the
+the errors, `config` the options (`SamplingConfig`, `BackendConfig`), `registry` the backends by name: each
+client module registers its own (`register_backend`), and so can a user's. Importing this package loads none of the
 clients: each backend imports its own when it is built.
 """
 
 from .base import Conversation, Generation, TeacherBackend, TeacherError, TeacherRequestError, TeacherUnavailableError
-from .config import BACKENDS, BackendConfig, SamplingConfig, resolve_backend
+from .config import BackendConfig, EvalBackendConfig, SamplingConfig, resolve_backend
 from .openai_backend import RETRIED_STATUS, MalformedAnswerError, OpenAIBackend, parse_chat_completion, snippet
+from .registry import BACKEND_REGISTRY, BACKENDS, RegisteredBackend, register_backend
 from .server_pool import PooledServer, RequestsCancelled, ServerFailure, ServerPool, parse_base_urls
 from .transformers_backend import TransformersBackend
 from .vllm_backend import VLLMBackend
@@ -22,13 +24,16 @@ from .vllm_replicas import VLLMReplica, chat_generations, replica_devices, serve
 
 __all__ = [
     "BACKENDS",
+    "BACKEND_REGISTRY",
     "RETRIED_STATUS",
     "BackendConfig",
     "Conversation",
+    "EvalBackendConfig",
     "Generation",
     "MalformedAnswerError",
     "OpenAIBackend",
     "PooledServer",
+    "RegisteredBackend",
     "RequestsCancelled",
     "SamplingConfig",
     "ServerFailure",
@@ -43,6 +48,7 @@ __all__ = [
     "chat_generations",
     "parse_base_urls",
     "parse_chat_completion",
+    "register_backend",
     "replica_devices",
     "resolve_backend",
     "serve_replica",

@@ -4,14 +4,12 @@ before any model is loaded or any request sent."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 
-from ..arguments import UsageError, at_least, check_fields, positive, require
+from ..validation import UsageError, at_least, check_fields, positive, require
 from .base import TeacherBackend
+from .registry import BACKEND_REGISTRY, BACKENDS
 from .server_pool import parse_base_urls
-
-BACKENDS = ("transformers", "openai", "vllm")
 
 
 @dataclass
@@ -41,8 +39,8 @@ class SamplingConfig:
 
 @dataclass
 class BackendConfig:
-    """Which teacher to call and how; `build()` makes the backend (and needs `model`). Fields not used by a backend
-    are ignored."""
+    """Which teacher to call and how; `build()` makes the backend registered under `backend` (see
+    `hf_compress.backends.registry`; it needs `model`). Fields not used by a backend are ignored."""
 
     backend: str = field(default="transformers", metadata={"help": "Teacher backend.", "choices": BACKENDS})
     model: str | None = field(default=None, metadata={"help": "Model path or id (served model name for openai)."})
@@ -70,8 +68,9 @@ class BackendConfig:
         self.check(model_required=False)
 
     def check(self, model_required: bool = True) -> None:
-        if self.backend not in BACKENDS:
-            raise UsageError(f"Unknown backend {self.backend!r}; choose one of {BACKENDS} (--backend).")
+        if self.backend not in BACKEND_REGISTRY:
+            raise UsageError(f"Unknown backend {self.backend!r}; choose one of {tuple(BACKENDS)} (--backend), or "
+                             "register yours with hf_compress.backends.register_backend.")
         check_fields(self)
         if model_required and not self.model:
             raise UsageError(f"The {self.backend} backend needs a model (--model).")
@@ -94,41 +93,33 @@ class BackendConfig:
 
     def local_paths(self) -> list[tuple[str, str | None]]:
         """(option, path) of what this backend loads from disk (an openai backend's model is a served name)."""
-        if self.backend == "openai":
+        if not BACKEND_REGISTRY[self.backend].loads_local_files:
             return []
         return [("--model", self.model), ("--tokenizer", self.tokenizer)]
 
     def describe(self) -> dict:
         """What the built backend's `describe()` will say, known without loading the model."""
-        extra = {"batch_size": self.batch_size} if self.backend == "transformers" else {}
+        extra = {name: getattr(self, name) for name in BACKEND_REGISTRY[self.backend].cache_fields}
         return {"backend": self.backend, "model": self.model, **extra}
 
     def build(self) -> TeacherBackend:
+        """The backend registered under `self.backend`, built from these options."""
         self.check(model_required=True)
-        if self.backend == "transformers":
-            from .transformers_backend import TransformersBackend
-
-            return TransformersBackend(self.model, self.tokenizer, batch_size=self.batch_size, device=self.device)
-        if self.backend == "openai":
-            from .openai_backend import OpenAIBackend
-
-            return OpenAIBackend(
-                self.model,
-                base_url=self.base_url,
-                api_key=self.api_key or os.environ.get("OPENAI_API_KEY"),
-                max_concurrency=self.max_concurrency,
-                max_retries=self.max_retries,
-                backoff_seconds=self.backoff_seconds,
-                request_timeout=self.request_timeout,
-                stall_timeout_seconds=self.stall_timeout_seconds,
-            )
-        from .vllm_backend import VLLMBackend
-
-        return VLLMBackend(self.model, tensor_parallel_size=self.tensor_parallel_size,
-                           data_parallel_size=self.data_parallel_size)
+        return BACKEND_REGISTRY[self.backend].from_config(self)
 
 
 def resolve_backend(backend: TeacherBackend | BackendConfig) -> TeacherBackend:
     """The backend itself, or the one a `BackendConfig` builds (stages build it only when work remains,
     so a cached or finished stage never loads the model)."""
     return backend.build() if isinstance(backend, BackendConfig) else backend
+
+
+@dataclass
+class EvalBackendConfig(BackendConfig):
+    """`BackendConfig` for `hf-compress eval`: the same backends, options and server pool as `generate`, with the
+    student as `--model` and eval's own default batch."""
+
+    model: str | None = field(default=None, metadata={
+        "help": "The student: a trained folder (full weights or LoRA adapter) for transformers, a model path for "
+                "vllm, the served model name for openai."})
+    batch_size: int = field(default=32, metadata={"help": "transformers: prompts per generate call."})

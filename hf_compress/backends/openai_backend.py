@@ -9,10 +9,12 @@ started, is silent for `stall_timeout_seconds`. Requests are spread over the ser
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
 from .base import Generation, TeacherBackend, TeacherRequestError
+from .registry import register_backend
 from .server_pool import PooledServer, RequestsCancelled, ServerFailure, ServerPool, parse_base_urls
 
 # Answers retried like a server failure: timeouts, conflicts, rate limits, server errors, and 404 (a proxy's
@@ -254,3 +256,18 @@ class OpenAIBackend(TeacherBackend):
         if isinstance(error, Exception) and type(error).__module__.split(".")[0].startswith(("httpx", "httpcore")):
             return ServerFailure(f"{type(error).__name__}: {error}")  # the connection broke while streaming
         return error
+
+
+@register_backend("openai", loads_local_files=False)
+def openai_from_config(config) -> OpenAIBackend:
+    """`--backend openai`: OpenAI-compatible servers (`--base_url`, several for a pool); the model is a served name."""
+    return OpenAIBackend(
+        config.model,
+        base_url=config.base_url,
+        api_key=config.api_key or os.environ.get("OPENAI_API_KEY"),
+        max_concurrency=config.max_concurrency,
+        max_retries=config.max_retries,
+        backoff_seconds=config.backoff_seconds,
+        request_timeout=config.request_timeout,
+        stall_timeout_seconds=config.stall_timeout_seconds,
+    )

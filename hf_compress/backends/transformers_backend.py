@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ..arguments import check_local_path
+from ..validation import check_local_path
 from .base import Generation, TeacherBackend
+from .registry import register_backend
 
 
 class TransformersBackend(TeacherBackend):
@@ -92,3 +93,9 @@ class TransformersBackend(TeacherBackend):
         # The end-of-turn token counts as generated: it is what the student will be trained to emit.
         num_tokens = len(kept) if end is None else end + 1
         return Generation(text=text, num_tokens=num_tokens, finish_reason="length" if end is None else "stop")
+
+
+@register_backend("transformers", cache_fields=("batch_size",))
+def transformers_from_config(config) -> TransformersBackend:
+    """`--backend transformers`: the model (and tokenizer) loaded here, batched `generate`."""
+    return TransformersBackend(config.model, config.tokenizer, batch_size=config.batch_size, device=config.device)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ..arguments import check_local_path
+from ..validation import check_local_path
 from .base import TeacherBackend
+from .registry import register_backend
 from .vllm_replicas import VLLMReplica, chat_generations, replica_devices, split_evenly
 
 
@@ -59,3 +60,10 @@ class VLLMBackend(TeacherBackend):
         """Stop the replica processes (also done at exit)."""
         for replica in self.replicas:
             replica.close()
+
+
+@register_backend("vllm")
+def vllm_from_config(config) -> VLLMBackend:
+    """`--backend vllm`: vLLM's offline engine, `tensor_parallel_size` x `data_parallel_size` GPUs."""
+    return VLLMBackend(config.model, tensor_parallel_size=config.tensor_parallel_size,
+                       data_parallel_size=config.data_parallel_size)

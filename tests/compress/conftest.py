@@ -14,6 +14,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -32,6 +33,8 @@ class ServerBehaviour:
     scripted: list[tuple[int, str, str]] = field(default_factory=list)
     hang_after: int | None = None  # hold every request after this many were served open, unanswered ...
     hang_seconds: float = 30.0  # ... for at most this long (or until reset), then answer 503
+    # a model behind the server: `answer(body) -> (text, completion_tokens, finish_reason)` replaces the traces
+    answer: Callable[[dict], tuple[str, int, str]] | None = None
     requests: int = 0
     served: int = 0
     last_body: dict | None = None
@@ -89,6 +92,12 @@ def make_app(behaviour: ServerBehaviour) -> FastAPI:
             return JSONResponse({"error": {"message": "overloaded", "type": "server_error"}}, status_code=503)
         behaviour.served += 1
         prompt = body["messages"][-1]["content"]
+        if behaviour.answer is not None:
+            text, tokens, finish_reason = behaviour.answer(body)
+            return {"id": f"chatcmpl-{behaviour.requests}", "object": "chat.completion", "created": 0,
+                    "model": body["model"], "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                                         "finish_reason": finish_reason}],
+                    "usage": {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens}}
         if behaviour.empty_answers:
             text = ""
         elif prompt.startswith("Rewrite the solution"):

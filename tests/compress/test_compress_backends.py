@@ -15,6 +15,7 @@ from hf_compress.backends import (
     OpenAIBackend,
     SamplingConfig,
     ServerFailure,
+    TeacherBackend,
     TeacherRequestError,
     TeacherUnavailableError,
     TransformersBackend,
@@ -339,3 +340,40 @@ def test_a_missing_local_model_is_not_sent_to_the_hub(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match=rf"--model: no such folder: runs/sft/model \(relative to {tmp_path}\)"):
         BackendConfig(model="runs/sft/model").build()
+
+
+class EchoBackend(TeacherBackend):
+    """A user's backend: answers every problem with its last number boxed."""
+
+    kind = "echo"
+
+    def __init__(self, model: str):
+        self.model_name = model
+
+    def generate(self, conversations, sampling, seed):
+        answer = lambda text: "\\boxed{" + text.split()[-1] + "}"  # noqa: E731
+        return [[Generation(answer(c[-1]["content"]), 3, "stop")] * sampling.n for c in conversations]
+
+
+def test_a_user_backend_plugs_in_by_name(tmp_path):
+    """`register_backend` is all it takes: the config, its checks, `--backend`'s choices and the stages build it."""
+    from datasets import Dataset
+
+    from hf_compress import generate
+    from hf_compress.backends import BACKEND_REGISTRY, BACKENDS, register_backend
+
+    register_backend("echo", loads_local_files=False)(lambda config: EchoBackend(config.model))
+    try:
+        assert "echo" in BACKENDS and "echo" in BackendConfig.__dataclass_fields__["backend"].metadata["choices"]
+        config = BackendConfig(backend="echo", model="served-name")
+        assert config.local_paths() == [] and config.describe() == {"backend": "echo", "model": "served-name"}
+        problems = Dataset.from_dict({"problem": ["Say 4", "Say 7"], "answer": ["4", "7"]})
+        traces = generate(problems, config, SamplingConfig(n=2), output_dir=str(tmp_path / "generate"))
+        assert traces["generation"] == ["\\boxed{4}"] * 2 + ["\\boxed{7}"] * 2 and set(traces["teacher"]) == {
+            "served-name"}
+        with pytest.raises(ValueError, match="'echo' is registered already"):
+            register_backend("echo")(lambda config: EchoBackend(config.model))
+    finally:
+        BACKEND_REGISTRY.pop("echo", None)
+    with pytest.raises(ValueError, match="Unknown backend 'echo'.*register_backend"):
+        BackendConfig(backend="echo")

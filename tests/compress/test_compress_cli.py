@@ -13,10 +13,11 @@ import pytest
 import yaml
 from datasets import load_from_disk
 
-from hf_compress.arguments import UsageError
 from hf_compress.build import VARIANTS, load_variants
-from hf_compress.cli import PIPELINE, SUBCOMMANDS, build_parser, main
+from hf_compress.cli import build_parser, main
+from hf_compress.commands import PIPELINE, SUBCOMMANDS
 from hf_compress.recipe import stage_arguments
+from hf_compress.validation import UsageError
 from kit.tiny import build_tokenizer, make_task_dataset
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -19,8 +19,9 @@ from hf_compress.backends import (
     TeacherUnavailableError,
     TransformersBackend,
 )
+from hf_compress.constants import SHARDS_DIR, STAGE_FILE
 from hf_compress.generate import generate
-from hf_compress.stages import SHARDS_DIR, STAGE_FILE, StageMismatchError, read_stage_record
+from hf_compress.stages import StageMismatchError, read_stage_record
 from kit.tiny import build_tokenizer, make_task_dataset, tiny_causal_lm
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -81,10 +82,10 @@ def test_failing_server_keeps_finished_shards_and_resume_skips_them(teacher_serv
                             max_concurrency=1)
     output = str(tmp_path / "g")
     with pytest.raises(TeacherUnavailableError, match="rerun the same command to resume"):
-        generate(problems(8), backend, SamplingConfig(), output_dir=output, shard_size=2, batch_size=2)
+        generate(problems(8), backend, SamplingConfig(), output_dir=output, shard_size=2, problems_per_call=2)
     assert len(finished_shards(output)) == 2
     teacher_server.behaviour.reset()
-    traces = generate(problems(8), backend, SamplingConfig(), output_dir=output, shard_size=2, batch_size=2)
+    traces = generate(problems(8), backend, SamplingConfig(), output_dir=output, shard_size=2, problems_per_call=2)
     assert teacher_server.behaviour.requests == 4  # only the four unfinished problems were asked again
     assert len(traces) == 8 and len(set(traces["problem"])) == 8
 
@@ -143,8 +144,8 @@ def test_transformers_teacher_resumed_output_equals_in_memory_run(tmp_path):
     backend = TransformersBackend(tiny_causal_lm("qwen3", tokenizer, hidden_size=32, num_layers=1), tokenizer,
                                   batch_size=4)
     sampling = SamplingConfig(n=2, temperature=1.0, max_new_tokens=6, seed=3)
-    in_memory = generate(problems(6), backend, sampling, shard_size=4, batch_size=2)
-    on_disk = generate(problems(6), backend, sampling, output_dir=str(tmp_path / "g"), shard_size=4, batch_size=2)
+    in_memory = generate(problems(6), backend, sampling, shard_size=4, problems_per_call=2)
+    on_disk = generate(problems(6), backend, sampling, output_dir=str(tmp_path / "g"), shard_size=4, problems_per_call=2)
     assert as_rows(on_disk) == as_rows(in_memory)
     assert all(1 <= t <= 6 for t in on_disk["num_tokens"])
 
@@ -181,7 +182,7 @@ def test_other_finish_reasons_are_kept_counted_and_reported(teacher_server, tmp_
     backend = OpenAIBackend("teacher", base_url=teacher_server.base_url, max_concurrency=1)
     output = str(tmp_path / "g")
     with caplog.at_level("WARNING", logger="hf_compress.generate"):
-        traces = generate(problems(3), backend, SamplingConfig(), output_dir=output, batch_size=1)
+        traces = generate(problems(3), backend, SamplingConfig(), output_dir=output, problems_per_call=1)
     assert list(traces["finish_reason"]) == ["content_filter", "stop", "stop"] and traces["generation"][0] == "Let me"
     stats = read_stage_record(output)["stats"]
     assert stats["finish_reasons"] == {"content_filter": 1, "stop": 2}

@@ -7,8 +7,9 @@ import os
 import pytest
 from datasets import Dataset
 
-from hf_compress import stages
-from hf_compress.stages import SHARDS_DIR, STAGE_FILE, run_stage
+from hf_compress import inputs, stages
+from hf_compress.constants import SHARDS_DIR, STAGE_FILE
+from hf_compress.stages import run_stage
 
 
 class Doubler:
@@ -44,17 +45,17 @@ def test_an_input_that_is_neither_a_folder_here_nor_on_the_hub_is_named(tmp_path
     def offline(source, split):
         raise ConnectionError(f"Couldn't reach {source!r} on the Hub")
 
-    monkeypatch.setattr(stages, "load_dataset", offline)
+    monkeypatch.setattr(inputs, "load_dataset", offline)
     for path in (str(tmp_path / "typo"), "./typo", "runs/c/typo"):  # paths, never Hub ids: no Hub request
         with pytest.raises(FileNotFoundError, match="is not a folder here"):
-            stages.load_input(path)
+            inputs.load_input(path)
     with pytest.raises(FileNotFoundError, match=r"out/typo is not a folder here.*did not give it.*Couldn't reach"):
-        stages.load_input("out/typo")  # could be a Hub id `org/name`: asked, and both failures named
-    monkeypatch.setattr(stages, "load_dataset", lambda source, split: pytest.fail(f"asked the Hub for {source}"))
+        inputs.load_input("out/typo")  # could be a Hub id `org/name`: asked, and both failures named
+    monkeypatch.setattr(inputs, "load_dataset", lambda source, split: pytest.fail(f"asked the Hub for {source}"))
     with pytest.raises(FileNotFoundError):
-        stages.load_input(str(tmp_path / "typo"))
+        inputs.load_input(str(tmp_path / "typo"))
     with pytest.raises(FileNotFoundError, match="tokenizer runs/sft/typo is not a folder here"):
-        stages.load_tokenizer("runs/sft/typo")
+        inputs.load_tokenizer("runs/sft/typo")
 
 
 def test_a_truncated_shard_is_detected_and_redone(tmp_path):

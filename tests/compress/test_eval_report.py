@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from hf_compress.evaluate import EVAL_FILE
+from hf_compress.evaluation import EVAL_FILE
 from hf_compress.report import PLOT_FILE, REPORT_FILE, comparison_table, load_runs, write_report
 from hf_compress.sft import SUMMARY_FILE
 

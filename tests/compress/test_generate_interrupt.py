@@ -11,7 +11,7 @@ import time
 import pytest
 from datasets import load_from_disk
 
-from hf_compress.stages import SHARDS_DIR
+from hf_compress.constants import SHARDS_DIR
 from kit.tiny import make_task_dataset
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -64,11 +64,11 @@ def test_requests_are_spread_over_the_servers(start_teacher_server):
     for server in (first, second):
         server.behaviour.delay_seconds = 0.05
     backend = OpenAIBackend("teacher", base_url=[first.base_url, second.base_url], max_concurrency=2)
-    spread = generate(problems(8), backend, SAMPLING, shard_size=4, batch_size=4)
+    spread = generate(problems(8), backend, SAMPLING, shard_size=4, problems_per_call=4)
     assert first.behaviour.served + second.behaviour.served == 16
     assert min(first.behaviour.served, second.behaviour.served) >= 4  # least-loaded: both take a fair share
     alone = generate(problems(8), OpenAIBackend("teacher", base_url=first.base_url), SAMPLING, shard_size=4,
-                     batch_size=4)
+                     problems_per_call=4)
     assert as_rows(spread) == as_rows(alone)  # per-sample seeds: which server answers does not matter
 
 
@@ -81,7 +81,7 @@ def test_a_server_that_stops_answering_has_its_requests_retried_on_the_others(st
     watcher = stop_when_served(second, 4, how)
     backend = OpenAIBackend("teacher", base_url=[first.base_url, second.base_url], max_concurrency=2,
                             backoff_seconds=0.05, request_timeout=0.5)
-    traces = generate(problems(12), backend, SAMPLING, output_dir=str(tmp_path / "g"), shard_size=4, batch_size=2)
+    traces = generate(problems(12), backend, SAMPLING, output_dir=str(tmp_path / "g"), shard_size=4, problems_per_call=2)
     watcher.join(timeout=10)
 
     keys = list(zip(traces["problem"], traces["sample_index"]))
@@ -89,7 +89,7 @@ def test_a_server_that_stops_answering_has_its_requests_retried_on_the_others(st
     assert 4 <= second.behaviour.served < 24 and first.behaviour.served + second.behaviour.served >= 24
     assert backend.servers[1].last_error  # requests really failed on the second server
     alone = generate(problems(12), OpenAIBackend("teacher", base_url=first.base_url), SAMPLING, shard_size=4,
-                     batch_size=2)
+                     problems_per_call=2)
     assert as_rows(traces) == as_rows(alone)
 
 

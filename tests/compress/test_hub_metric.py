@@ -10,7 +10,7 @@ import evaluate
 import pytest
 from datasets import Dataset
 
-import hf_compress.evaluate as evaluation
+import hf_compress.evaluation as evaluation
 from hf_compress.metrics import ANSWER_ACCURACY
 
 # (gold, completion): math-verify equivalences, fallbacks, wrong and missing answers.

@@ -12,7 +12,8 @@ from datasets import Dataset, load_from_disk
 from hf_compress.backends import OpenAIBackend, SamplingConfig
 from hf_compress.compress import ExtractiveCompressor, compress
 from hf_compress.generate import generate
-from hf_compress.stages import lock_paths, read_stage_record
+from hf_compress.locking import lock_paths
+from hf_compress.stages import read_stage_record
 from hf_compress.verify import verify
 from kit.tiny import build_tokenizer
 

@@ -18,7 +18,7 @@ from hf_compress.build import build
 from hf_compress.cli import main
 from hf_compress.compress import ExtractiveCompressor, compress
 from hf_compress.generate import generate
-from hf_compress.stages import OutputFolderInUseError, lock_paths, output_lock
+from hf_compress.locking import OutputFolderInUseError, lock_paths, output_lock
 from hf_compress.verify import verify
 from kit.tiny import build_tokenizer, make_task_dataset
 

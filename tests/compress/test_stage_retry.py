@@ -9,8 +9,9 @@ import pytest
 from datasets import load_from_disk
 
 from hf_compress.backends import OpenAIBackend, SamplingConfig, TeacherUnavailableError
+from hf_compress.constants import SHARDS_DIR
 from hf_compress.generate import generate
-from hf_compress.stages import SHARDS_DIR, StageMismatchError
+from hf_compress.stages import StageMismatchError
 from kit.tiny import make_task_dataset
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -43,12 +44,12 @@ def test_a_run_with_finished_shards_keeps_its_protection(teacher_server, tmp_pat
     failing = OpenAIBackend("teacher", base_url=teacher_server.base_url, max_concurrency=1, max_retries=0,
                             backoff_seconds=0.01)  # one request in flight: none arrives after the run has failed
     with pytest.raises(TeacherUnavailableError):
-        generate(problems(), failing, SamplingConfig(), output_dir=output, shard_size=2, batch_size=2)
+        generate(problems(), failing, SamplingConfig(), output_dir=output, shard_size=2, problems_per_call=2)
     assert finished_shards(output) == ["shard-00000-of-00002"]
     teacher_server.behaviour.reset()
     other = OpenAIBackend("other-teacher", base_url=teacher_server.base_url)
     with pytest.raises(StageMismatchError, match=r"arguments changed: \['teacher'\]"):
-        generate(problems(), other, SamplingConfig(), output_dir=output, shard_size=2, batch_size=2)
+        generate(problems(), other, SamplingConfig(), output_dir=output, shard_size=2, problems_per_call=2)
     assert finished_shards(output) == ["shard-00000-of-00002"] and teacher_server.behaviour.requests == 0
 
 

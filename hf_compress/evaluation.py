@@ -10,6 +10,8 @@ correctness, its token count and whether it hit the cap) in the output folder.
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import os
 import time
@@ -22,11 +24,14 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .arguments import looks_local
+from .backends import BackendConfig, SamplingConfig, TeacherBackend, resolve_backend
 from .constants import EVAL_FILE, EVAL_TABLE_DIR
-from .sft import bf16_supported, resolve_attn_implementation
-from .stages import save_to_disk, write_json_atomically
-from .verify import check_texts, resolve_task
+from .durable import save_to_disk, write_json_atomically
+from .hardware import bf16_supported, resolve_attn_implementation
+from .stages import run_stage
+from .tasks import gold_columns, gold_references, resolve_task
+from .validation import looks_local
+from .verify import check_texts
 
 PERCENTILES = (50, 90, 99)
 
@@ -54,10 +59,7 @@ def load_answer_accuracy(task: str = "math"):
 def answer_accuracy_scores(metric, texts: list[str], gold: dict, counts: list[int], task: str,
                            answer_column: str) -> dict[str, Any]:
     """`metric.compute` on completions and the eval rows' gold columns, with the per-completion flags (`correct`)."""
-    if task == "countdown":
-        references = [{"numbers": list(n), "target": t} for n, t in zip(gold["numbers"], gold["target"])]
-    else:
-        references = [str(answer) for answer in gold[answer_column]]
+    references = gold_references(task, gold, answer_column)
     return metric.compute(predictions=texts, references=references, output_tokens=counts, return_correct=True)
 
 
@@ -166,8 +168,20 @@ def evaluate_student(
     answer_column: str = "answer",
     verifier: Callable[[list[str], dict], list[bool]] | None = None,
     trust_remote_code: bool = False,
+    output_dir: str | None = None,
+    shard_size: int = 1024,
+    overwrite: bool = False,
 ) -> tuple[dict[str, Any], Dataset]:
     """Greedy accuracy and output length of a student on an eval set with gold answers.
+
+    `model` is the student: a folder (or Hub id), or a model object with its `tokenizer`, decoded here with
+    `greedy_generate` (`batch_size` prompts per call); or a teacher backend that serves it (a `TeacherBackend`, or
+    a `BackendConfig`: `vllm`, `openai` with its server pool), asked for one greedy completion per problem
+    (`temperature=0`, `max_new_tokens`). A `BackendConfig(backend="transformers")` is the student folder
+    `config.model`, decoded here. With `output_dir`, completions are made shard by shard (`shard_size` problems)
+    and saved there as they finish (a stage folder, see `stages.run_stage`): a killed run restarted with the same
+    arguments resumes after the last finished shard; a batch never spans two shards, so with the whole set in one
+    shard the completions are those of an unsharded run.
 
     Correctness is judged as `hf-compress verify` judges teacher traces (`task="auto"`: Countdown when the set has
     `numbers` and `target` columns, math otherwise), through the `answer_accuracy` evaluate metric
@@ -176,8 +190,8 @@ def evaluate_student(
     correct answer, share of outputs cut by the cap, seconds) and the per-problem table.
     """
     task = resolve_task(dataset, task)
-    gold_columns = ["numbers", "target"] if task == "countdown" else [answer_column]
-    missing = [column for column in gold_columns if column not in dataset.column_names]
+    golds = gold_columns(task, answer_column)
+    missing = [column for column in golds if column not in dataset.column_names]
     if missing:
         raise ValueError(
             f"The eval set has no {missing} column(s) (it has {dataset.column_names}): accuracy needs the gold "
@@ -187,19 +201,23 @@ def evaluate_student(
         raise ValueError("The eval set is empty.")
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and {batch_size}.")
-    name = model if isinstance(model, str) else getattr(model, "name_or_path", type(model).__name__)
-    if isinstance(model, str):
-        model, tokenizer = load_student_for_eval(model, trust_remote_code)
-    elif tokenizer is None:
-        raise ValueError("Pass the tokenizer together with the model.")
+    if isinstance(model, BackendConfig) and model.backend == "transformers":
+        model.check(model_required=True)
+        model = model.model  # the student folder, loaded and decoded here as any student
+    complete, name = _completion_source(model, tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                        trust_remote_code=trust_remote_code)
     prompts = eval_prompts(dataset)
-    gold = dataset.select_columns(gold_columns).to_dict()
+    gold = dataset.select_columns(golds).to_dict()
     metric = None if verifier is not None else load_answer_accuracy(task)  # loaded before the long part
 
     start = time.perf_counter()
-    texts, counts, capped = greedy_generate(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
-    )
+    if output_dir is None:
+        texts, counts, capped = complete(prompts)
+    else:
+        texts, counts, capped = _complete_in_shards(complete, prompts, output_dir, shard_size=shard_size,
+                                                    overwrite=overwrite, arguments={
+                                                        "model": _describe(model, name),
+                                                        "max_new_tokens": max_new_tokens, "batch_size": batch_size})
     seconds = time.perf_counter() - start
     if metric is None:
         correct, scores = [bool(flag) for flag in verifier(texts, gold)], {}
@@ -232,8 +250,60 @@ def evaluate_student(
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
         "eval_seconds": seconds,
+        **({"backend": _describe(model, name)["backend"]} if _is_backend(model) else {}),
     }
     return summary, table
+
+
+def _is_backend(model) -> bool:
+    return isinstance(model, (TeacherBackend, BackendConfig))
+
+
+def _describe(model, name: str) -> dict | str:
+    return model.describe() if _is_backend(model) else name
+
+
+def _completion_source(model, tokenizer, *, max_new_tokens: int, batch_size: int, trust_remote_code: bool):
+    """`(complete, name)`: `complete(prompts) -> (texts, token counts, hit the cap)`, greedy, in input order, and the
+    model's name. Nothing is loaded before the first call (a finished, saved run loads no model)."""
+    if _is_backend(model):
+        sampling = SamplingConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
+        backend = functools.cache(lambda: resolve_backend(model))
+
+        def complete_with_backend(prompts):
+            generations = [samples[0] for samples in backend().generate(list(prompts), sampling, seed=0)]
+            return ([g.text for g in generations], [g.num_tokens for g in generations],
+                    [g.finish_reason == "length" for g in generations])
+
+        return complete_with_backend, model.model_name
+    name = model if isinstance(model, str) else getattr(model, "name_or_path", type(model).__name__)
+    if not isinstance(model, str) and tokenizer is None:
+        raise ValueError("Pass the tokenizer together with the model.")
+
+    @functools.cache
+    def student():
+        return load_student_for_eval(model, trust_remote_code) if isinstance(model, str) else (model, tokenizer)
+
+    def complete_here(prompts):
+        return greedy_generate(*student(), prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+    return complete_here, name
+
+
+def _complete_in_shards(complete, prompts: list, output_dir: str, *, shard_size: int, overwrite: bool,
+                        arguments: dict) -> tuple[list[str], list[int], list[bool]]:
+    """`complete(prompts)` shard by shard, each finished shard saved in `output_dir` (resumable)."""
+    rows = Dataset.from_dict({"index": list(range(len(prompts))), "prompt": [json.dumps(p) for p in prompts]})
+
+    def process_shard(shard: Dataset, shard_index: int, progress) -> Dataset:
+        texts, counts, capped = complete([prompts[i] for i in shard["index"]])
+        progress.update(len(shard))
+        return Dataset.from_dict({"index": list(shard["index"]), "completion": texts, "output_tokens": counts,
+                                  "hit_cap": capped})
+
+    done = run_stage(rows, process_shard, stage="eval", arguments=arguments, output_dir=output_dir,
+                     shard_size=shard_size, overwrite=overwrite)
+    return list(done["completion"]), list(done["output_tokens"]), list(done["hit_cap"])
 
 
 def save_evaluation(summary: dict[str, Any], table: Dataset, output_dir: str) -> None:
