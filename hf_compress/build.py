@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from datasets import Dataset, DatasetDict, load_from_disk
 
+from .answers import answer_span
 from .constants import VARIANTS
 from .stages import (
     check_stage_input,
@@ -29,7 +30,6 @@ from .stages import (
     save_stage,
     stage_output_lock,
 )
-from .verify import answer_span
 
 
 def answer_marker(trace: str, gold: str) -> str:

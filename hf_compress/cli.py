@@ -294,6 +294,7 @@ def _run_verify(args: CommandArguments):
         answer_column=columns.answer_column,
         problem_column=columns.problem_column,
         keep_only_correct=options.keep_only_correct,
+        keep_truncated=options.keep_truncated,
         timeout_seconds=options.timeout_seconds,
         output_dir=io.output,
         shard_size=options.shard_size,

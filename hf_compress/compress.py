@@ -12,9 +12,10 @@ from abc import ABC, abstractmethod
 
 from datasets import Dataset
 
+from .answers import answer_span
 from .backends import BackendConfig, SamplingConfig, TeacherBackend, resolve_backend
 from .stages import ID_COLUMN, check_input_rows, load_tokenizer, require_columns, run_stage, stage_output_lock
-from .verify import answer_span, check_texts, resolve_task
+from .verify import check_texts, resolve_task
 
 # Versioned so that a dataset records exactly which instructions produced it; add versions, never edit one.
 COMPRESSION_PROMPTS = {

@@ -8,3 +8,8 @@ VARIANTS = ("raw", "compressed", "answer_only", "truncated")
 SUMMARY_FILE = "compress_sft.json"
 EVAL_FILE = "eval.json"
 EVAL_TABLE_DIR = "eval_table"
+
+# The user message `generate` sends for each problem (`--prompt_template`; `{{` and `}}` write literal braces). It
+# asks for the final answer in `\boxed{}`, the form every stage reads first, so that a plain instruction model's
+# traces can be verified, compressed and built without a prompt of your own.
+DEFAULT_PROMPT_TEMPLATE = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."

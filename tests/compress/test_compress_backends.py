@@ -21,6 +21,7 @@ from hf_compress.backends import (
     VLLMBackend,
 )
 from hf_compress.backends.openai_backend import parse_chat_stream
+from hf_compress.backends.server_checks import StreamProblem
 from kit.tiny import build_tokenizer, tiny_causal_lm
 
 PROBLEMS = ["Compute 3 + 4 from left to right.", "Compute 12 - 5 * 2 from left to right.", "Compute 7 from left to right."]
@@ -203,9 +204,9 @@ def test_openai_backend_records_other_finish_reasons_and_separated_reasoning(tea
 
 def test_openai_backend_does_not_retry_a_rejected_request(teacher_server):
     teacher_server.behaviour.scripted = [(400, "application/json", json.dumps(
-        {"error": {"message": "This model's maximum context length is 4096 tokens.", "type": "BadRequestError"}}))]
+        {"error": {"message": "top_k must be -1 (disable), or at least 1, got 0.", "type": "BadRequestError"}}))]
     backend = OpenAIBackend("teacher", base_url=teacher_server.base_url, max_retries=3, backoff_seconds=0.01)
-    with pytest.raises(TeacherRequestError, match=r"rejected.*400.*maximum context length") as error:
+    with pytest.raises(TeacherRequestError, match=r"rejected.*400.*top_k must be") as error:
         backend.generate(conversations(PROBLEMS[:1]), SamplingConfig(), seed=0)
     assert teacher_server.base_url in str(error.value) and teacher_server.behaviour.requests == 1
 
@@ -311,8 +312,16 @@ def test_a_streamed_answer_is_put_together_like_a_complete_one():
     assert generation == Generation("<think>\n3 + 4 = 7.\n</think>\n\nThe answer is 7.", 9, "stop")
     assert len(seen) == len(lines) + 1  # every line counts as a sign of life
     no_usage = sse({"choices": [{"index": 0, "delta": {"content": "7"}, "finish_reason": "length"}]})
-    with pytest.raises(MalformedAnswerError, match="usage.completion_tokens"):
+    with pytest.raises(StreamProblem, match="usage.completion_tokens") as problem:
         parse_chat_stream(no_usage)
+    assert problem.value.kind == "no_usage"
+    cut = sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})  # llama-cpp-python's interrupted answer
+    with pytest.raises(StreamProblem, match="no finish reason") as problem:
+        parse_chat_stream(cut)
+    assert problem.value.kind == "interrupted"
+    with pytest.raises(StreamProblem, match="empty stream") as problem:
+        parse_chat_stream([])
+    assert problem.value.kind == "empty"
     with pytest.raises(ServerFailure, match="an error in the stream"):  # vLLM's mid-stream error: retried
         parse_chat_stream(sse({"error": {"message": "engine dead", "code": 500}}))
     with pytest.raises(MalformedAnswerError, match="not JSON"):
