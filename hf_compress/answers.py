@@ -20,15 +20,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["ANSWER_KINDS", "MAX_ANSWER_CHARS", "SEARCH_CHARS", "TAIL_CHARS", "Answer", "answer_region", "answer_span",
+__all__ = ["ANSWER_KINDS", "MAX_ANSWER_CHARS", "MAX_DOLLARS", "SEARCH_CHARS", "TAIL_CHARS", "Answer", "answer_region", "answer_span",
            "answer_tags", "extract_answer", "find_answer"]
 
 ANSWER_KINDS = ("boxed", "answer_tag", "hash", "answer_is")
 # math-verify reads at most this much of a trace: an answer longer than MAX_ANSWER_CHARS is no final answer (it is
 # judged by the exact and numeric comparisons alone), and a trace without one is read from its last TAIL_CHARS.
-MAX_ANSWER_CHARS = 1_000
-TAIL_CHARS = 500
+MAX_ANSWER_CHARS = 300
+TAIL_CHARS = 300
 SEARCH_CHARS = 20_000
+MAX_DOLLARS = 8  # math-verify reads at most the last 4 `$...$` formulas of a region
 
 _BOXED = re.compile(r"\\boxed\s*\{")
 _BRACE = re.compile(r"[{}]")
@@ -123,10 +124,22 @@ def answer_region(text: str, answer: Answer | None = None) -> str:
     longer than `MAX_ANSWER_CHARS`; without an answer, the last `TAIL_CHARS` characters ("... so we get 14")."""
     answer = find_answer(text) if answer is None else answer
     if answer is None:
-        return text[-TAIL_CHARS:]
+        return _last_formulas(text[-TAIL_CHARS:])
     if len(answer.content) > MAX_ANSWER_CHARS:
         return ""
-    return f"\\boxed{{{answer.content}}}" if answer.marked else answer.content
+    content = _last_formulas(answer.content)
+    return f"\\boxed{{{content}}}" if answer.marked else content
+
+
+def _last_formulas(region: str) -> str:
+    """`region` from its `MAX_DOLLARS`-th last `$` on: math-verify parses every `$...$` pair it is given (`$1+` run
+    over 300 characters took 0.1 s), and a final answer is in the last of them."""
+    position = len(region)
+    for _ in range(MAX_DOLLARS):
+        position = region.rfind("$", 0, position)
+        if position < 0:
+            return region
+    return region[position:]
 
 
 def answer_span(text: str) -> tuple[int, int] | None:

@@ -177,3 +177,50 @@ def test_hf_compress_verify_keeps_to_its_timeout_on_adversarial_traces(tmp_path)
     assert list(verified["correct"]) == [True, False, False, True]
     assert list(verified["predicted_answer"]) == ["7", None, None, "7"]
     assert list(verified["verify_note"]) == ["", "no_answer", "timeout", ""]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One answer, whatever its format, through verify, compress and build
+# ----------------------------------------------------------------------------------------------------------
+
+FORMS = {  # the trace's last line, as each kind of model writes it
+    "boxed": "So the total is \\boxed{12}.",
+    "answer_tag": "<answer>12</answer>",
+    "hash": "#### 12",
+    "answer_is": "The answer is 12.",
+}
+
+
+def test_every_answer_format_goes_through_verify_compress_and_build(tokenizer):
+    from hf_compress.build import build
+    from hf_compress.compress import compress
+    from hf_compress.verify import verify
+
+    rows = Dataset.from_dict({
+        "problem": [f"Compute 3 * 4 ({kind})." for kind in FORMS],
+        "answer": ["12"] * len(FORMS),
+        "generation": [f"Let me see. We need 3 * 4 = 12 here.\n{last}" for last in FORMS.values()],
+    })
+    checked = verify(rows)
+    assert checked["correct"] == [True] * 4 and checked["predicted_answer"] == ["12"] * 4
+    compressed = compress(checked, ExtractiveCompressor(), tokenizer)
+    assert compressed["compressed_correct"] == [True] * 4  # no answer_lost: the answer is kept as it was written
+    assert compressed["compressed"] == [f"3 * 4 = 12. {last.removeprefix('So the total is ').rstrip('.')}"
+                                        for last in FORMS.values()]
+    built = build(compressed, tokenizer, variants=["answer_only"])
+    targets = [m[-1]["content"] for m in built["answer_only"]["messages"]]
+    assert targets == ["\\boxed{12}", "<answer>12</answer>", "#### 12", "The answer is 12"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("\\boxed{7}. Let me check: the answer is clear.", "7"),  # a marker wins over a later statement
+    ("The answer is 5.\n#### 6", "6"),  # statements: the last one
+    ("The final answer is: $\\frac{1}{2}$.", "$\\frac{1}{2}$"),
+    ("#### 1,234\n", "1,234"),
+    ("so the answer is 42", "42"),
+    ("no statement of 42 here", None),
+])
+def test_answer_precedence_and_statements(text, expected):
+    assert extract_answer(text) == expected
+    if expected is not None:
+        assert check_math(expected.strip("$"), text).correct
