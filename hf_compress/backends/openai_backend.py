@@ -279,17 +279,26 @@ class OpenAIBackend(TeacherBackend):
         raise ServerFailure(f"the streamed answer was unusable: {problem}", advice=INTERRUPTED_ADVICE)
 
     def _stop_streaming(self, server: PooledServer, problem: StreamProblem) -> None:
+        """Plain requests from now on; one at a time to a server that cuts streams for the next request: it answers
+        one at a time (llama-cpp-python), and a plain request's time in its queue counts against request_timeout."""
         with self._lock:
+            one_at_a_time = problem.kind == "interrupted" and server.max_in_flight != 1
+            if one_at_a_time:
+                server.max_in_flight = 1
             if self._streaming:
                 self._streaming = False
                 cause = ("it cuts a streamed answer when another request arrives (llama-cpp-python's "
                          "--interrupt_requests)" if problem.kind == "interrupted" else "it sends no token counts in "
                          "streams (llama-cpp-python ignores stream_options.include_usage)")
                 logger.warning(
-                    "The teacher at %s sent %s: %s. Requests are no longer streamed (pass --stream false to start so): "
-                    "stall detection is off and request_timeout=%g s bounds each whole answer.",
-                    server.name, problem, cause, self.request_timeout,
+                    "The teacher at %s sent %s: %s. Requests are no longer streamed%s (pass --stream false to start "
+                    "so): stall detection is off and request_timeout=%g s bounds each whole answer.",
+                    server.name, problem, cause, ", and go to it one at a time" if one_at_a_time else "",
+                    self.request_timeout,
                 )
+            elif one_at_a_time:
+                logger.warning("The teacher at %s cuts streamed answers when another request arrives: requests go to "
+                               "it one at a time.", server.name)
 
     def _read(self, server: PooledServer, conversation, seed: int, sampling, exchange: _Exchange,
               stream: bool = True) -> None:

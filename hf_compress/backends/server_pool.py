@@ -61,6 +61,7 @@ class PooledServer:
     epoch: int = 0  # bumped at each counted failure; a request sent before it does not count again
     available_at: float = 0.0  # time.monotonic() before which no request is sent here (backoff)
     last_error: str = ""
+    max_in_flight: int | None = None  # below the pool's max_concurrency for a server that answers one at a time
 
     @property
     def name(self) -> str:
@@ -149,7 +150,8 @@ class ServerPool:
                 if stop.is_set():
                     raise RequestsCancelled
                 now = time.monotonic()
-                ready = [s for s in self.servers if s.in_flight < self.max_concurrency and s.available_at <= now]
+                ready = [s for s in self.servers if s.in_flight < min(self.max_concurrency, s.max_in_flight or
+                                                                       self.max_concurrency) and s.available_at <= now]
                 if ready:
                     server = min(ready, key=lambda s: (s.in_flight, s.last_dispatch))
                     self._tickets += 1

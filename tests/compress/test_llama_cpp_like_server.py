@@ -149,3 +149,4 @@ def test_default_options_switch_to_plain_requests_once(server, caplog):
             for i, gs in enumerate(results) for g in gs] == [True] * 12
     assert all(g.num_tokens == len(g.text.split()) and g.finish_reason == "stop" for gs in results for g in gs)
     assert [r.getMessage().count(SWITCH_LINE) for r in caplog.records] == [1] and not backend.streaming
+    assert backend.servers[0].max_in_flight == 1  # it cut streams for the next request: it answers one at a time
