@@ -159,7 +159,7 @@ def hf_compress_command() -> list[str]:
 @pytest.mark.slow  # one `hf-compress verify` subprocess: about 10 s on the loaded 2-core CPU
 def test_hf_compress_verify_keeps_to_its_timeout_on_adversarial_traces(tmp_path):
     generations = [
-        "\\boxed{7} " + "\\boxed{" * (N // 7),  # an 8K-token loop would be 19K characters: this is 50 times that
+        "\\boxed{" * (N // 7) + " \\boxed{7}",  # an 8K-token loop would be 19K characters: this is 50 times that
         "\\boxed{\\frac{1}{2" * (N // 15),
         "\\boxed{9^{9^{9^{9}}}}",  # math-verify would not finish
         "3 + 4 = 7. \\boxed{7}",
