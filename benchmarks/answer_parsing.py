@@ -1,4 +1,5 @@
-"""Final-answer parsing against text length on adversarial completions: the linear parsers against the old ones.
+"""Final-answer parsing against text length on adversarial completions: the linear parsers against the old ones,
+then the whole check of a trace (`hf_compress.verify.check_math`: finding the answer, math-verify, the fallbacks).
 
     OMP_NUM_THREADS=1 python -m benchmarks.answer_parsing                          # 1K .. 1M characters
     python -m benchmarks.answer_parsing --lengths 1000 100000 --old_budget 1       # quick
@@ -19,10 +20,16 @@ Families (every text is `length` characters, cut to it; none holds a well-formed
 - `nested_closed`: `\\boxed{` nested length/16 deep around `1`, all closed: one answer per level (the
   innermost, last to start, wins);
 - `tag_loop`: `<answer>` repeated, never closed;
+- `boxed_open`: `\\boxed{` repeated, never closed (no answer);
 - `blank_run`: `The answer is 5`, blanks, then `x` (the "answer is" pattern's worst case);
+- `dollar_run`: `$1+` repeated: math-verify parses every `$...$` pair, its slowest input per character;
 - `mixed`: a seeded random mix of `\\boxed{`, `{`, `}`, `<answer>`, `The answer is `, blanks and letters.
 
 Times are the best of `--repeats` runs (one for the old parsers). The table is printed as it is measured.
+
+The second table times `check_math(gold, text)` on the same families and on `boxed_open` (`\\boxed{` repeated, the
+issue-26 case), against `old check`: the check before issue 26, which gave math-verify the whole text when it
+found no marker (timed like the old parsers, under its 5 s deadline: "timeout" where it ran out).
 """
 
 from __future__ import annotations
@@ -33,7 +40,10 @@ import random
 import re
 import time
 
-from hf_compress.verify import extract_answer
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+from math_verify import verify as math_verify_equal
+
+from hf_compress.verify import check_math, extract_answer
 from hf_flowcredit.answer import find_answer_span
 
 # ----------------------------------------------------------------------------------------------------------
@@ -119,12 +129,54 @@ def _mixed(length: int) -> str:
 
 FAMILIES = {
     "boxed_loop": lambda n: _repeat("\\boxed{", n, head="\\boxed{7} "),
+    "boxed_open": lambda n: _repeat("\\boxed{", n),
     "nested_unclosed": lambda n: _repeat("\\boxed{\\frac{1}{2", n),
     "nested_closed": _nested_closed,
     "tag_loop": lambda n: _repeat("<answer>", n),
     "blank_run": lambda n: "The answer is 5" + " " * max(0, n - 16) + "x",
+    "dollar_run": lambda n: _repeat("$1+", n),  # many $...$ pairs: math-verify's slowest input per character
     "mixed": _mixed,
 }
+
+
+_EXTRACTION = (LatexExtractionConfig(), ExprExtractionConfig())
+
+
+def old_check(gold: str, text: str, timeout_seconds: int = 5) -> bool:
+    """The math check before issue 26: the old marker parser, and math-verify on the whole text without one."""
+    predicted = old_extract_answer(text)
+    gold_parsed = parse(f"\\boxed{{{gold}}}", _EXTRACTION, parsing_timeout=timeout_seconds)
+    prediction = parse(f"\\boxed{{{predicted}}}" if predicted is not None else text, _EXTRACTION,
+                       parsing_timeout=timeout_seconds)
+    return bool(prediction) and math_verify_equal(gold_parsed, prediction, timeout_seconds=timeout_seconds)
+
+
+def check_table(families: list[str], lengths: list[int], old_budget: float, repeats: int) -> None:
+    print("\n| family | length | check_math s | verdict (note) | old check s | ratio |")
+    print("|---|---:|---:|---|---:|---:|")
+    for family in families:
+        last_old = None
+        for length in sorted(lengths):
+            text = FAMILIES[family](length)
+            check = check_math("5", text)
+            new_seconds = best_seconds(lambda t: check_math("5", t), text, repeats)
+            expected = last_old[1] * (length / last_old[0]) ** 2 if last_old else 0.0
+            old_cells = ["-", "-"]
+            if last_old is None or (last_old[1] >= 0 and expected < old_budget):
+                start = time.perf_counter()
+                try:
+                    old_check("5", text)
+                    old_seconds = time.perf_counter() - start
+                    old_cells = [f"{old_seconds:.4f}", f"{old_seconds / max(new_seconds, 1e-9):.0f}x"]
+                except TimeoutError:
+                    old_seconds = time.perf_counter() - start
+                    old_cells = [f"{old_seconds:.1f} (timeout)", f"{old_seconds / max(new_seconds, 1e-9):.0f}x"]
+                last_old = (length, old_seconds if old_cells[0][-1] != ")" else -1.0)
+            else:
+                last_old = (length, -1.0)
+            verdict = f"{check.correct} ({check.note or '-'})"
+            print(f"| {family} | {length:,} | {new_seconds:.4f} | {verdict} | " + " | ".join(old_cells) + " |",
+                  flush=True)
 
 
 def best_seconds(function, text: str, repeats: int) -> float:
@@ -155,7 +207,9 @@ def main(argv: list[str] | None = None) -> None:
             text = FAMILIES[family](length)
             cells = []
             for name, (new, old) in parsers.items():
-                if len(text) <= 2_000 and new(text) != old(text):  # the same answer, checked where the old is quick
+                # The same answer, checked where the old is quick (compress now reads "The answer is x" too).
+                statements = name == "compress" and family in ("blank_run", "mixed", "dollar_run")
+                if len(text) <= 2_000 and not statements and new(text) != old(text):
                     raise AssertionError(f"{family}: {name} disagrees with the old parser at {len(text)} characters")
                 new_seconds = best_seconds(new, text, args.repeats)
                 previous = last_old.get(name)
@@ -168,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
                     last_old[name] = (length, -1.0)
                     cells += [f"{new_seconds:.4f}", "-", "-"]
             print(f"| {family} | {length:,} | " + " | ".join(cells) + " |", flush=True)
+    check_table(args.families, args.lengths, args.old_budget, args.repeats)
 
 
 if __name__ == "__main__":

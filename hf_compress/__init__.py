@@ -45,7 +45,7 @@ _EXPORTS = {
     "generate": "generate",
     "check_countdown": "verify",
     "check_math": "verify",
-    "extract_answer": "verify",
+    "extract_answer": "answers",
     "verify": "verify",
 }
 # Stage functions named like the module that defines them.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .constants import TASKS, VARIANTS
+from .constants import DEFAULT_PROMPT_TEMPLATE, TASKS, VARIANTS
 from .validation import at_least, check_fields, check_prompt_template, not_empty, require
 
 COMPRESSORS = ("extractive", "llm")
@@ -67,7 +67,9 @@ class GenerateArguments:
     problem_column: str = field(default="problem", metadata={"help": "Column holding the problem text."})
     answer_column: str = field(default="answer", metadata={"help": "Column holding the gold final answer."})
     system_prompt: str | None = field(default=None, metadata={"help": "System message of every prompt (default: none)."})
-    prompt_template: str = field(default="{problem}", metadata={"help": "User message; must contain {problem}."})
+    prompt_template: str = field(default=DEFAULT_PROMPT_TEMPLATE, metadata={
+        "help": "User message; must contain {problem} ({{ and }} for literal braces). The default asks for the final "
+                "answer in \\boxed{}; '{problem}' sends the problem alone."})
     shard_size: int = field(default=256, metadata={"help": "Problems per saved shard (resume unit)."})
     problems_per_call: int = field(default=64, metadata={"help": "Problems sent to the backend at once."})
     skip_invalid_rows: bool = field(default=False, metadata={
@@ -84,6 +86,9 @@ class GenerateArguments:
 @dataclass
 class VerifyArguments:
     keep_only_correct: bool = field(default=False, metadata={"help": "Drop incorrect traces (after pass rates)."})
+    keep_truncated: bool = field(default=False, metadata={
+        "help": "Judge traces the token cap cut (finish_reason=length) by their text; by default they are incorrect, "
+                "with verify_note=truncated."})
     timeout_seconds: int = field(default=5, metadata={
         "help": "Seconds to check one trace (finding the answer, math-verify's parsing and comparison); past them "
                 "it is judged incorrect with verify_note=timeout."})

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from datasets import Dataset, DatasetDict, load_from_disk
 
+from .answers import answer_span
 from .constants import VARIANTS
 from .inputs import check_stage_input, load_tokenizer, require_columns
 from .stages import pipeline_records, run_stage
-from .verify import answer_span
 
 
 def answer_marker(trace: str, gold: str) -> str:

@@ -12,12 +12,13 @@ from abc import ABC, abstractmethod
 
 from datasets import Dataset
 
+from .answers import answer_span
 from .backends import BackendConfig, SamplingConfig, TeacherBackend, resolve_backend
 from .inputs import load_tokenizer
 from .row_checks import ID_COLUMN
 from .stages import open_stage, run_stage
 from .tasks import gold_columns, resolve_task
-from .verify import answer_span, check_texts
+from .verify import check_texts
 
 # Versioned so that a dataset records exactly which instructions produced it; add versions, never edit one.
 COMPRESSION_PROMPTS = {

@@ -16,3 +16,8 @@ TASKS = ("auto", "math", "countdown")
 STAGE_FILE = "hf_compress_stage.json"
 SHARDS_DIR = ".shards"
 SHARD_MANIFEST = "hf_compress_shard.json"
+
+# The user message `generate` sends for each problem (`--prompt_template`; `{{` and `}}` write literal braces). It
+# asks for the final answer in `\boxed{}`, the form every stage reads first, so that a plain instruction model's
+# traces can be verified, compressed and built without a prompt of your own.
+DEFAULT_PROMPT_TEMPLATE = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."

@@ -9,6 +9,7 @@ import logging
 from datasets import Dataset
 
 from .backends import BackendConfig, SamplingConfig, TeacherBackend, resolve_backend
+from .constants import DEFAULT_PROMPT_TEMPLATE
 from .row_checks import ID_COLUMN
 from .stages import open_stage, run_stage
 from .tasks import gold_columns, resolve_task
@@ -19,7 +20,8 @@ logger = logging.getLogger(__name__)
 GENERATED_COLUMNS = ("sample_index", "generation", "num_tokens", "finish_reason", "teacher")
 
 
-def build_conversation(problem: str, system_prompt: str | None = None, prompt_template: str = "{problem}") -> list[dict]:
+def build_conversation(problem: str, system_prompt: str | None = None,
+                       prompt_template: str = DEFAULT_PROMPT_TEMPLATE) -> list[dict]:
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return messages + [{"role": "user", "content": prompt_template.format(problem=problem)}]
 
@@ -33,7 +35,7 @@ def generate(
     problem_column: str = "problem",
     answer_column: str = "answer",
     system_prompt: str | None = None,
-    prompt_template: str = "{problem}",
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
     shard_size: int = 256,
     problems_per_call: int = 64,
     overwrite: bool = False,
@@ -49,6 +51,8 @@ def generate(
     With `output_dir`, problems are processed in shards of `shard_size` saved as they finish: a killed run
     restarted with the same arguments resumes after the last finished shard, and its result equals an
     uninterrupted run's (each batch's seed derives from `sampling.seed` and its position in the dataset).
+    `prompt_template` (with `{problem}`, formatted by `str.format`) is the user message; the default
+    (`DEFAULT_PROMPT_TEMPLATE`) asks for the final answer in `\\boxed{}`; `"{problem}"` sends the problem alone.
     `problems_per_call` problems go to the backend per call (the backend may split them further). A `BackendConfig`
     is built into its backend only if some shard remains to be generated.
 

@@ -8,7 +8,11 @@ Each trace's whole check (finding the answer, math-verify's parsing and comparis
 deadline, `timeout_seconds`: on the main thread an interval timer (SIGALRM) interrupts it; off the main thread (a
 web server, a thread pool), where signals cannot reach, it runs in a helper process that is killed at the deadline.
 Either way a pathological expression or completion can never hang the caller; the trace is judged incorrect with
-note "timeout". Finding the answer is linear in the text's length, so only math-verify can take that long.
+note "timeout". The deadline is the last resort: the answer is found in one pass over the end of the trace, and
+math-verify reads only the answer region (`hf_compress.answers`), so a check takes milliseconds whatever the trace.
+
+Only finished answers are judged: a trace that the token cap cut (`finish_reason == "length"`) is incorrect with
+note "truncated" (its last number is no answer), unless `keep_truncated`.
 """
 
 from __future__ import annotations
@@ -28,74 +32,14 @@ from datasets import Dataset
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 from math_verify import verify as math_verify_equal
 
+from .answers import answer_region, answer_span, answer_tags, extract_answer, find_answer  # noqa: F401 (re-exported)
 from .helper_process import HelperProcess
 from .row_checks import ID_COLUMN
 from .stages import open_stage, run_stage
 from .tasks import COUNTDOWN_COLUMNS, gold_columns, resolve_task
 
-_BOXED = re.compile(r"\\boxed\s*\{")
-_BRACE = re.compile(r"[{}]")
-_TAG_OPEN, _TAG_CLOSE = "<answer>", "</answer>"
+FINISH_COLUMN = "finish_reason"  # written by `generate`: "stop", "length", ...
 _EXTRACTION = (LatexExtractionConfig(), ExprExtractionConfig())
-
-# Finding the final answer is one pass over the text (linear in its length): a completion that loops on `\boxed{`
-# or on unclosed braces for thousands of tokens is read as fast as any other. `_answer_markers` is the one place
-# in hf_compress that locates `\boxed{...}` and `<answer>...</answer>`; every stage goes through it.
-
-
-def _boxed_contents(text: str) -> list[tuple[int, int, int]]:
-    """(start of `\\boxed`, start, end of its content) of each closed `\\boxed{...}`, braces balanced
-    (`\\boxed{\\frac{1}{2}}`). One pass with a stack of open braces: a `{` is closed by the `}` that pops it."""
-    openings = {match.end() - 1: match.start() for match in _BOXED.finditer(text)}  # its `{` -> where it starts
-    if not openings:
-        return []
-    found, stack = [], []
-    for brace in _BRACE.finditer(text):
-        if brace.group() == "{":
-            stack.append(brace.start())
-        elif stack:
-            opening = stack.pop()
-            if opening in openings:
-                found.append((openings[opening], opening + 1, brace.start()))
-    return sorted(found)
-
-
-def _answer_tags(text: str) -> list[tuple[int, int, int]]:
-    """(start of `<answer>`, start, end of its content) of each `<answer>...</answer>`, as the non-greedy regex
-    `<answer>(.*?)</answer>` finds them, without its rescan to the end of the text for every unclosed tag."""
-    found, position = [], 0
-    while (start := text.find(_TAG_OPEN, position)) >= 0:
-        end = text.find(_TAG_CLOSE, start + len(_TAG_OPEN))
-        if end < 0:  # no later tag can be closed either
-            break
-        found.append((start, start + len(_TAG_OPEN), end))
-        position = end + len(_TAG_CLOSE)
-    return found
-
-
-def _answer_markers(text: str) -> list[tuple[int, int, int, int]]:
-    """(start, content start, content end, end) of every final-answer marker, `\\boxed{...}` and
-    `<answer>...</answer>`."""
-    tags = [(start, first, last, last + len(_TAG_CLOSE)) for start, first, last in _answer_tags(text)]
-    return tags + [(start, first, last, last + 1) for start, first, last in _boxed_contents(text)]
-
-
-def answer_span(text: str) -> tuple[int, int] | None:
-    """Character span of the last final-answer marker (`\\boxed{...}` or `<answer>...</answer>`), or None."""
-    markers = _answer_markers(text)
-    if not markers:
-        return None
-    start, _, _, end = max(markers)
-    return start, end
-
-
-def extract_answer(text: str) -> str | None:
-    """The content of the last `\\boxed{...}` or `<answer>...</answer>` in the text, stripped; None if absent."""
-    markers = _answer_markers(text)
-    if not markers:
-        return None
-    _, first, last, _ = max(markers)
-    return text[first:last].strip()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -206,9 +150,10 @@ class Check:
 def _judge_math(gold: str, text: str) -> list:
     """The whole math check of one trace, with no deadline of its own (math-verify's alarms off):
     `[correct, predicted, method, note]`."""
-    predicted = extract_answer(text)
-    # Without an answer marker, math-verify reads the answer from the text ("the answer is 14").
-    gold_ok, equal = _math_verify_match(gold, f"\\boxed{{{predicted}}}" if predicted is not None else text, None)
+    answer = find_answer(text)
+    predicted = None if answer is None else answer.content
+    # math-verify reads the answer region alone (bounded: its parser is not linear); without an answer, the tail.
+    gold_ok, equal = _math_verify_match(gold, answer_region(text, answer), None)
     note = "" if gold_ok else "unparsable_gold"
     if equal:
         return [True, predicted, "math_verify", note]
@@ -253,10 +198,10 @@ def _evaluate(node: ast.AST, used: list[int]) -> Fraction:
 
 def check_countdown(numbers: list[int], target: int, text: str) -> Check:
     """The last `<answer>` expression must use each given number exactly once and equal the target."""
-    tags = _answer_tags(text)
+    tags = answer_tags(text)
     if not tags:
         return Check(False, None, "", "no_answer")
-    _, first, last = tags[-1]
+    _, first, last, _ = tags[-1]
     expression = text[first:last].split("=")[0].strip()
     used: list[int] = []
     try:
@@ -277,6 +222,13 @@ def check_texts(batch: dict, texts: list[str], task: str, answer_column: str, ti
         numbers, targets = (batch[column] for column in COUNTDOWN_COLUMNS)
         return [check_countdown(n, t, x) for n, t, x in zip(numbers, targets, texts)]
     return [check_math(str(gold), x, timeout_seconds) for gold, x in zip(batch[answer_column], texts)]
+
+
+def judged_finished(checks: list[Check], finish_reasons: list[str]) -> list[Check]:
+    """The checks with every trace the token cap cut (`finish_reason == "length"`) judged incorrect, note
+    "truncated": its last number is where the cap fell, not an answer (the predicted answer, if any, is kept)."""
+    return [Check(False, c.predicted, "", "truncated") if reason == "length" else c
+            for c, reason in zip(checks, finish_reasons)]
 
 
 def problem_key_column(dataset: Dataset, problem_column: str, id_column: str = ID_COLUMN) -> str:
@@ -305,6 +257,7 @@ def verify(
     answer_column: str = "answer",
     problem_column: str = "problem",
     keep_only_correct: bool = False,
+    keep_truncated: bool = False,
     timeout_seconds: int = 5,
     output_dir: str | None = None,
     shard_size: int = 2048,
@@ -317,7 +270,9 @@ def verify(
     `task="auto"` checks Countdown rows (with `numbers` and `target` columns) as Countdown, others as math.
     Rows whose gold answer math-verify cannot parse are flagged `verify_note="unparsable_gold"` and judged
     by the exact and numeric fallbacks alone. `keep_only_correct` drops incorrect rows after the pass rates
-    are computed. Each trace's check has `timeout_seconds` in all (see `check_math`).
+    are computed. Each trace's check has `timeout_seconds` in all (see `check_math`). A trace whose `finish_reason`
+    (a column `generate` writes) is "length" is incorrect with note "truncated" unless `keep_truncated`, which
+    judges it by its text like any other.
 
     Problems are told apart by their id (`id_column`) when the input has one, else by their text. Rows that cannot
     be judged (a problem that is None or empty, a gold that is None or blank, a trace that is None) are refused
@@ -335,14 +290,16 @@ def verify(
                     id_column=id_column) as (dataset, skipped):
         return _verify(dataset, task=task, completion_column=completion_column, answer_column=answer_column,
                        problem_column=problem_column, keep_only_correct=keep_only_correct,
-                       timeout_seconds=timeout_seconds, output_dir=output_dir, shard_size=shard_size,
+                       keep_truncated=keep_truncated, timeout_seconds=timeout_seconds, output_dir=output_dir, shard_size=shard_size,
                        overwrite=overwrite, skipped=skipped, id_column=id_column)
 
 
-def _verify(dataset, *, task, completion_column, answer_column, problem_column, keep_only_correct, timeout_seconds,
-            output_dir, shard_size, overwrite, skipped, id_column) -> Dataset:
+def _verify(dataset, *, task, completion_column, answer_column, problem_column, keep_only_correct, keep_truncated,
+            timeout_seconds, output_dir, shard_size, overwrite, skipped, id_column) -> Dataset:
     def check_batch(batch: dict) -> dict:
         checks = check_texts(batch, batch[completion_column], task, answer_column, timeout_seconds)
+        if FINISH_COLUMN in batch and not keep_truncated:
+            checks = judged_finished(checks, batch[FINISH_COLUMN])
         return {
             "correct": [c.correct for c in checks],
             "predicted_answer": [c.predicted for c in checks],
@@ -362,7 +319,8 @@ def _verify(dataset, *, task, completion_column, answer_column, problem_column, 
         return (checked.filter(lambda correct: correct, input_columns="correct") if keep_only_correct else checked), stats
 
     arguments = {"task": task, "completion_column": completion_column, "answer_column": answer_column,
-                 "problem_column": problem_column, "keep_only_correct": keep_only_correct}
+                 "problem_column": problem_column, "keep_only_correct": keep_only_correct,
+                 "keep_truncated": keep_truncated}
     return run_stage(dataset, process_shard, stage="verify", arguments=arguments, output_dir=output_dir,
                      shard_size=shard_size, finalize=finalize, overwrite=overwrite)
 

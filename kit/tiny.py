@@ -30,8 +30,8 @@ from transformers import (
     Qwen3Config,
 )
 
+from hf_compress.answers import extract_answer
 from hf_compress.sft import EMBEDDED_CHAT_TEMPLATE
-from hf_compress.verify import extract_answer
 
 __all__ = [
     "CHAT_TEMPLATE",

@@ -4,15 +4,12 @@ parsers. One table of cases per helper, and every package's copy must pass all o
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 
+from hf_compress import answers as compress_answers
 from hf_compress import validation as compress_validation
 from hf_flowcredit import answer as flowcredit_answer
 from hf_flowcredit import intervention as flowcredit_intervention
-
-compress_verify = importlib.import_module("hf_compress.verify")  # `hf_compress.verify` is the stage function
 
 LOOKS_LOCAL = {
     "hf_compress": compress_validation.looks_local,
@@ -57,11 +54,11 @@ ANSWER_TAG_CASES = [
 ]
 
 BOXED = {
-    "hf_compress": lambda text: [text[a:b] for _, a, b in compress_verify._boxed_contents(text)],
+    "hf_compress": lambda text: [text[a:b] for _, a, b, _ in sorted(compress_answers._boxed(text))],
     "hf_flowcredit": lambda text: [text[a:b] for a, b in flowcredit_answer._boxed_spans(text)],
 }
 ANSWER_TAGS = {
-    "hf_compress": lambda text: [text[a:b] for _, a, b in compress_verify._answer_tags(text)],
+    "hf_compress": lambda text: [text[a:b] for _, a, b, _ in compress_answers.answer_tags(text)],
     "hf_flowcredit": lambda text: [text[a:b] for a, b in flowcredit_answer._answer_tag_spans(text)],
 }
 

@@ -78,6 +78,7 @@ def build_variants(settings: DemoSettings, teacher_dir: str, data_dir: str) -> t
             output_dir=stages.setdefault("generate", os.path.join(data_dir, "generate")),
             problems_per_call=256,
             shard_size=1024,
+            prompt_template="{problem}",  # the problem alone, as the tiny teacher was trained
         )
     else:  # the task's worked solutions, after a restatement, stand in for verified teacher traces
         traces = problems.map(

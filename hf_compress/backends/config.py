@@ -60,6 +60,10 @@ class BackendConfig:
     stall_timeout_seconds: float = field(default=120.0, metadata={
         "help": "openai: once an answer has started (it is streamed), seconds of silence after which the server is "
                 "taken to have stopped and the request is retried; a long answer that keeps coming is never cut."})
+    stream: bool | None = field(default=None, metadata={
+        "help": "openai: stream the answers (what stall detection reads). Unset: stream, and switch to plain "
+                "requests for the rest of the run, said once in the log, when the server's streams have no token "
+                "counts or are cut by the next request (llama-cpp-python's server); true: always; false: never."})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs each model replica is split over."})
     data_parallel_size: int = field(default=1, metadata={"help": "vllm: model replicas, each answering a share of "
                                                                    "the prompts (GPUs used: tensor x data)."})

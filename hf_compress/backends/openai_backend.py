@@ -1,21 +1,35 @@
-"""The `openai` teacher backend: OpenAI-compatible chat-completions servers (vLLM `serve`, SGLang, TGI, OpenAI).
+"""The `openai` teacher backend: OpenAI-compatible chat-completions servers (vLLM `serve`, SGLang, TGI, Ollama,
+llama.cpp's servers, OpenAI).
 
 One request per sample, so that token counts and finish reasons are exact per trace. Answers are streamed, so that
 a server that stops sending is told from one still generating a long answer: a request fails when no answer has
 started after `request_timeout` seconds (the server's queue and prompt processing), or when the answer, once
-started, is silent for `stall_timeout_seconds`. Requests are spread over the servers by `ServerPool`.
+started, is silent for `stall_timeout_seconds`. A server whose streams cannot be used (no token counts in them, or
+answers cut when another request arrives: llama-cpp-python's server) is asked without streaming from then on,
+said once in the log. Requests are spread over the servers by `ServerPool`; `server_checks` tells the servers'
+differences apart.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
 
 from .base import Generation, TeacherBackend, TeacherRequestError
 from .registry import register_backend
+from .server_checks import (
+    INTERRUPTED_ADVICE,
+    StreamProblem,
+    check_served_model,
+    context_overflow_error,
+    is_context_overflow,
+)
 from .server_pool import PooledServer, RequestsCancelled, ServerFailure, ServerPool, parse_base_urls
+
+logger = logging.getLogger(__name__)
 
 # Answers retried like a server failure: timeouts, conflicts, rate limits, server errors, and 404 (a proxy's
 # error page, or a server of the pool that does not serve this model).
@@ -67,8 +81,9 @@ def parse_chat_completion(body: str) -> Generation:
 
 def parse_chat_stream(lines, on_line=lambda: None) -> Generation:
     """A `Generation` from the lines of a streamed answer (server-sent events, `data: {chunk}` ... `data: [DONE]`,
-    the last chunk with the usage); `on_line()` is called as each line arrives."""
-    content, reasoning, finish_reason, usage = None, "", None, None
+    the last chunk with the usage); `on_line()` is called as each line arrives. A stream with no chunk, one that
+    ends with no finish reason (cut) and one without usage raise `StreamProblem`."""
+    content, reasoning, finish_reason, usage, chunks = None, "", None, None, 0
     for line in lines:
         on_line()
         if not line.startswith("data:"):
@@ -84,6 +99,7 @@ def parse_chat_stream(lines, on_line=lambda: None) -> Generation:
             raise MalformedAnswerError(f"a streamed chunk that is not an object: {snippet(data)}")
         if chunk.get("error"):
             raise ServerFailure(f"an error in the stream: {snippet(data)}")
+        chunks += 1
         usage = chunk.get("usage") or usage
         for choice in chunk.get("choices") or []:
             delta = (choice.get("delta") if isinstance(choice, dict) else None) or {}
@@ -93,6 +109,14 @@ def parse_chat_stream(lines, on_line=lambda: None) -> Generation:
             reasoning += thought if isinstance(thought, str) else ""
             finish_reason = choice.get("finish_reason") or finish_reason
     num_tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    if chunks == 0:
+        raise StreamProblem("empty", "an empty stream (no chunk)")
+    if finish_reason is None:
+        got = f"{len(content or '') + len(reasoning)} characters" if content or reasoning else "no content"
+        raise StreamProblem("interrupted", f"a stream that ended with no finish reason ({got}): it was cut")
+    if not isinstance(num_tokens, int):
+        raise StreamProblem("no_usage", "no `usage.completion_tokens` in the stream (the server ignores "
+                                        "`stream_options.include_usage`)")
     return _generation(content, reasoning or None, num_tokens, finish_reason)
 
 
@@ -113,8 +137,8 @@ class _Exchange:
 
 
 class OpenAIBackend(TeacherBackend):
-    """Chat completions from OpenAI-compatible servers (vLLM `serve`, SGLang, TGI, OpenAI), one request per sample
-    so that token counts and finish reasons are exact per trace.
+    """Chat completions from OpenAI-compatible servers (vLLM `serve`, SGLang, TGI, Ollama, llama.cpp's servers,
+    OpenAI), one request per sample so that token counts and finish reasons are exact per trace.
 
     `base_url` names one server or several (a list, or a comma-separated string). Up to `max_concurrency`
     requests are in flight per server; each goes to the least-loaded server that is not backing off. A failed
@@ -124,10 +148,18 @@ class OpenAIBackend(TeacherBackend):
     answers stop the run at once. After such an error, or an interrupt (Ctrl-C), no new request is sent and those in
     flight are abandoned: `generate` raises at once, and their answers, when they come, are dropped.
 
-    Answers are streamed: a request times out when its answer has not started after `request_timeout` seconds, or
-    when it has started and then nothing arrives for `stall_timeout_seconds` (a server that stopped sending), however
-    long a steadily progressing answer takes. A server that ignores `stream` and answers in one piece is read too
-    (then `request_timeout` bounds the whole answer).
+    Answers are streamed (`stream=None` or True): a request times out when its answer has not started after
+    `request_timeout` seconds, or when it has started and then nothing arrives for `stall_timeout_seconds` (a server
+    that stopped sending), however long a steadily progressing answer takes. A server that ignores `stream` and
+    answers in one piece is read too. With `stream=None` (the default), a streamed answer without token counts or
+    cut short (no finish reason: llama-cpp-python's server cuts the stream in flight when another request arrives)
+    turns streaming off for the rest of the run, said once in the log, and is asked again without streaming;
+    `stream=True` keeps streaming (such answers are then errors naming the cause), `stream=False` never streams
+    (`request_timeout` then bounds each whole answer). A 200 with an empty stream (llama-cpp-python's answer to a
+    prompt over its context) is asked again without streaming, whose error says what is wrong.
+
+    Before the first request, each server's `/v1/models` is read: a model name that a server does not list is
+    refused (`ModelNotServedError`). A prompt over the model's context is one error (`TeacherRequestError`), never retried.
     """
 
     kind = "openai"
@@ -144,6 +176,7 @@ class OpenAIBackend(TeacherBackend):
         request_timeout: float = 600.0,
         stall_timeout_seconds: float = 120.0,
         extra_body: dict | None = None,
+        stream: bool | None = None,
     ):
         try:
             import openai
@@ -171,6 +204,10 @@ class OpenAIBackend(TeacherBackend):
         self.pool = ServerPool(servers, max_concurrency=max_concurrency, max_retries=max_retries,
                                backoff_seconds=backoff_seconds)
         self.extra_body = extra_body or {}
+        self.stream = stream
+        self._streaming = stream is not False  # turned off once, under the lock, when stream=None
+        self._lock = threading.Lock()
+        self._models_checked = False
 
     @property
     def servers(self) -> list[PooledServer]:
@@ -180,18 +217,33 @@ class OpenAIBackend(TeacherBackend):
     def max_concurrency(self) -> int:
         return self.pool.max_concurrency
 
+    @property
+    def streaming(self) -> bool:
+        """Whether the next request is streamed."""
+        return self._streaming
+
+    def check_models(self) -> None:
+        """Refuse a model name that a server does not list at `/v1/models`, once, before the first request."""
+        if not self._models_checked:
+            for server in self.servers:
+                check_served_model(server.name, server.client, self.model_name)
+            self._models_checked = True
+
     def generate(self, conversations, sampling, seed):
+        self.check_models()
         # Conversation i is seeded with seed + i (the contract of `generate`), sample j of it with a distinct seed.
         jobs = [(c, (seed + i) * sampling.n + j) for i, c in enumerate(conversations) for j in range(sampling.n)]
         flat = self.pool.run_all(jobs, lambda server, job, stop: self._request(server, *job, sampling, stop))
         return [flat[i * sampling.n : (i + 1) * sampling.n] for i in range(len(conversations))]
 
-    def _request(self, server: PooledServer, conversation, seed: int, sampling, stop: threading.Event) -> Generation:
+    def _request(self, server: PooledServer, conversation, seed: int, sampling, stop: threading.Event,
+                 stream: bool | None = None) -> Generation:
         """One attempt, read by a helper thread while this one watches the deadlines; `ServerFailure` when another
         attempt may succeed. A stalled or cancelled request is abandoned: its thread ends with the client's timeout."""
+        stream = self.streaming if stream is None else stream
         exchange = _Exchange()
-        threading.Thread(target=self._read, args=(server, conversation, seed, sampling, exchange), daemon=True,
-                         name="teacher-answer").start()
+        threading.Thread(target=self._read, args=(server, conversation, seed, sampling, exchange, stream),
+                         daemon=True, name="teacher-answer").start()
         while not exchange.done.wait(timeout=0.1):  # 0.1 s: `stop` (Ctrl-C, a failure elsewhere) is seen soon
             if stop.is_set():
                 raise RequestsCancelled
@@ -201,8 +253,10 @@ class OpenAIBackend(TeacherBackend):
                                     f"{self.stall_timeout_seconds:g}) after it had started")
             if not exchange.started and silent > self.request_timeout:
                 raise ServerFailure(f"no answer within request_timeout={self.request_timeout:g} s")
+        if isinstance(exchange.error, StreamProblem):
+            return self._after_stream_problem(server, conversation, seed, sampling, stop, exchange.error)
         if exchange.error is not None:
-            raise self._failure(server, exchange.error)
+            raise self._failure(server, exchange.error, conversation, sampling)
         if exchange.result is None:
             try:
                 exchange.result = parse_chat_completion(exchange.body)
@@ -211,7 +265,48 @@ class OpenAIBackend(TeacherBackend):
                                     f"{snippet(exchange.body)}") from None
         return exchange.result
 
-    def _read(self, server: PooledServer, conversation, seed: int, sampling, exchange: _Exchange) -> None:
+    def _after_stream_problem(self, server: PooledServer, conversation, seed: int, sampling, stop: threading.Event,
+                              problem: StreamProblem) -> Generation:
+        """A streamed answer that cannot be used as it is: asked again without streaming where that can work."""
+        if problem.kind == "empty":  # its error (a prompt over the context?) is said only to a plain request
+            return self._request(server, conversation, seed, sampling, stop, stream=False)
+        if self.stream is None:
+            self._stop_streaming(server, problem)
+            return self._request(server, conversation, seed, sampling, stop, stream=False)
+        if problem.kind == "no_usage":
+            raise TeacherRequestError(
+                f"The teacher at {server.name} sends no token counts in streamed answers ({problem}); per-trace token "
+                "counts need them. Leave --stream unset (it then switches by itself) or pass --stream false."
+            )
+        raise ServerFailure(f"the streamed answer was unusable: {problem}", advice=INTERRUPTED_ADVICE)
+
+    def _stop_streaming(self, server: PooledServer, problem: StreamProblem) -> None:
+        """Plain requests from now on; one at a time to a server that cuts streams for the next request: it answers
+        one at a time (llama-cpp-python), and a plain request's time in its queue counts against request_timeout."""
+        with self._lock:
+            one_at_a_time = problem.kind == "interrupted" and server.max_in_flight != 1
+            if one_at_a_time:
+                server.max_in_flight = 1
+            if self._streaming:
+                self._streaming = False
+                cause = ("it cuts a streamed answer when another request arrives (llama-cpp-python's "
+                         "--interrupt_requests)" if problem.kind == "interrupted" else "it sends no token counts in "
+                         "streams (llama-cpp-python ignores stream_options.include_usage)")
+                logger.warning(
+                    "The teacher at %s sent %s: %s. Requests are no longer streamed%s (pass --stream false to start "
+                    "so): stall detection is off and request_timeout=%g s bounds each whole answer.",
+                    server.name, problem, cause, ", and go to it one at a time" if one_at_a_time else "",
+                    self.request_timeout,
+                )
+            elif one_at_a_time:
+                logger.warning("The teacher at %s cuts streamed answers when another request arrives: requests go to "
+                               "it one at a time.", server.name)
+
+    def _read(self, server: PooledServer, conversation, seed: int, sampling, exchange: _Exchange,
+              stream: bool = True) -> None:
+        # stream_options asks for the token count of each trace; top_k is not an OpenAI parameter: vLLM, SGLang,
+        # TGI and llama.cpp read it from the body.
+        streamed = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
         try:
             with server.client.chat.completions.with_streaming_response.create(
                 model=self.model_name,
@@ -220,9 +315,7 @@ class OpenAIBackend(TeacherBackend):
                 top_p=sampling.top_p,
                 max_tokens=sampling.max_new_tokens,
                 seed=seed,
-                stream=True,
-                stream_options={"include_usage": True},  # the token count of each trace
-                # top_k is not an OpenAI parameter; vLLM, SGLang and TGI servers read it from the body.
+                **streamed,
                 extra_body={**self.extra_body, **({"top_k": sampling.top_k} if sampling.top_k is not None else {})},
             ) as response:
                 exchange.content_type = response.headers.get("content-type", "none")
@@ -235,7 +328,7 @@ class OpenAIBackend(TeacherBackend):
         finally:
             exchange.done.set()
 
-    def _failure(self, server: PooledServer, error: BaseException) -> BaseException:
+    def _failure(self, server: PooledServer, error: BaseException, conversation, sampling) -> BaseException:
         """What a reading thread's error means for the request: retry it (`ServerFailure`) or stop the run."""
         openai = self._openai
         if isinstance(error, (ServerFailure, TeacherRequestError)):
@@ -244,6 +337,8 @@ class OpenAIBackend(TeacherBackend):
             return ServerFailure(f"a malformed streamed answer ({error})")
         if isinstance(error, openai.APIStatusError):
             sent = f"HTTP {error.status_code}: {snippet(error.response.text)}"
+            if error.status_code < 500 and is_context_overflow(error.response.text):
+                return context_overflow_error(server.name, conversation, sampling.max_new_tokens, sent)
             if error.status_code in RETRIED_STATUS or error.status_code >= 500:
                 return ServerFailure(sent)
             return TeacherRequestError(
@@ -270,4 +365,5 @@ def openai_from_config(config) -> OpenAIBackend:
         backoff_seconds=config.backoff_seconds,
         request_timeout=config.request_timeout,
         stall_timeout_seconds=config.stall_timeout_seconds,
+        stream=config.stream,
     )

@@ -22,7 +22,12 @@ logger = logging.getLogger(__name__)
 
 
 class ServerFailure(Exception):
-    """One request to one server failed in a way that another try (there or on another server) may fix."""
+    """One request to one server failed in a way that another try (there or on another server) may fix. `advice`,
+    when the failure points to its cause, replaces the generic advice of the error that ends a run of them."""
+
+    def __init__(self, message: str, advice: str = ""):
+        super().__init__(message)
+        self.advice = advice
 
 
 class RequestsCancelled(Exception):
@@ -56,6 +61,7 @@ class PooledServer:
     epoch: int = 0  # bumped at each counted failure; a request sent before it does not count again
     available_at: float = 0.0  # time.monotonic() before which no request is sent here (backoff)
     last_error: str = ""
+    max_in_flight: int | None = None  # below the pool's max_concurrency for a server that answers one at a time
 
     @property
     def name(self) -> str:
@@ -119,7 +125,7 @@ class ServerPool:
 
     def call(self, job, attempt: Callable, stop: threading.Event):
         """One job, tried up to `max_retries + 1` times; `TeacherUnavailableError` when every try failed."""
-        failures = []
+        failures, advice = [], ""
         for _ in range(self.max_retries + 1):
             server = self.acquire(stop)
             epoch = server.epoch
@@ -128,13 +134,14 @@ class ServerPool:
             except ServerFailure as failure:
                 self.release(server, epoch, failed=str(failure))
                 failures.append(f"{server.name}: {failure}")
+                advice = failure.advice or advice
                 continue
             except BaseException:
                 self.release(server, epoch)
                 raise
             self.release(server, epoch)
             return result
-        raise TeacherUnavailableError(self.exhausted_message(failures))
+        raise TeacherUnavailableError(self.exhausted_message(failures, advice))
 
     def acquire(self, stop: threading.Event) -> PooledServer:
         """The least-loaded server that has room and is not backing off; waits while there is none."""
@@ -143,7 +150,8 @@ class ServerPool:
                 if stop.is_set():
                     raise RequestsCancelled
                 now = time.monotonic()
-                ready = [s for s in self.servers if s.in_flight < self.max_concurrency and s.available_at <= now]
+                ready = [s for s in self.servers if s.in_flight < min(self.max_concurrency, s.max_in_flight or
+                                                                       self.max_concurrency) and s.available_at <= now]
                 if ready:
                     server = min(ready, key=lambda s: (s.in_flight, s.last_dispatch))
                     self._tickets += 1
@@ -167,13 +175,13 @@ class ServerPool:
                                failed, delay)
             self._dispatch.notify_all()
 
-    def exhausted_message(self, failures: list[str]) -> str:
+    def exhausted_message(self, failures: list[str], advice: str = "") -> str:
         pool = ""
         if len(self.servers) > 1:
             pool = " Servers: " + "; ".join(f"{s.name} ({s.last_error[:150] or 'no failure'})" for s in self.servers)
             pool += "."
+        advice = advice or "Check that the server is up, that base_url ends in /v1 and that the model name is right"
         return (
-            f"A teacher request failed {len(failures)} times (last: {failures[-1]}).{pool} Check that the server is "
-            "up, that base_url ends in /v1 and that the model name is right; shards already written are kept, so "
-            "rerun the same command to resume."
+            f"A teacher request failed {len(failures)} times (last: {failures[-1]}).{pool} {advice}; shards already "
+            "written are kept, so rerun the same command to resume."
         )

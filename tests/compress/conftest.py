@@ -5,11 +5,18 @@ get a worked trace whose answer is wrong for one seed in four (so pass rates var
 (prompts from `COMPRESSION_PROMPTS`) get the solution without its sentences that hold no digit. It counts
 requests and can be told to delay, fail, answer with empty text, send scripted raw answers (garbage), or hang.
 `start_teacher_server` starts extra servers for one test, each of which the test can stop mid-run.
+
+By default it answers in one piece even when asked to stream (as some servers do). `behaviour.stream = True` makes
+it stream word by word (server-sent events, the usage last when asked), slowly or going silent mid-answer when
+told; `behave_like_llama_cpp` switches on what llama-cpp-python's server does: streams without usage, a stream in
+flight cut when another request arrives, a prompt over its context answered 200-empty when streamed (a 400
+otherwise), one model listed at `/v1/models` and any model name answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 import threading
@@ -20,7 +27,7 @@ from dataclasses import dataclass, field
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 
 @dataclass
@@ -33,14 +40,37 @@ class ServerBehaviour:
     scripted: list[tuple[int, str, str]] = field(default_factory=list)
     hang_after: int | None = None  # hold every request after this many were served open, unanswered ...
     hang_seconds: float = 30.0  # ... for at most this long (or until reset), then answer 503
+    # Streaming (see the module docstring); the stall switches end with `reset`.
+    stream: bool = False  # stream when the request asks for it
+    stream_usage: bool = True  # send `usage` last when asked (`stream_options.include_usage`)
+    chunk_seconds: float = 0.0  # pause before each chunk
+    first_chunk_seconds: float = 0.0  # pause before the first chunk (the headers come at once)
+    stall_after_chunks: int | None = None  # go silent after this many words (30 s at most) ...
+    stall_requests: int = 0  # ... in the first this many requests (the next ones answer in full)
+    interrupt_streams: bool = False  # cut a stream after its first chunk when another request is in flight
+    context_chars: int | None = None  # a longer prompt is over the context
+    models: list[str] | None = None  # listed at /v1/models (None: no such route)
     # a model behind the server: `answer(body) -> (text, completion_tokens, finish_reason)` replaces the traces
     answer: Callable[[dict], tuple[str, int, str]] | None = None
     requests: int = 0
     served: int = 0
+    in_flight: int = 0
+    interrupted: int = 0
     last_body: dict | None = None
+    bodies: list[dict] = field(default_factory=list)
 
     def reset(self):
         self.__init__()
+
+
+def behave_like_llama_cpp(behaviour: ServerBehaviour, model: str = "SmolLM2-135M-Instruct.Q4_1.gguf",
+                          context_chars: int = 2000) -> ServerBehaviour:
+    """What llama-cpp-python's server (0.3) does with its defaults: no usage in streams, the stream in flight cut
+    when another request arrives (`--interrupt_requests`), a prompt over `--n_ctx` answered 200 with an empty body
+    when streamed (a 400 otherwise), its one model listed by its path, and any model name answered."""
+    behaviour.stream, behaviour.stream_usage, behaviour.interrupt_streams = True, False, True
+    behaviour.chunk_seconds, behaviour.context_chars, behaviour.models = 0.002, context_chars, [model]
+    return behaviour
 
 
 def solve(expression: str) -> int:
@@ -70,13 +100,72 @@ def compressed_solution(prompt: str) -> str:
     return " ".join(s for s in re.split(r"(?<=\.)\s+", solution) if re.search(r"\d", s))
 
 
+def context_overflow(behaviour: ServerBehaviour, body: dict, prompt_chars: int):
+    """llama-cpp-python's answers to a prompt over its context: streamed, a 200 with an empty body; else a 400."""
+    if body.get("stream"):
+        async def nothing():
+            return
+            yield
+
+        return StreamingResponse(nothing(), media_type="text/event-stream")
+    message = (f"This model's maximum context length is {behaviour.context_chars} tokens. However, you requested "
+               f"{prompt_chars} tokens ({prompt_chars} in the messages, 0 in the completion). Please reduce the length "
+               "of the messages or completion.")
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": "messages",
+                                   "code": "context_length_exceeded"}}, status_code=400)
+
+
+def streamed_answer(behaviour: ServerBehaviour, body: dict, words: list[str], finish_reason: str):
+    """The answer as server-sent events, word by word, with the switches of `behaviour`."""
+    stalls = behaviour.requests <= behaviour.stall_requests
+    with_usage = behaviour.stream_usage and (body.get("stream_options") or {}).get("include_usage")
+
+    def event(delta: dict | None = None, finish=None, usage=None) -> str:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+        chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": body["model"], "choices": choices}
+        return f"data: {json.dumps({**chunk, 'usage': usage} if usage else chunk)}\n\n"
+
+    async def events():
+        behaviour.in_flight += 1
+        try:
+            await asyncio.sleep(behaviour.first_chunk_seconds)
+            yield event({"role": "assistant", "content": ""})
+            for i, word in enumerate(words):
+                await asyncio.sleep(behaviour.chunk_seconds)
+                if behaviour.interrupt_streams and behaviour.in_flight > 1:
+                    behaviour.interrupted += 1
+                    yield "data: [DONE]\n\n"
+                    return
+                if stalls and i == behaviour.stall_after_chunks:
+                    deadline = time.monotonic() + 30  # silent, the connection open (30 s at most, or until reset)
+                    while behaviour.stall_after_chunks is not None and time.monotonic() < deadline:
+                        await asyncio.sleep(0.02)
+                    return
+                yield event({"content": word if i == 0 else " " + word})
+            yield event({}, finish=finish_reason)
+            if with_usage:
+                yield event(usage={"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)})
+            yield "data: [DONE]\n\n"
+        finally:
+            behaviour.in_flight -= 1
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
 def make_app(behaviour: ServerBehaviour) -> FastAPI:
     app = FastAPI()
+
+    @app.get("/v1/models")
+    async def models():
+        if behaviour.models is None:
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        return {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "me"} for m in behaviour.models]}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: dict):
         behaviour.requests += 1
         behaviour.last_body = body
+        behaviour.bodies.append(body)
         if behaviour.scripted:
             status, content_type, content = behaviour.scripted.pop(0)
             return Response(content, status_code=status, media_type=content_type)
@@ -90,8 +179,11 @@ def make_app(behaviour: ServerBehaviour) -> FastAPI:
         if failing or behaviour.fail_next > 0:
             behaviour.fail_next = max(0, behaviour.fail_next - 1)
             return JSONResponse({"error": {"message": "overloaded", "type": "server_error"}}, status_code=503)
-        behaviour.served += 1
         prompt = body["messages"][-1]["content"]
+        prompt_chars = sum(len(m["content"]) for m in body["messages"])
+        if behaviour.context_chars is not None and prompt_chars > behaviour.context_chars:
+            return context_overflow(behaviour, body, prompt_chars)
+        behaviour.served += 1
         if behaviour.answer is not None:
             text, tokens, finish_reason = behaviour.answer(body)
             return {"id": f"chatcmpl-{behaviour.requests}", "object": "chat.completion", "created": 0,
@@ -107,6 +199,8 @@ def make_app(behaviour: ServerBehaviour) -> FastAPI:
         words = text.split()
         finish_reason = "length" if len(words) > body["max_tokens"] else "stop"
         text = " ".join(words[: body["max_tokens"]])
+        if behaviour.stream and body.get("stream"):
+            return streamed_answer(behaviour, body, text.split(), finish_reason)
         return {
             "id": f"chatcmpl-{behaviour.requests}",
             "object": "chat.completion",

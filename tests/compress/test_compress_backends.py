@@ -22,6 +22,7 @@ from hf_compress.backends import (
     VLLMBackend,
 )
 from hf_compress.backends.openai_backend import parse_chat_stream
+from hf_compress.backends.server_checks import StreamProblem
 from kit.tiny import build_tokenizer, tiny_causal_lm
 
 PROBLEMS = ["Compute 3 + 4 from left to right.", "Compute 12 - 5 * 2 from left to right.", "Compute 7 from left to right."]
@@ -204,9 +205,9 @@ def test_openai_backend_records_other_finish_reasons_and_separated_reasoning(tea
 
 def test_openai_backend_does_not_retry_a_rejected_request(teacher_server):
     teacher_server.behaviour.scripted = [(400, "application/json", json.dumps(
-        {"error": {"message": "This model's maximum context length is 4096 tokens.", "type": "BadRequestError"}}))]
+        {"error": {"message": "top_k must be -1 (disable), or at least 1, got 0.", "type": "BadRequestError"}}))]
     backend = OpenAIBackend("teacher", base_url=teacher_server.base_url, max_retries=3, backoff_seconds=0.01)
-    with pytest.raises(TeacherRequestError, match=r"rejected.*400.*maximum context length") as error:
+    with pytest.raises(TeacherRequestError, match=r"rejected.*400.*top_k must be") as error:
         backend.generate(conversations(PROBLEMS[:1]), SamplingConfig(), seed=0)
     assert teacher_server.base_url in str(error.value) and teacher_server.behaviour.requests == 1
 
@@ -312,8 +313,16 @@ def test_a_streamed_answer_is_put_together_like_a_complete_one():
     assert generation == Generation("<think>\n3 + 4 = 7.\n</think>\n\nThe answer is 7.", 9, "stop")
     assert len(seen) == len(lines) + 1  # every line counts as a sign of life
     no_usage = sse({"choices": [{"index": 0, "delta": {"content": "7"}, "finish_reason": "length"}]})
-    with pytest.raises(MalformedAnswerError, match="usage.completion_tokens"):
+    with pytest.raises(StreamProblem, match="usage.completion_tokens") as problem:
         parse_chat_stream(no_usage)
+    assert problem.value.kind == "no_usage"
+    cut = sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})  # llama-cpp-python's interrupted answer
+    with pytest.raises(StreamProblem, match="no finish reason") as problem:
+        parse_chat_stream(cut)
+    assert problem.value.kind == "interrupted"
+    with pytest.raises(StreamProblem, match="empty stream") as problem:
+        parse_chat_stream([])
+    assert problem.value.kind == "empty"
     with pytest.raises(ServerFailure, match="an error in the stream"):  # vLLM's mid-stream error: retried
         parse_chat_stream(sse({"error": {"message": "engine dead", "code": 500}}))
     with pytest.raises(MalformedAnswerError, match="not JSON"):
@@ -368,7 +377,8 @@ def test_a_user_backend_plugs_in_by_name(tmp_path):
         config = BackendConfig(backend="echo", model="served-name")
         assert config.local_paths() == [] and config.describe() == {"backend": "echo", "model": "served-name"}
         problems = Dataset.from_dict({"problem": ["Say 4", "Say 7"], "answer": ["4", "7"]})
-        traces = generate(problems, config, SamplingConfig(n=2), output_dir=str(tmp_path / "generate"))
+        traces = generate(problems, config, SamplingConfig(n=2), output_dir=str(tmp_path / "generate"),
+                          prompt_template="{problem}")  # the echo reads the problem's last word
         assert traces["generation"] == ["\\boxed{4}"] * 2 + ["\\boxed{7}"] * 2 and set(traces["teacher"]) == {
             "served-name"}
         with pytest.raises(ValueError, match="'echo' is registered already"):

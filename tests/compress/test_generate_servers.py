@@ -1,24 +1,17 @@
 """Teacher generation spread over several OpenAI-compatible servers, one of which stops answering mid-run; streamed
-answers, a server that goes silent mid-answer and one that is slow but steady."""
+answers, a server that goes silent mid-answer and one that is slow but steady (the conftest server, streaming)."""
 
-import asyncio
-import json
 import threading
 import time
-from dataclasses import dataclass, field
 
 import pytest
-import uvicorn
 import yaml
 from datasets import load_from_disk
-from fastapi import FastAPI
-from fastapi.responses import StreamingResponse
 
 from hf_compress.backends import BackendConfig, OpenAIBackend, SamplingConfig, TeacherUnavailableError
 from hf_compress.cli import main
 from hf_compress.generate import generate
 from kit.tiny import make_task_dataset
-from tests.compress.conftest import free_port, teacher_trace
 
 SAMPLING = SamplingConfig(n=2, temperature=0.7, seed=3)
 
@@ -128,67 +121,12 @@ def test_several_servers_from_the_command_line_and_from_a_recipe(start_teacher_s
 # ----------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class StreamBehaviour:
-    chunk_seconds: float = 0.0  # pause before each chunk
-    stall_after_chunks: int | None = None  # go silent after this many chunks ...
-    stall_requests: int = 0  # ... in this many requests (the next ones answer in full)
-    first_chunk_seconds: float = 0.0  # pause before the first chunk (the headers come at once)
-    requests: int = 0
-    release: threading.Event = field(default_factory=threading.Event)  # set at teardown: ends the silences
-
-
-def streaming_app(behaviour: StreamBehaviour) -> FastAPI:
-    """An OpenAI-compatible server that streams its answer word by word (server-sent events, usage last)."""
-    app = FastAPI()
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: dict):
-        behaviour.requests += 1
-        stalls = behaviour.requests <= behaviour.stall_requests
-        words = teacher_trace(body["messages"][-1]["content"], body.get("seed") or 0).split()[: body["max_tokens"]]
-        assert body["stream"] and body["stream_options"] == {"include_usage": True}
-
-        def event(delta: dict | None = None, finish_reason=None, usage=None) -> str:
-            choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
-            chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": body["model"], "choices": choices}
-            return f"data: {json.dumps({**chunk, 'usage': usage} if usage else chunk)}\n\n"
-
-        async def events():
-            await asyncio.sleep(behaviour.first_chunk_seconds)
-            yield event({"role": "assistant", "content": ""})
-            for i, word in enumerate(words):
-                if stalls and i == behaviour.stall_after_chunks:
-                    deadline = time.monotonic() + 30  # silent, the connection open (30 s at most)
-                    while not behaviour.release.is_set() and time.monotonic() < deadline:
-                        await asyncio.sleep(0.05)
-                    return
-                await asyncio.sleep(behaviour.chunk_seconds)
-                yield event({"content": word if i == 0 else " " + word})
-            yield event({}, finish_reason="stop")
-            yield event(usage={"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)})
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream")
-
-    return app
-
-
 @pytest.fixture
-def streaming_server():
-    behaviour = StreamBehaviour()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(streaming_app(behaviour), host="127.0.0.1", port=port, log_level="error",
-                                           timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/v1", behaviour
-    behaviour.release.set()
-    server.should_exit = True
-    thread.join(timeout=10)
+def streaming_server(start_teacher_server):
+    """A server of its own that streams word by word (the conftest server with `stream` on)."""
+    server = start_teacher_server()
+    server.behaviour.stream = True
+    return server.base_url, server.behaviour
 
 
 ONE_PROBLEM = [[{"role": "user", "content": "Compute 3 + 4 from left to right."}]]
@@ -201,6 +139,7 @@ def test_a_streamed_answer_reads_as_one_answer(streaming_server):
     (generations,) = OpenAIBackend("teacher", base_url=url).generate(ONE_PROBLEM, SamplingConfig(n=2), seed=0)
     assert [(g.text, g.num_tokens, g.finish_reason) for g in generations] == [ANSWER] * 2
     assert behaviour.requests == 2
+    assert behaviour.last_body["stream"] and behaviour.last_body["stream_options"] == {"include_usage": True}
 
 
 def test_an_answer_that_stops_mid_stream_is_retried_after_the_stall_timeout(streaming_server):

@@ -19,6 +19,7 @@ from datasets import Dataset, load_from_disk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hf_compress.answers import SEARCH_CHARS
 from hf_compress.build import answer_marker
 from hf_compress.compress import ExtractiveCompressor
 from hf_compress.verify import answer_span, check_countdown, check_math, extract_answer
@@ -81,24 +82,27 @@ def test_the_answer_span_ends_at_the_closing_brace():
 N = 1_000_000  # characters: an 8K-token loop is about 19K; the old parser needed hours for a million
 
 
+# Loops a completion can end in, a million characters long (an 8K-token loop is about 19K characters).
+LOOPS = {
+    "boxed_loop": "\\boxed{" * (N // 7),
+    "nested_unclosed": "\\boxed{\\frac{1}{2" * (N // 15),  # nesting deepens, nothing is ever closed
+    "unclosed_braces": "{" * N,
+    "tag_loop": "<answer>" * (N // 8),
+    "blanks": " " * N,
+    "answer_is_blanks": "The answer is 5" + " " * N + "x",  # the worst case of the "answer is" pattern
+    "hash_loop": "####" * (N // 4),
+}
+
+
 @pytest.mark.timeout(120)  # a regression to a quadratic parser would run for hours, not fail quietly
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("\\boxed{7} " + "\\boxed{" * (N // 7), "7"),  # looping on \boxed{ after the answer
-        ("\\boxed{" * (N // 7), None),
-        ("\\boxed{\\frac{1}{2" * (N // 15), None),  # nesting deepens, nothing is ever closed
-        ("<answer>2</answer>" + "{" * N, "2"),
-        ("\\boxed{5}" + "<answer>" * (N // 8), "5"),  # unclosed tags
-        ("\\boxed{" * (N // 8) + "1" + "}" * (N // 8), "1"),  # closed nesting: the last to start wins
-        ("\\boxed{" + " " * N + "3}", "3"),
-    ],
-    ids=["boxed_loop", "boxed_loop_only", "nested_unclosed", "unclosed_braces", "tag_loop", "nested_closed", "blanks"],
-)
-def test_adversarial_completions_of_a_million_characters(text, expected):
-    assert extract_answer(text) == expected
-    span = answer_span(text)
-    assert (span is None) == (expected is None)
+@pytest.mark.parametrize("loop", LOOPS.values(), ids=list(LOOPS))
+def test_adversarial_completions_of_a_million_characters(loop):
+    # The answer is read from the end of the trace: found after the loop, not before it (SEARCH_CHARS).
+    assert extract_answer(loop + " \\boxed{7}") == "7"
+    assert len(loop) > SEARCH_CHARS and extract_answer("\\boxed{7} " + loop) != "7"
+    assert check_math("7", loop + " \\boxed{7}").correct
+    check = check_math("7", "\\boxed{7} " + loop)
+    assert not check.correct and check.note != "timeout"  # judged, well inside the deadline
 
 
 @pytest.mark.timeout(120)
@@ -111,7 +115,7 @@ def test_the_deadline_covers_finding_the_answer(monkeypatch):
     def slow_extract(text):
         time.sleep(30)
 
-    monkeypatch.setattr(verify_module, "extract_answer", slow_extract)
+    monkeypatch.setattr(verify_module, "find_answer", slow_extract)
     start = time.perf_counter()
     check = check_math("7", "\\boxed{7}", timeout_seconds=1)
     assert time.perf_counter() - start < 10
@@ -155,7 +159,7 @@ def hf_compress_command() -> list[str]:
 @pytest.mark.slow  # one `hf-compress verify` subprocess: about 10 s on the loaded 2-core CPU
 def test_hf_compress_verify_keeps_to_its_timeout_on_adversarial_traces(tmp_path):
     generations = [
-        "\\boxed{7} " + "\\boxed{" * (N // 7),  # an 8K-token loop would be 19K characters: this is 50 times that
+        "\\boxed{" * (N // 7) + " \\boxed{7}",  # an 8K-token loop would be 19K characters: this is 50 times that
         "\\boxed{\\frac{1}{2" * (N // 15),
         "\\boxed{9^{9^{9^{9}}}}",  # math-verify would not finish
         "3 + 4 = 7. \\boxed{7}",
@@ -173,3 +177,50 @@ def test_hf_compress_verify_keeps_to_its_timeout_on_adversarial_traces(tmp_path)
     assert list(verified["correct"]) == [True, False, False, True]
     assert list(verified["predicted_answer"]) == ["7", None, None, "7"]
     assert list(verified["verify_note"]) == ["", "no_answer", "timeout", ""]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One answer, whatever its format, through verify, compress and build
+# ----------------------------------------------------------------------------------------------------------
+
+FORMS = {  # the trace's last line, as each kind of model writes it
+    "boxed": "So the total is \\boxed{12}.",
+    "answer_tag": "<answer>12</answer>",
+    "hash": "#### 12",
+    "answer_is": "The answer is 12.",
+}
+
+
+def test_every_answer_format_goes_through_verify_compress_and_build(tokenizer):
+    from hf_compress.build import build
+    from hf_compress.compress import compress
+    from hf_compress.verify import verify
+
+    rows = Dataset.from_dict({
+        "problem": [f"Compute 3 * 4 ({kind})." for kind in FORMS],
+        "answer": ["12"] * len(FORMS),
+        "generation": [f"Let me see. We need 3 * 4 = 12 here.\n{last}" for last in FORMS.values()],
+    })
+    checked = verify(rows)
+    assert checked["correct"] == [True] * 4 and checked["predicted_answer"] == ["12"] * 4
+    compressed = compress(checked, ExtractiveCompressor(), tokenizer)
+    assert compressed["compressed_correct"] == [True] * 4  # no answer_lost: the answer is kept as it was written
+    assert compressed["compressed"] == [f"3 * 4 = 12. {last.removeprefix('So the total is ').rstrip('.')}"
+                                        for last in FORMS.values()]
+    built = build(compressed, tokenizer, variants=["answer_only"])
+    targets = [m[-1]["content"] for m in built["answer_only"]["messages"]]
+    assert targets == ["\\boxed{12}", "<answer>12</answer>", "#### 12", "The answer is 12"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("\\boxed{7}. Let me check: the answer is clear.", "7"),  # a marker wins over a later statement
+    ("The answer is 5.\n#### 6", "6"),  # statements: the last one
+    ("The final answer is: $\\frac{1}{2}$.", "$\\frac{1}{2}$"),
+    ("#### 1,234\n", "1,234"),
+    ("so the answer is 42", "42"),
+    ("no statement of 42 here", None),
+])
+def test_answer_precedence_and_statements(text, expected):
+    assert extract_answer(text) == expected
+    if expected is not None:
+        assert check_math(expected.strip("$"), text).correct

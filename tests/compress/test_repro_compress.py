@@ -16,7 +16,7 @@ from kit.tiny import build_tokenizer, tiny_causal_lm
 
 class ScriptedTeacher(TeacherBackend):
     """Per problem: the task's worked solution, a wrong final answer, then the solution again but cut by the
-    token cap (pass rate 2/3; the cut one is dropped before the students)."""
+    token cap (pass rate 1/3: verify judges the cut one incorrect, `verify_note=truncated`)."""
 
     kind = "scripted"
     model_name = "scripted-word-problems"
@@ -54,10 +54,11 @@ def test_driver_writes_every_stage_and_student_and_a_rerun_skips_them(tiny_model
     report = repro_compress.run(settings, output_dir, [0], **run)
 
     summary = json.load(open(os.path.join(output_dir, "summary.json")))
-    assert summary["pipeline"]["verify"]["pass_rate"] == pytest.approx(2 / 3)
+    assert summary["pipeline"]["verify"]["pass_rate"] == pytest.approx(1 / 3)
+    assert summary["pipeline"]["verify"]["flags"]["truncated"] == 6
     assert summary["pipeline"]["verify"]["problems_solved"] == 6
     assert summary["pipeline"]["correct_traces"]["n"] == 6
-    assert summary["pipeline"]["correct_traces"]["cut_by_cap_dropped"] == 6
+    assert summary["pipeline"]["correct_traces"]["cut_by_cap_dropped"] == 0  # verify dropped them already
     assert summary["pipeline"]["correct_traces"]["ended_fraction"] == 1.0
     assert [row["variant"] for row in summary["students"]] == list(VARIANTS)
     assert [reference["n"] for reference in summary["base"].values()] == [4, 4]
