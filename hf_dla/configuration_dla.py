@@ -8,7 +8,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
-from .ops_utils import BACKENDS, MEMORY_MODES
+from .memory_plans import MEMORY_PLANS
+from .ops_utils import BACKENDS
 
 MIXERS = ("mamba2", "gated_deltanet")
 # initializer_range of each backbone's reference implementation: transformers' Mamba2Config (0.1); Qwen3-Next's and
@@ -115,7 +116,7 @@ class DLAConfig(PreTrainedConfig):
         so also when `from_pretrained` reads a config)."""
         for field, value, choices in (
             ("mixer", self.mixer, MIXERS),
-            ("memory", self.memory, MEMORY_MODES),
+            ("memory", self.memory, tuple(MEMORY_PLANS)),
             ("backend", self.backend, BACKENDS),
         ):
             if value not in choices:
