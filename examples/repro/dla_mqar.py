@@ -20,6 +20,11 @@ those seen in training. Accuracy counts answer tokens predicted exactly (greedy)
     # passkey: trained on one haystack length, evaluated on longer ones
     python -m examples.repro.dla_mqar --config examples/recipes/dla_passkey.yaml
 
+Beside the DLA models, `--memories reference` (in the recipes) trains each mixer's reference implementation at the
+same size, with its own initialisation, on the same data and budget: transformers' `Mamba2ForCausalLM` and a
+`Qwen3NextForCausalLM` made of Gated DeltaNet layers only (dense MLP; transformers' torch path on the CPU). Its rows
+(`memory = reference`) show what the backbone reaches outside this code base.
+
 Every model gets the same `max_states`; loglinear needs `ceil(log2 T) + 1` levels for the longest evaluated
 length T, which `check_settings` enforces before any training. Learning rates around 3e-3 suit all modes;
 at 1e-2 the multi-state models (whose read weights lambda are trained too) stayed at chance in our runs.
