@@ -167,7 +167,7 @@ def test_reference_rows_train_transformers_own_models_on_the_same_data(tmp_path)
     ]  # fmt: skip
 
 
-@pytest.mark.slow  # ~200 s on a loaded 2-core CPU (300 training steps)
+@pytest.mark.slow  # 300 training steps: 54 s at load 6, ~200 s at load 12 on the shared 2-core CPU
 def test_vanilla_mamba2_learns_mqar_from_its_default_initialisation(tmp_path):
     """The recipe's task (length 32, vocabulary 32) and model at a quarter of its budget: with the initialisation of
     transformers' Mamba2ForCausalLM, vanilla Mamba-2 leaves chance (1/16) far behind (0.395 at 2 pairs here on
