@@ -13,7 +13,15 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .configuration_dla import DLAConfig
 from .convert import convert_mamba2, dla_config_from_mamba2, qwen3_next_gated_deltanet_state_dict
-from .memory_plans import DynamicPlan, LogLinearPlan, MemoryPlan, PlanState, VanillaPlan, build_memory_plan
+from .memory_plans import (
+    MEMORY_PLANS,
+    DynamicPlan,
+    LogLinearPlan,
+    MemoryPlan,
+    PlanState,
+    VanillaPlan,
+    build_memory_plan,
+)
 from .modeling_dla import (
     DLACache,
     DLACacheLayer,
@@ -40,6 +48,7 @@ __all__ = [
     "DLAModel",
     "DLAPreTrainedModel",
     "DynamicPlan",
+    "MEMORY_PLANS",
     "LogLinearPlan",
     "MemoryPlan",
     "PlanState",

@@ -8,9 +8,13 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
-from .ops_utils import BACKENDS, MEMORY_MODES
+from .memory_plans import MEMORY_PLANS
+from .ops_utils import BACKENDS
 
 MIXERS = ("mamba2", "gated_deltanet")
+# initializer_range of each backbone's reference implementation: transformers' Mamba2Config (0.1); Qwen3-Next's and
+# fla's Gated DeltaNet configs (0.02).
+REFERENCE_INITIALIZER_RANGE = {"mamba2": 0.1, "gated_deltanet": 0.02}
 
 
 @strict
@@ -44,6 +48,13 @@ class DLAConfig(PreTrainedConfig):
         Mamba-2 groups sharing B and C (keys and queries); must divide `num_heads`.
     intermediate_size (`int`, defaults to 2048):
         Width of the SwiGLU MLP of Gated DeltaNet blocks.
+    initializer_range (`float`, *optional*):
+        Std of the normal initialisation of the embeddings and linear layers. Unset, the backbone's reference:
+        0.1 for `mamba2` (transformers' `Mamba2Config`), 0.02 for `gated_deltanet` (Qwen3-Next, fla); the config
+        then holds the resolved value.
+    rescale_prenorm_residual (`bool`, defaults to `False`):
+        Mamba-2 only, as in transformers' `Mamba2Config`: divide each mixer's `out_proj` by sqrt(num_hidden_layers)
+        at initialisation (GPT-2's scaled residual init).
 
     Example:
 
@@ -77,7 +88,8 @@ class DLAConfig(PreTrainedConfig):
     conv_kernel: int = 4
     hidden_act: str = "silu"
     rms_norm_eps: float = 1e-5
-    initializer_range: float = 0.02
+    initializer_range: float | None = None
+    rescale_prenorm_residual: bool = False
     residual_in_fp32: bool = True
     time_step_min: float = 0.001
     time_step_max: float = 0.1
@@ -89,6 +101,11 @@ class DLAConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = None
     tie_word_embeddings: bool = True
 
+    def __post_init__(self, **kwargs):
+        if self.initializer_range is None:  # the backbone's reference (an unknown mixer is refused just after)
+            self.initializer_range = REFERENCE_INITIALIZER_RANGE.get(self.mixer, 0.02)
+        super().__post_init__(**kwargs)
+
     @property
     def num_slots(self) -> int:
         """Memory slots per layer: 1 for the vanilla backbone, else `max_states`."""
@@ -99,7 +116,7 @@ class DLAConfig(PreTrainedConfig):
         so also when `from_pretrained` reads a config)."""
         for field, value, choices in (
             ("mixer", self.mixer, MIXERS),
-            ("memory", self.memory, MEMORY_MODES),
+            ("memory", self.memory, tuple(MEMORY_PLANS)),
             ("backend", self.backend, BACKENDS),
         ):
             if value not in choices:
@@ -145,7 +162,7 @@ class DLAConfig(PreTrainedConfig):
                 f"DLAConfig.hidden_act={self.hidden_act!r} is not an activation transformers knows; use one of "
                 "transformers.activations.ACT2FN's keys, e.g. 'silu'."
             )
-        for field in ("residual_in_fp32", "use_cache", "tie_word_embeddings"):
+        for field in ("residual_in_fp32", "rescale_prenorm_residual", "use_cache", "tie_word_embeddings"):
             if not isinstance(getattr(self, field), bool):
                 raise ValueError(f"DLAConfig.{field}={getattr(self, field)!r} must be True or False.")
 

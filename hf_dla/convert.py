@@ -38,6 +38,7 @@ _MAMBA2_SHARED_FIELDS = (
     "conv_kernel",
     "hidden_act",
     "initializer_range",
+    "rescale_prenorm_residual",
     "residual_in_fp32",
     "time_step_min",
     "time_step_max",

@@ -22,6 +22,7 @@ on the past, so planning a whole sequence at once or token by token (decoding) g
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import NamedTuple
 
@@ -30,7 +31,6 @@ import torch
 import torch.nn.functional as F
 
 from .ops_utils import (
-    MEMORY_MODES,
     batch_to_documents,
     check_cu_seqlens,
     documents_to_batch,
@@ -268,17 +268,26 @@ class DynamicPlan(MemoryPlan):
         return {"tokens": tokens, "information": information, "sums": sums, "start": start, "seen": seen}
 
 
-def build_memory_plan(memory: str, max_states: int, merge_threshold: float, backend: str = "chunk") -> MemoryPlan:
-    """The plan of a memory mode (``vanilla`` | ``loglinear`` | ``dla``) for the op backend that follows it.
-
-    With ``backend="triton"`` the dla plan is `hf_dla.ops.triton.TritonDynamicPlan` (the same decisions, its token
-    scan in one Triton program per sequence); every other plan is PyTorch for every backend."""
-    if memory == "vanilla":
-        return VanillaPlan()
-    if memory == "loglinear":
-        return LogLinearPlan(max_states)
-    if memory == "dla" and backend == "triton":
+def _dynamic_plan(max_states: int, merge_threshold: float, backend: str) -> MemoryPlan:
+    # With the Triton backend: `hf_dla.ops.triton.TritonDynamicPlan`, the same decisions, its token scan in one Triton
+    # program per sequence. Every other plan is PyTorch for every backend.
+    if backend == "triton":
         return import_triton_backend().TritonDynamicPlan(max_states, merge_threshold)
-    if memory == "dla":
-        return DynamicPlan(max_states, merge_threshold)
-    raise ValueError(f"memory={memory!r} is unknown; choose one of {MEMORY_MODES}.")
+    return DynamicPlan(max_states, merge_threshold)
+
+
+# The memory modes by name (`DLAConfig.memory`), each with the builder of its plan from
+# (max_states, merge_threshold, backend). A new mode: its `MemoryPlan` subclass, one entry here, its docs.
+MEMORY_PLANS: dict[str, Callable[[int, float, str], MemoryPlan]] = {
+    "vanilla": lambda max_states, merge_threshold, backend: VanillaPlan(),
+    "loglinear": lambda max_states, merge_threshold, backend: LogLinearPlan(max_states),
+    "dla": _dynamic_plan,
+}
+
+
+def build_memory_plan(memory: str, max_states: int, merge_threshold: float, backend: str = "chunk") -> MemoryPlan:
+    """The plan of a memory mode (a key of `MEMORY_PLANS`: ``vanilla`` | ``loglinear`` | ``dla``) for the op
+    backend that follows it."""
+    if memory not in MEMORY_PLANS:
+        raise ValueError(f"memory={memory!r} is unknown; choose one of {tuple(MEMORY_PLANS)}.")
+    return MEMORY_PLANS[memory](max_states, merge_threshold, backend)

@@ -20,11 +20,15 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, LinearAttentionLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_dla import DLAConfig
 from .memory_plans import MemoryPlan, PlanState, build_memory_plan
 from .ops_dispatch import get_multistate_op
+
+logger = logging.get_logger(__name__)
 
 # ----------------------------------------------------------------------------------------------------------
 # Cache
@@ -428,26 +432,40 @@ class DLAPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["DLABlock"]
     supports_gradient_checkpointing = True
     _is_stateful = True
-    # No softmax attention: any attn_implementation a loader requests (TRL scripts and `hf-compress sft` ask for sdpa
-    # or flash_attention_2) is accepted and changes nothing; flash-attention's packed-sequence kwargs are honoured.
-    _supports_sdpa = True
-    _supports_flash_attn = True
+
+    def _check_and_adjust_attn_implementation(self, attn_implementation, *args, **kwargs):
+        # No softmax attention, so no `_supports_sdpa` / `_supports_flash_attn`: there is nothing for them to run. A
+        # loader that asks for an implementation anyway (TRL scripts and `hf-compress sft` ask for sdpa or
+        # flash_attention_2) gets the model as it is, where Mamba2ForCausalLM would refuse to load; flash-attention's
+        # packed-sequence kwargs (cu_seq_lens_q / _k) are honoured whatever is set.
+        if attn_implementation not in (None, "eager"):
+            logger.info(
+                f"DLA models have no softmax attention: attn_implementation={attn_implementation!r} is ignored."
+            )
+        return "eager"
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # transformers writes the saved class into `auto_map` (AutoModelForCausalLM for DLAForCausalLM); the backbone is
+        # added so that `AutoModel.from_pretrained(..., trust_remote_code=True)` also loads where hf_dla is absent.
+        module = type(self).__module__.rsplit(".", 1)[-1]
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": f"{module}.DLAModel"}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module):
+        # Embeddings and linear layers ~ N(0, initializer_range), norms at 1 (transformers' defaults); the mixers as
+        # their reference implementations initialise them (docs/hf_dla.md, "Initialisation").
         super()._init_weights(module)
         config = self.config
-        if isinstance(module, DLAMixerBase):
+        if isinstance(module, DLAMamba2Mixer):
+            _init_mamba2_mixer(module, config)
+        elif isinstance(module, DLAGatedDeltaNetMixer):
+            # A ~ U(1, 16) as in fla, spread deterministically over the heads; dt in [time_step_min, time_step_max]
+            # log-spaced over the heads, dt_bias = softplus^-1(dt)
             heads = module.num_heads
-            if isinstance(module, DLAMamba2Mixer):
-                init.copy_(module.A_log, torch.log(torch.arange(1, heads + 1, dtype=torch.float32)))
-                init.ones_(module.D)
-            else:  # Gated DeltaNet: A ~ U(1, 16) as in fla, spread deterministically over the heads
-                init.copy_(module.A_log, torch.log(torch.linspace(1.0, 16.0, heads)))
-            # dt in [time_step_min, time_step_max] (log-spaced over the heads), dt_bias = softplus^-1(dt)
+            init.copy_(module.A_log, torch.log(torch.linspace(1.0, 16.0, heads)))
             dt = torch.exp(torch.linspace(math.log(config.time_step_min), math.log(config.time_step_max), heads))
-            dt = dt.clamp(min=config.time_step_floor)
-            init.copy_(module.dt_bias, dt + torch.log(-torch.expm1(-dt)))
+            init.copy_(module.dt_bias, _inverse_softplus(dt.clamp(min=config.time_step_floor)))
         if isinstance(module, DLAMemoryReadWeights):
             # By default W = 0 and softplus(b) = 1: lambda = 1 exactly at any width (W ~ N(0, 0.02) on RMS-normalised
             # input spreads Wx with std 0.02 * sqrt(hidden), lambda in [0.3, 2.2] at 1536), so a fresh model is its
@@ -459,6 +477,29 @@ class DLAPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.proj.weight)
             init.constant_(module.proj.bias, math.log(math.e - 1.0))
             init.ones_(module.scale)
+
+
+def _inverse_softplus(x: torch.Tensor) -> torch.Tensor:
+    return x + torch.log(-torch.expm1(-x))
+
+
+def _init_mamba2_mixer(module: DLAMamba2Mixer, config: DLAConfig) -> None:
+    """transformers' `Mamba2ForCausalLM` initialisation of a mixer (in_proj is N(0, initializer_range) already): S4D
+    real A = 1..H, D = 1, dt drawn log-uniformly in [time_step_min, time_step_max] per head (floored at
+    time_step_floor) with dt_bias = softplus^-1(dt), the conv and out_proj as torch's own Conv1d / Linear defaults
+    (Kaiming uniform, a = sqrt(5)), the conv bias at 0, out_proj / sqrt(num_hidden_layers) if
+    rescale_prenorm_residual."""
+    heads = module.num_heads
+    init.copy_(module.A_log, torch.log(torch.arange(1, heads + 1, dtype=torch.float32)))
+    init.ones_(module.D)
+    log_min, log_max = math.log(config.time_step_min), math.log(config.time_step_max)
+    dt = torch.exp(torch.rand(heads) * (log_max - log_min) + log_min).clamp(min=config.time_step_floor)
+    init.copy_(module.dt_bias, _inverse_softplus(dt))
+    init.kaiming_uniform_(module.conv1d.weight, a=math.sqrt(5))
+    init.zeros_(module.conv1d.bias)
+    init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
+    if config.rescale_prenorm_residual:
+        init.copy_(module.out_proj.weight, module.out_proj.weight / math.sqrt(config.num_hidden_layers))
 
 
 @dataclass
@@ -546,6 +587,8 @@ class DLAModel(DLAPreTrainedModel):
         self.embeddings = new_embeddings
 
     # `cache` is transformers' name since 5.x (Llama and Mamba-2 take the older names with a deprecation notice).
+    # `return_dict=False` (or `config.return_dict=False`): the output as a tuple, None fields left out, as transformers.
+    @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)
     @deprecate_kwarg("cache_params", "5.40.0", new_name="cache", raise_if_both_names=True)
     def forward(
@@ -595,7 +638,6 @@ class DLAModel(DLAPreTrainedModel):
         if any(x is not None for x in (position_ids, cu_seq_lens_q, cu_seq_lens_k, seq_idx)):
             cu_seq_lens = cu_seq_lens_q if cu_seq_lens_q is not None else cu_seq_lens_k
             cu_seqlens = packed_cu_seqlens(inputs_embeds.shape[:2], attention_mask, position_ids, cu_seq_lens, seq_idx)
-        input_shape = inputs_embeds.shape
         if cu_seqlens is not None:  # packed documents: one flattened row, restarted at every document
             if cache is not None and cache.get_plan_state(0) is not None:  # a filled cache, not a fresh one
                 raise ValueError(
@@ -603,17 +645,24 @@ class DLAModel(DLAPreTrainedModel):
                     "a cache; pass one document per row to decode."
                 )
             use_cache, cache = False, None
-            inputs_embeds = inputs_embeds.reshape(1, -1, input_shape[-1])
             attention_mask = None if attention_mask is None else attention_mask.reshape(1, -1)
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None
+        # As transformers' models: the embeddings, every block's output, the last one after the final norm. These are
+        # the tensors the next layer reads, so `hidden_states[i].retain_grad()` sees the gradient.
         hidden_states = inputs_embeds
-        all_hidden_states = (hidden_states.reshape(input_shape),) if output_hidden_states else None
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
         for block in self.layers:
-            hidden_states = block(hidden_states, attention_mask, cache, memory_trace, cu_seqlens)
+            if cu_seqlens is None:
+                hidden_states = block(hidden_states, attention_mask, cache, memory_trace)
+            else:  # the packed documents of the batch run as one row
+                flat = block(hidden_states.flatten(0, 1)[None], attention_mask, None, memory_trace, cu_seqlens)
+                hidden_states = flat.view(hidden_states.shape[:2] + flat.shape[-1:])
             if output_hidden_states:
-                all_hidden_states += (hidden_states.reshape(input_shape),)
-        hidden_states = self.norm_f(hidden_states).reshape(input_shape)
+                all_hidden_states += (hidden_states,)
+        hidden_states = self.norm_f(hidden_states)
+        if output_hidden_states:
+            all_hidden_states = all_hidden_states[:-1] + (hidden_states,)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states, cache=cache if use_cache else None, hidden_states=all_hidden_states
         )
@@ -658,6 +707,7 @@ class DLAForCausalLM(DLAPreTrainedModel, GenerationMixin):
             model_inputs["attention_mask"] = None  # generated tokens are never padding
         return model_inputs
 
+    @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache", raise_if_both_names=True)
     @deprecate_kwarg("cache_params", "5.40.0", new_name="cache", raise_if_both_names=True)
     def forward(
@@ -688,11 +738,13 @@ class DLAForCausalLM(DLAPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             memory_trace=memory_trace,
             position_ids=position_ids,
+            return_dict=True,
             **packing,
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep].to(self.lm_head.weight.dtype)).float()
+        # Logits in the model's dtype (no B x T x vocab float32 copy under bf16); the loss upcasts them to float32.
+        logits = self.lm_head(hidden_states[:, keep].to(self.lm_head.weight.dtype))
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)

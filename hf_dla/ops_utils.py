@@ -15,8 +15,8 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
-# The memory modes and op backends, named once here (the lowest module) for the plans, the dispatch and the config.
-MEMORY_MODES = ("vanilla", "loglinear", "dla")
+# The op backends, named once here (the lowest module) for the dispatch and the config; the memory modes are the keys
+# of `memory_plans.MEMORY_PLANS`.
 BACKENDS = ("naive", "chunk", "triton")
 
 TRITON_BACKEND = "hf_dla.ops.triton"

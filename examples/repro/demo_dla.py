@@ -39,6 +39,8 @@ SHORT_SETTING = {
     "eval_seq_lens": [32, 64],
     "eval_num_kv_pairs": [2, 4, 8, 12],
     "num_eval_examples": 100,
+    # the six DLA models; `--memories vanilla loglinear dla reference` adds transformers' own models of each mixer
+    "memories": ["vanilla", "loglinear", "dla"],
     # model: every run has this size; loglinear needs ceil(log2 64) + 1 = 7 levels, so all get 7 states
     "hidden_size": 64,
     "num_hidden_layers": 2,

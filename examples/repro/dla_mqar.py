@@ -20,6 +20,11 @@ those seen in training. Accuracy counts answer tokens predicted exactly (greedy)
     # passkey: trained on one haystack length, evaluated on longer ones
     python -m examples.repro.dla_mqar --config examples/recipes/dla_passkey.yaml
 
+Beside the DLA models, `--memories reference` (in the recipes) trains each mixer's reference implementation at the
+same size, with its own initialisation, on the same data and budget: transformers' `Mamba2ForCausalLM` and a
+`Qwen3NextForCausalLM` made of Gated DeltaNet layers only (dense MLP; transformers' torch path on the CPU). Its rows
+(`memory = reference`) show what the backbone reaches outside this code base.
+
 Every model gets the same `max_states`; loglinear needs `ceil(log2 T) + 1` levels for the longest evaluated
 length T, which `check_settings` enforces before any training. Learning rates around 3e-3 suit all modes;
 at 1e-2 the multi-state models (whose read weights lambda are trained too) stayed at chance in our runs.
@@ -43,12 +48,22 @@ import numpy as np
 import torch
 from datasets import Dataset, concatenate_datasets
 from tqdm.auto import tqdm
-from transformers import EvalPrediction, Trainer, TrainingArguments, set_seed
+from transformers import (
+    EvalPrediction,
+    Mamba2Config,
+    Mamba2ForCausalLM,
+    Qwen3NextConfig,
+    Qwen3NextForCausalLM,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
 from trl import TrlParser
 
 import hf_dla
 from hf_dla.retrieval_data import IGNORE_INDEX, mqar_dataset, passkey_dataset
 
+REFERENCE = "reference"  # the row of the mixer's reference implementation (see `reference_model`)
 EVAL_SEED_OFFSET = 10_000  # evaluation sequences come from other seeds than the training ones
 RUN_FILE = "results.json"
 # The training recipe that must match for runs to be averaged together (the seed and folders aside).
@@ -74,7 +89,11 @@ class RetrievalTaskArguments:
         default_factory=lambda: ["mamba2", "gated_deltanet"], metadata={"help": "Mixers to train."}
     )
     memories: list[str] = field(
-        default_factory=lambda: ["vanilla", "loglinear", "dla"], metadata={"help": "Memory modes to compare."}
+        default_factory=lambda: ["vanilla", "loglinear", "dla", REFERENCE],
+        metadata={
+            "help": "Memory modes to compare; `reference` trains the mixer's reference implementation instead of a "
+            "DLA model: transformers' Mamba2ForCausalLM, or a Qwen3-Next of Gated DeltaNet layers only."
+        },
     )
     vocab_size: int = field(default=256, metadata={"help": "Vocabulary of the synthetic task (and the model)."})
     train_seq_len: int = field(default=128, metadata={"help": "MQAR training sequence length."})
@@ -153,6 +172,48 @@ def tiny_dla_config(model_args: TinyDLAArguments, mixer: str, memory: str, vocab
     )
 
 
+def reference_model(model_args: TinyDLAArguments, mixer: str, vocab_size: int):
+    """The mixer's reference implementation at the DLA models' size, with its own initialisation: transformers'
+    `Mamba2ForCausalLM`, or a `Qwen3NextForCausalLM` whose layers are all Gated DeltaNet with a dense SwiGLU MLP (no
+    attention layer, no experts; on the CPU it runs transformers' torch fallback of the delta rule)."""
+    expand, width = 2, model_args.hidden_size
+    shared = dict(
+        vocab_size=vocab_size, hidden_size=width, num_hidden_layers=model_args.num_hidden_layers,
+        tie_word_embeddings=True, use_cache=False, pad_token_id=None, bos_token_id=None, eos_token_id=None,
+    )  # fmt: skip
+    if mixer == "mamba2":
+        config = Mamba2Config(
+            num_heads=model_args.num_heads, head_dim=expand * width // model_args.num_heads, expand=expand,
+            state_size=model_args.state_size, n_groups=1, conv_kernel=4, chunk_size=model_args.chunk_size, **shared,
+        )  # fmt: skip
+        return Mamba2ForCausalLM(config)
+    if mixer == "gated_deltanet":
+        config = Qwen3NextConfig(
+            layer_types=["linear_attention"] * model_args.num_hidden_layers,
+            mlp_only_layers=list(range(model_args.num_hidden_layers)), intermediate_size=model_args.intermediate_size,
+            linear_num_key_heads=model_args.num_heads, linear_num_value_heads=model_args.num_heads,
+            linear_key_head_dim=model_args.state_size, linear_value_head_dim=expand * width // model_args.num_heads,
+            linear_conv_kernel_dim=4, **shared,
+        )  # fmt: skip
+        return Qwen3NextForCausalLM(config)
+    raise ValueError(f"No reference implementation for mixer={mixer!r}; choose mamba2 or gated_deltanet.")
+
+
+def build_model(model_args: TinyDLAArguments, mixer: str, memory: str, vocab_size: int):
+    """A fresh DLA model, or the mixer's reference implementation for memory `reference`."""
+    if memory == REFERENCE:
+        return reference_model(model_args, mixer, vocab_size)
+    return hf_dla.DLAForCausalLM(tiny_dla_config(model_args, mixer, memory, vocab_size))
+
+
+def model_identity(model) -> tuple[str, str, int]:
+    """(mixer, memory, memory slots) of a trained model: a DLA model's config, or a reference's."""
+    config = model.config
+    if isinstance(config, hf_dla.DLAConfig):
+        return config.mixer, config.memory, config.num_slots
+    return ("mamba2" if isinstance(model, Mamba2ForCausalLM) else "gated_deltanet"), REFERENCE, 1
+
+
 def check_settings(task_args: RetrievalTaskArguments, model_args: TinyDLAArguments) -> None:
     """Fail before training when the longest evaluation cannot fit the loglinear level table."""
     longest = max(eval_lengths(task_args))
@@ -218,7 +279,7 @@ def live_states_per_layer(model: hf_dla.DLAForCausalLM, input_ids: torch.Tensor)
     """Mean number of live memory slots per layer, averaged over tokens and sequences."""
     config = model.config
     length = input_ids.shape[1]
-    if config.memory == "vanilla":
+    if model_identity(model)[1] in ("vanilla", REFERENCE):
         return [1.0] * config.num_hidden_layers
     if config.memory == "loglinear":
         # Fenwick levels after token t: level 0 plus one level per set bit of t (the same in every layer).
@@ -245,7 +306,7 @@ def train_model(
 ) -> Trainer:
     """Train one model from scratch (same seed for every mixer x memory) and return its `Trainer`."""
     set_seed(training_args.seed)
-    model = hf_dla.DLAForCausalLM(tiny_dla_config(model_args, mixer, memory, task_args.vocab_size))
+    model = build_model(model_args, mixer, memory, task_args.vocab_size)
     run_args = replace(training_args, output_dir=os.path.join(training_args.output_dir, f"{mixer}-{memory}"))
     trainer = Trainer(
         model=model,
@@ -260,7 +321,8 @@ def train_model(
 
 def evaluate_model(trainer: Trainer, task_args: RetrievalTaskArguments, evals: dict[str, Dataset]) -> list[dict]:
     """One result row per evaluation setting: recall accuracy, live states per layer, size, training cost."""
-    model, config = trainer.model.eval(), trainer.model.config
+    model = trainer.model.eval()
+    mixer, memory, num_slots = model_identity(model)
     train_log = next(log for log in reversed(trainer.state.log_history) if "train_runtime" in log)
     rows = []
     for setting, dataset in evals.items():
@@ -268,8 +330,8 @@ def evaluate_model(trainer: Trainer, task_args: RetrievalTaskArguments, evals: d
         live = live_states_per_layer(model, torch.tensor(dataset[: task_args.num_memory_examples]["input_ids"]))
         rows.append(
             {
-                "mixer": config.mixer,
-                "memory": config.memory,
+                "mixer": mixer,
+                "memory": memory,
                 "setting": setting,
                 "seq_len": dataset[0]["seq_len"],
                 "num_kv_pairs": dataset[0].get("num_kv_pairs"),
@@ -278,7 +340,7 @@ def evaluate_model(trainer: Trainer, task_args: RetrievalTaskArguments, evals: d
                 "live_states_per_layer": live,
                 "mean_live_states": float(np.mean(live)),
                 "num_parameters": model.num_parameters(),
-                "max_states": config.num_slots,
+                "max_states": num_slots,
                 "train_loss": train_log["train_loss"],
                 "train_seconds": train_log["train_runtime"],
             }
@@ -383,7 +445,8 @@ def _mean_std(values: list[float], digits: int = 3) -> str:
 def seed_table(rows: list[dict]) -> str:
     """Markdown: per mixer x memory, each setting's accuracy as mean ± sample std over the seeds it has."""
     settings = list(dict.fromkeys(r["setting"] for r in rows))
-    order = {name: i for i, name in enumerate(hf_dla.configuration_dla.MIXERS + hf_dla.configuration_dla.MEMORY_MODES)}
+    names = (*hf_dla.configuration_dla.MIXERS, *hf_dla.memory_plans.MEMORY_PLANS, REFERENCE)
+    order = {name: i for i, name in enumerate(names)}
     models = sorted(dict.fromkeys((r["mixer"], r["memory"]) for r in rows), key=lambda m: (order[m[0]], order[m[1]]))
     lines = [
         "| mixer | memory | seeds | " + " | ".join(settings) + " | params | live states / layer | train s |",

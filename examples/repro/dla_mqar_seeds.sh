@@ -14,6 +14,7 @@ runs=()
 for seed in 0 1 2; do runs+=("$seed gated_deltanet loglinear" "$seed gated_deltanet dla"); done
 for seed in 0 1 2; do
     runs+=("$seed gated_deltanet vanilla" "$seed mamba2 dla" "$seed mamba2 loglinear" "$seed mamba2 vanilla")
+    runs+=("$seed mamba2 reference" "$seed gated_deltanet reference")  # transformers' own models
 done
 
 for pass in 1 2; do  # the second pass retries any run that failed in the first

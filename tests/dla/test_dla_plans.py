@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hf_dla.memory_plans import DynamicPlan, LogLinearPlan, build_memory_plan
+from hf_dla.memory_plans import MEMORY_PLANS, DynamicPlan, LogLinearPlan, build_memory_plan
 from hf_dla.ops.naive import naive_gated_delta_rule, naive_mamba2
 
 FAST = settings(max_examples=25, deadline=None, derandomize=True)
@@ -103,11 +103,6 @@ def test_loglinear_rejects_sequences_longer_than_its_level_table():
         plan(keys, torch.ones(1, 9, dtype=torch.bool), plan.init_state(1, 1, "cpu"))
 
 
-def test_unknown_memory_mode_is_named():
-    with pytest.raises(ValueError, match="memory='fenwick' is unknown"):
-        build_memory_plan("fenwick", 4, 0.5)
-
-
 @settings(max_examples=15, deadline=None, derandomize=True)
 @given(key_sequences(), st.sampled_from(["loglinear", "dla"]), st.booleans())
 def test_every_lambda_one_equals_vanilla_under_any_plan(case, memory, delta_rule):
@@ -150,3 +145,14 @@ def test_dla_merges_the_lowest_density_adjacent_pair_oldest_on_ties(directions, 
     assert out.trace["opened"][0].tolist() == [d != p for d, p in zip(directions, [None] + directions[:-1])]
     assert int(out.state.count[0]) == 3 and out.state.tokens[0].sum() == len(directions)
     torch.testing.assert_close(out.state.information[0].sum(), torch.tensor(float(len(set(directions)))))
+
+
+def test_memory_plans_names_every_mode_and_the_config_checks_against_it(make_config):
+    assert tuple(MEMORY_PLANS) == ("vanilla", "loglinear", "dla")
+    built = {name: build_memory_plan(name, 6, 0.5) for name in MEMORY_PLANS}
+    assert [type(plan).__name__ for plan in built.values()] == ["VanillaPlan", "LogLinearPlan", "DynamicPlan"]
+    assert [plan.num_slots for plan in built.values()] == [1, 6, 6]
+    with pytest.raises(ValueError, match=r"memory='fenwick' is unknown; choose one of \('vanilla', 'loglinear', 'dla"):
+        build_memory_plan("fenwick", 6, 0.5)
+    with pytest.raises(Exception, match=r"DLAConfig.memory='fenwick' is unknown; choose one of \('vanilla', 'loglin"):
+        make_config(memory="fenwick")
