@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -223,6 +224,7 @@ def measure(preset_name: str, device: str, repeats: int, scorer: str) -> list[di
                 "ratio_without_generate": (median["update"] + median["weights"]) / median["update"],
             }
         )
+        print(rows[-1], file=sys.stderr, flush=True)  # progress: a long preset prints its table only at the end
     return rows
 
 
