@@ -15,9 +15,11 @@ heads, head_dim 128; hidden 512 and a 512-token vocabulary keep the rest small).
 "peak MiB" is the rise of peak memory above what is held before the call (model and inputs): on the CPU the
 process's peak resident set (Linux VmHWM, reset before each run; glibc serves every allocation above 64 KiB by
 mmap so freed memory leaves the resident set), on CUDA `torch.cuda.max_memory_allocated`. "extra vs forward" is a
-path's peak minus the SDPA forward's: the memory the flow needs beyond the forward itself. Times are the best of
-`--repeats` runs (one above 8K tokens). Records go to `--output` (JSON lines) as they are measured; a rerun skips the
-cases already there, so an interrupted run resumes.
+path's peak minus the SDPA forward's: the memory the flow needs beyond the forward itself. The three cases run
+interleaved, `--repeats` rounds of sdpa forward, flow dense, flow q/k (`--long_repeats` above 8K tokens), so every
+ratio compares runs of the same moment: "seconds" is the median over the rounds, "time / sdpa forward" the median of
+each round's ratio, "peak MiB" the largest. Records go to `--output` (JSON lines, one per case and round) as they are
+measured; a rerun skips the rounds already there, so an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import gc
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from functools import partial
@@ -94,39 +97,49 @@ def benchmark(args) -> list[dict]:
     for length in [256, *args.lengths]:  # the first, short pass warms every code path up and is not recorded
         input_ids = torch.randint(5, 512, (1, length), generator=torch.Generator().manual_seed(0)).to(args.device)
         sources, sinks = (mask.to(args.device) for mask in flow_masks(length))
-        for name, case in CASES.items():
-            if name == "flow dense" and length > args.dense_max:
-                continue
-            if any(r["what"] == name and r["T"] == length for r in done):
-                continue
-            run = (
-                partial(case, model, input_ids)
-                if name == "sdpa forward"
-                else partial(case, model, input_ids, sources, sinks)
-            )
-            seconds, mib = measure(run, args.repeats if length <= 8192 else 1)
-            if length == 256:
-                continue
-            record = {"what": name, "T": length, "seconds": seconds, "peak_mib": mib}
-            print(record, file=sys.stderr, flush=True)
-            done.append(record)
-            with open(args.output, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        rounds = 1 if length == 256 else args.repeats if length <= 8192 else args.long_repeats
+        for round_ in range(rounds):
+            for name, case in CASES.items():
+                if name == "flow dense" and length > args.dense_max:
+                    continue
+                if any(r["what"] == name and r["T"] == length and r.get("round", 0) == round_ for r in done):
+                    continue
+                run = (
+                    partial(case, model, input_ids)
+                    if name == "sdpa forward"
+                    else partial(case, model, input_ids, sources, sinks)
+                )
+                seconds, mib = measure(run, 1)
+                if length == 256:
+                    continue
+                record = {"what": name, "T": length, "round": round_, "seconds": seconds, "peak_mib": mib}
+                print(record, file=sys.stderr, flush=True)
+                done.append(record)
+                with open(args.output, "a") as f:
+                    f.write(json.dumps(record) + "\n")
     return done
 
 
 def table(records: list[dict]) -> str:
-    forward = {r["T"]: r for r in records if r["what"] == "sdpa forward"}
+    """Per (case, T): median seconds, largest peak, and the median over rounds of the ratio to that round's forward."""
+    runs = {}
+    for r in records:
+        runs.setdefault((r["what"], r["T"]), {})[r.get("round", 0)] = r
     lines = [
-        "| what | T | seconds | peak MiB | extra vs forward MiB | time / sdpa forward |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| what | T | rounds | seconds | peak MiB | extra vs forward MiB | time / sdpa forward |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     order = list(CASES)
-    for r in sorted(records, key=lambda r: (r["T"], order.index(r["what"]))):
-        base = forward.get(r["T"])
-        extra = f"{r['peak_mib'] - base['peak_mib']:.0f}" if base and r["what"] != "sdpa forward" else "-"
-        ratio = f"{r['seconds'] / base['seconds']:.2f}" if base else "-"
-        lines.append(f"| {r['what']} | {r['T']} | {r['seconds']:.2f} | {r['peak_mib']:.0f} | {extra} | {ratio} |")
+    for what, length in sorted(runs, key=lambda key: (key[1], order.index(key[0]))):
+        rounds, forward = runs[what, length], runs.get(("sdpa forward", length), {})
+        seconds = statistics.median(r["seconds"] for r in rounds.values())
+        peak = max(r["peak_mib"] for r in rounds.values())
+        ratios = [r["seconds"] / forward[k]["seconds"] for k, r in rounds.items() if k in forward]
+        ratio = f"{statistics.median(ratios):.2f}" if ratios else "-"
+        extra = "-"
+        if forward and what != "sdpa forward":
+            extra = f"{peak - max(r['peak_mib'] for r in forward.values()):.0f}"
+        lines.append(f"| {what} | {length} | {len(rounds)} | {seconds:.2f} | {peak:.0f} | {extra} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -138,7 +151,8 @@ def main(argv=None):
         "--dense_max", type=int, default=None, help="Longest T for the dense path (CPU 16K, CUDA 32K)."
     )
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="CPU float32, CUDA bfloat16.")
-    parser.add_argument("--repeats", type=int, default=2, help="Runs per case up to T = 8192 (1 above).")
+    parser.add_argument("--repeats", type=int, default=3, help="Interleaved rounds up to T = 8192.")
+    parser.add_argument("--long_repeats", type=int, default=1, help="Interleaved rounds above T = 8192.")
     parser.add_argument(
         "--output", default=None, help="JSON lines, resumed (default runs/flow_length/<device>.jsonl)."
     )

@@ -1,19 +1,24 @@
-"""Per-step time of GRPO and FlowGRPO on the same batches, as a ratio.
+"""Per-step time of GRPO and FlowGRPO on the same batches, as a ratio, and the token scorer's share of a step.
 
-    OMP_NUM_THREADS=2 python -m benchmarks.flow_overhead                      # CPU, the demo's tiny model and shapes
+    OMP_NUM_THREADS=1 python -m benchmarks.flow_overhead                      # CPU, the demo's tiny model and shapes
+    OMP_NUM_THREADS=1 python -m benchmarks.flow_overhead --preset cpu-smollm2 # CPU, SmolLM2-135M, 64 and 256 tokens
     python -m benchmarks.flow_overhead --preset gpu-0.6b --device cuda        # a 0.6B-class config, 1-4K tokens
+    python -m benchmarks.flow_overhead --preset gpu-smollm2 --device cuda     # SmolLM2-135M, 256-3584 tokens
 
 A GRPO step is timed as its three parts on one fixed batch: sampling the completions (`generate`, forced to the
 batch's completion length), the policy update (TRL's `compute_loss`, backward, optimizer step), and, for FlowGRPO
 only, the token weights (`FlowGRPOTrainer._completion_token_weights`: answer spans, the scorer's extra forward, the
-selection). Each part is the median of `--repeats` interleaved runs, so GRPO and FlowGRPO see the same batch and the
-same machine conditions.
+selection). The parts run interleaved, `--repeats` rounds after one warm-up round, and each is the median over the
+rounds, so GRPO and FlowGRPO see the same batch and the same machine conditions.
 
-    ratio = (generate + update + weights) / (generate + update)
+    ratio = (generate + update + weights) / (generate + update),   scorer share = weights / FlowGRPO step
 
-The model has random weights (the cost does not depend on them); token ids are drawn from the embedded tokenizer's
-range, and the last 8 completion tokens stand for the answer (`missing_answer="last_tokens"`), so every completion is
-scored: the worst case for the scorer's cost.
+The `cpu-tiny` and `gpu-0.6b` presets build a Qwen3 with random weights (the cost does not depend on them) and draw
+prompt and completion ids from the embedded tokenizer's range. The `smollm2` presets load the real
+SmolLM2-135M-Instruct (`kit/real_model.py`, offline) with the README's CPU quickstart settings: 8 completions of one
+chat-templated word problem; completion ids are drawn from its vocabulary. In every preset the last 8 completion
+tokens stand for the answer (`missing_answer="last_tokens"`), so every completion is scored: the worst case for the
+scorer's cost.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,35 +40,47 @@ from kit.tiny import build_tokenizer
 
 
 @dataclass(frozen=True)
-class Preset:
+class Qwen3Shape:
     hidden_size: int
     num_layers: int
     num_heads: int
     num_kv_heads: int
     intermediate_size: int
     vocab_size: int | None  # None: the embedded tokenizer's vocabulary
+
+
+REAL_MODEL = "SmolLM2-135M-Instruct"  # kit/real_model.py
+
+
+@dataclass(frozen=True)
+class Preset:
+    model: Qwen3Shape | str  # a random Qwen3 of this shape, or REAL_MODEL
     batch_size: int
-    prompt_length: int
+    prompt_length: int | None  # None: the chat-templated word problem's own length
     completion_lengths: tuple[int, ...]
 
 
 PRESETS = {
     # The demo's configuration: tiny Qwen3 (as examples/repro/demo_sft.py), 16 completions of ~30 tokens after ~45.
-    "cpu-tiny": Preset(128, 4, 4, 2, 512, None, 16, 45, (32,)),
+    "cpu-tiny": Preset(Qwen3Shape(128, 4, 4, 2, 512, None), 16, 45, (32,)),
     # Qwen3-0.6B shapes (28 layers, hidden 1024, GQA 16/8, vocab 151936), sequences of 1-4K tokens.
-    "gpu-0.6b": Preset(1024, 28, 16, 8, 3072, 151936, 8, 512, (512, 1536, 3584)),
+    "gpu-0.6b": Preset(Qwen3Shape(1024, 28, 16, 8, 3072, 151936), 8, 512, (512, 1536, 3584)),
+    # The README's CPU quickstart: SmolLM2-135M, 8 completions of 64 tokens of one word problem; and 256 tokens.
+    "cpu-smollm2": Preset(REAL_MODEL, 8, None, (64, 256)),
+    # The same model at reasoning lengths: 3584 tokens go through the scorer's query/key path (>= 2048 tokens).
+    "gpu-smollm2": Preset(REAL_MODEL, 8, None, (256, 1024, 3584)),
 }
 
 
-def build_model(preset: Preset, tokenizer, device: str, dtype: torch.dtype):
+def build_model(shape: Qwen3Shape, tokenizer, device: str, dtype: torch.dtype):
     config = Qwen3Config(
-        hidden_size=preset.hidden_size,
-        num_hidden_layers=preset.num_layers,
-        num_attention_heads=preset.num_heads,
-        num_key_value_heads=preset.num_kv_heads,
-        head_dim=preset.hidden_size // preset.num_heads,
-        intermediate_size=preset.intermediate_size,
-        vocab_size=preset.vocab_size or len(tokenizer),
+        hidden_size=shape.hidden_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_kv_heads,
+        head_dim=shape.hidden_size // shape.num_heads,
+        intermediate_size=shape.intermediate_size,
+        vocab_size=shape.vocab_size or len(tokenizer),
         max_position_embeddings=8192,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
@@ -73,12 +91,35 @@ def build_model(preset: Preset, tokenizer, device: str, dtype: torch.dtype):
     return model.to(device)
 
 
+def word_problem_prompt_ids(tokenizer) -> torch.LongTensor:
+    """`[1, P]` token ids of the first training word problem with the chat template applied (as TRL does)."""
+    from kit.real_model import make_word_problem_dataset
+
+    prompt = make_word_problem_dataset(n=1, split="train")[0]["prompt"]
+    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)["input_ids"]
+    return torch.tensor([ids])
+
+
+def load_model(preset: Preset, device: str, dtype: torch.dtype):
+    """(model, tokenizer) of a preset: the real model, or a random Qwen3 with the embedded tokenizer."""
+    if preset.model == REAL_MODEL:
+        from kit.real_model import load_real_model
+
+        model, tokenizer = load_real_model(dtype=dtype)
+        return model.to(device), tokenizer
+    tokenizer = build_tokenizer()
+    return build_model(preset.model, tokenizer, device, dtype), tokenizer
+
+
 def synthetic_batch(tokenizer, preset: Preset, completion_length: int, device: str, seed: int = 0) -> dict:
     """A generation batch in TRL's layout: left-padded prompts, right-padded completions, per-row advantages."""
     generator = torch.Generator().manual_seed(seed)
     low, high = len(tokenizer.all_special_ids), len(tokenizer)  # ordinary tokens only
     batch = preset.batch_size
-    prompt_ids = torch.randint(low, high, (batch, preset.prompt_length), generator=generator)
+    if preset.prompt_length is None:  # one chat-templated word problem, as in the README's quickstart
+        prompt_ids = word_problem_prompt_ids(tokenizer).repeat(batch, 1)
+    else:
+        prompt_ids = torch.randint(low, high, (batch, preset.prompt_length), generator=generator)
     completion_ids = torch.randint(low, high, (batch, completion_length), generator=generator)
     lengths = torch.randint(completion_length // 2, completion_length + 1, (batch,), generator=generator)
     completion_mask = (torch.arange(completion_length)[None] < lengths[:, None]).long()
@@ -139,9 +180,8 @@ def time_step_parts(trainer, optimizer, batch: dict, device: str, repeats: int) 
 
 def measure(preset_name: str, device: str, repeats: int, scorer: str) -> list[dict]:
     preset = PRESETS[preset_name]
-    tokenizer = build_tokenizer()
     dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    model = build_model(preset, tokenizer, device, dtype)
+    model, tokenizer = load_model(preset, device, dtype)
     with tempfile.TemporaryDirectory() as output_dir:
         args = FlowGRPOConfig(
             output_dir=output_dir,
@@ -170,32 +210,36 @@ def measure(preset_name: str, device: str, repeats: int, scorer: str) -> list[di
         batch = synthetic_batch(tokenizer, preset, completion_length, device)
         median = time_step_parts(trainer, optimizer, batch, device, repeats)
         grpo = median["generate"] + median["update"]
+        flowgrpo = grpo + median["weights"]
         rows.append(
             {
                 "preset": preset_name,
                 "scorer": scorer,
-                "tokens": preset.prompt_length + completion_length,
+                "tokens": batch["prompt_ids"].shape[1] + completion_length,
                 **median,
                 "grpo_step": grpo,
-                "flowgrpo_step": grpo + median["weights"],
-                "ratio": (grpo + median["weights"]) / grpo,
+                "flowgrpo_step": flowgrpo,
+                "ratio": flowgrpo / grpo,
+                "scorer_share": median["weights"] / flowgrpo,
                 "ratio_without_generate": (median["update"] + median["weights"]) / median["update"],
             }
         )
+        print(rows[-1], file=sys.stderr, flush=True)  # progress: a long preset prints its table only at the end
     return rows
 
 
 def format_rows(rows: list[dict]) -> str:
     lines = [
         "| preset | scorer | prompt+completion tokens | generate (s) | update (s) | token weights (s) "
-        "| GRPO step (s) | FlowGRPO step (s) | ratio | ratio if sampling were free |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| GRPO step (s) | FlowGRPO step (s) | FlowGRPO / GRPO | scorer share of a step "
+        "| ratio if sampling were free |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['preset']} | {r['scorer']} | {r['tokens']} | {r['generate']:.3f} | {r['update']:.3f} "
             f"| {r['weights']:.3f} | {r['grpo_step']:.3f} | {r['flowgrpo_step']:.3f} | {r['ratio']:.3f}x "
-            f"| {r['ratio_without_generate']:.3f}x |"
+            f"| {100 * r['scorer_share']:.1f}% | {r['ratio_without_generate']:.3f}x |"
         )
     return "\n".join(lines)
 

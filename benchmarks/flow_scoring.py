@@ -7,7 +7,8 @@ Rows:
 - `flow dense`: `flow_throughput_dense` (the `T x T` reference), the baseline of the ratios;
 - `flow blockwise`: `flow_throughput_blockwise` on the same `[1, T, T]` attention tensor;
 - `flow blockwise lazy`: the same, with the attention produced per query-row slab by a callable (softmax of a
-  random rank-64 `QK^T`), so the `T x T` matrix never exists; its time includes making the rows (twice);
+  random rank-64 `QK^T`), so the `T x T` matrix never exists; its time includes making the rows (once for `G`, again
+  from the first answer token on for `F`);
 - `capture_attention`: one capturing forward of a tiny Qwen3 (hidden 128, 4 layers, 4 heads, layers "middle").
 
 "peak extra" is the rise of the process's peak resident memory (Linux VmHWM, reset before each run) above the

@@ -154,6 +154,22 @@ def _checked_rows(rows: AttentionRows, start: int, end: int, batch: int, dtype: 
     return block
 
 
+def _first_row_needing_forward(
+    source_mask: torch.Tensor, sink_mask: torch.Tensor, valid: torch.Tensor, empty_row: torch.Tensor
+) -> int:
+    """With renormalisation, the first row from which `F` must be solved for; `F = 1` on every real token before it.
+
+    Before a sequence's first sink every real row outside the sources sums to 1 over earlier real tokens, so by
+    induction from the sources (`F = 1`) each of those rows averages `F = 1` values: `F = 1`. The induction breaks at
+    the first sink (its column is dropped from later rows) and at a real non-source row without any edge (its
+    `F` is 0, e.g. a sequence that does not start with a source). Rows that score 0 anyway (no source or no sink)
+    are left out; padding is 0 in `F` either way.
+    """
+    breaks = (sink_mask | (valid & ~source_mask & empty_row)) & ~_empty_rows(source_mask, sink_mask)[:, None]
+    positions = breaks.any(0).nonzero()
+    return int(positions[0]) if len(positions) else source_mask.shape[1]
+
+
 def flow_throughput_blockwise(
     attn: torch.Tensor | AttentionRows,
     source_mask: torch.Tensor,
@@ -166,8 +182,10 @@ def flow_throughput_blockwise(
     """Bounded-memory implementation of `flow_throughput`: never holds more than a `[B, block_size, T]` slab.
 
     `attn` may be a `[B, T, T]` tensor or a callable `rows(start, end)` returning the attention of queries
-    `start..end-1` as `[B, end - start, T]`; it is called twice per block (once for `F`, once for `G`).
-    `block_size` defaults to about 16M slab elements (64 MiB in float32), clamped to 32..1024 rows.
+    `start..end-1` as `[B, end - start, T]`. Every row is read once for the backward reach `G` (last block first);
+    the forward flow `F` then needs the rows again only from the first sink on when `renormalize` (before it
+    `F = 1` exactly, see `_first_row_needing_forward`), every row without it: about one pass over the rows instead
+    of two. `block_size` defaults to about 16M slab elements (64 MiB in float32), clamped to 32..1024 rows.
     """
     if source_mask.dim() != 2 or source_mask.shape[1] == 0:
         raise ValueError(f"source_mask must be [B, T] with T > 0, got shape {tuple(source_mask.shape)}.")
@@ -179,8 +197,8 @@ def flow_throughput_blockwise(
     if not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}.")
     starts = list(range(0, length, block_size))
-    block_rows = _checked_rows(rows, 0, min(length, block_size), batch, None)
-    dtype, device = _float_dtype(block_rows.dtype), block_rows.device
+    last_rows = _checked_rows(rows, starts[-1], length, batch, None)  # fetched first, to learn the dtype
+    dtype, device = _float_dtype(last_rows.dtype), last_rows.device
 
     def vector(mask: torch.Tensor) -> torch.Tensor:
         return mask.to(dtype=dtype, device=device)
@@ -188,39 +206,44 @@ def flow_throughput_blockwise(
     # A = diag(row_scale) . strict_tril(attn) . diag(flows_out): every mask and the renormalisation act on
     # vectors, so a slab is only ever read (by one matrix product), never copied; only the diagonal block is built.
     real, flows_out = vector(valid), vector(valid & ~sink_mask)
-    row_scale = torch.zeros_like(real)  # filled block by block in the forward pass, reused in the backward pass
+    row_scale = torch.zeros_like(real)  # filled block by block in the backward pass, reused in the forward pass
+    empty_row = torch.zeros_like(valid)  # real rows without any edge to an earlier real token
 
     def diagonal_block(strict_lower: torch.Tensor, start: int, end: int) -> torch.Tensor:
         return row_scale[:, start:end, None] * strict_lower * flows_out[:, None, start:end]
 
-    # Forward substitution: F[J] = 1_Q[J] + A[J, :start] F[:start] + A[J, J] F[J], block by block.
-    forward = torch.zeros_like(real)
-    for start in starts:
-        end = min(length, start + block_size)
-        if start > 0:  # the first slab was fetched above, to learn the dtype
-            block_rows = _checked_rows(rows, start, end, batch, dtype)
-        _check_values(block_rows, start)  # all of the rows as given: a column slice would cost a copy
-        past = block_rows[..., :start]
-        # One pass over the slab gives both the row sums and the flow arriving from earlier blocks.
-        from_past = past @ torch.stack([real[:, :start], (flows_out * forward)[:, :start]], dim=-1)
-        strict_lower = block_rows[..., start:end].tril(-1)
-        row_sums = from_past[..., 0] + (strict_lower @ real[:, start:end, None])[..., 0]
-        scale = torch.where(row_sums > 0, 1.0 / row_sums, 1.0) if renormalize else torch.ones_like(row_sums)
-        row_scale[:, start:end] = scale * real[:, start:end] * vector(~source_mask[:, start:end])
-        rhs = vector(source_mask[:, start:end]) + row_scale[:, start:end] * from_past[..., 1]
-        forward[:, start:end] = _solve_unit_lower(diagonal_block(strict_lower, start, end), rhs)
-
     # Backward substitution with a running accumulator of what later rows send back, so row slabs are all it needs:
-    # G[J] = 1_R[J] + A[J, J]^T G[J] + sum over later rows j of A[j, J]^T G[j].
+    # G[J] = 1_R[J] + A[J, J]^T G[J] + sum over later rows j of A[j, J]^T G[j]. Each block's row sums (hence its
+    # row scale) come from the same slab, before its rows are used.
     backward, from_later = torch.zeros_like(real), torch.zeros_like(real)
     for start in reversed(starts):
         end = min(length, start + block_size)
-        block_rows = _checked_rows(rows, start, end, batch, dtype)
-        rhs = vector(sink_mask[:, start:end]) + flows_out[:, start:end] * from_later[:, start:end]
+        block_rows = last_rows if end == length else _checked_rows(rows, start, end, batch, dtype)
+        last_rows = None  # one slab at a time
+        _check_values(block_rows, start)  # all of the rows as given: a column slice would cost a copy
+        past = block_rows[..., :start]
         strict_lower = block_rows[..., start:end].tril(-1)
+        row_sums = (past @ real[:, :start, None])[..., 0] + (strict_lower @ real[:, start:end, None])[..., 0]
+        empty_row[:, start:end] = row_sums <= 0
+        scale = torch.where(row_sums > 0, 1.0 / row_sums, 1.0) if renormalize else torch.ones_like(row_sums)
+        row_scale[:, start:end] = scale * real[:, start:end] * vector(~source_mask[:, start:end])
+        rhs = vector(sink_mask[:, start:end]) + flows_out[:, start:end] * from_later[:, start:end]
         backward[:, start:end] = _solve_unit_lower(diagonal_block(strict_lower, start, end), rhs, transpose=True)
-        sent_back = (row_scale[:, start:end] * backward[:, start:end])[:, None, :] @ block_rows[..., :start]
+        sent_back = (row_scale[:, start:end] * backward[:, start:end])[:, None, :] @ past
         from_later[:, :start] += sent_back[:, 0]
+    del block_rows, past, strict_lower
+
+    # Forward substitution from the first row whose F is not known to be 1:
+    # F[J] = 1_Q[J] + A[J, :start] F[:start] + A[J, J] F[J], block by block.
+    first = _first_row_needing_forward(source_mask, sink_mask, valid, empty_row) if renormalize else 0
+    forward = real.clone()  # F = 1 on the real tokens before `first`, 0 on padding
+    for start in range(first, length, block_size):
+        end = min(length, start + block_size)
+        block_rows = _checked_rows(rows, start, end, batch, dtype)
+        from_past = block_rows[..., :start] @ (flows_out * forward)[:, :start, None]
+        rhs = vector(source_mask[:, start:end]) + row_scale[:, start:end] * from_past[..., 0]
+        strict_lower = block_rows[..., start:end].tril(-1)
+        forward[:, start:end] = _solve_unit_lower(diagonal_block(strict_lower, start, end), rhs)
 
     return (forward * backward).masked_fill(_empty_rows(source_mask, sink_mask)[:, None], 0.0)
 

@@ -114,10 +114,34 @@ def test_blockwise_takes_attention_lazily_one_slab_at_a_time():
         requested.append((start, end))
         return attn[:, start:end].clone()
 
-    lazy = flow_throughput_blockwise(rows, sources, sinks, block_size=16)
-    torch.testing.assert_close(lazy, flow_throughput_dense(attn, sources, sinks))
-    assert max(end - start for start, end in requested) == 16
-    assert len(requested) == 2 * 7  # one pass for F, one for G
+    backward_pass = [(start, min(100, start + 16)) for start in range(96, -1, -16)]
+    for renormalize, forward_pass in ((True, [(90, 100)]), (False, backward_pass[::-1])):
+        requested.clear()
+        lazy = flow_throughput_blockwise(rows, sources, sinks, block_size=16, renormalize=renormalize)
+        torch.testing.assert_close(lazy, flow_throughput_dense(attn, sources, sinks, renormalize=renormalize))
+        # Every row once for G (last block first); F from the first answer token on (renormalised: F = 1 before it).
+        assert requested == backward_pass + forward_pass
+
+
+@pytest.mark.parametrize("edgeless_row", [0, 3, 40])
+def test_forward_flow_is_solved_from_an_edgeless_row_before_the_answer(edgeless_row):
+    # A real token outside the prompt with no edge to an earlier real token has F = 0, and so do the tokens that
+    # attend to it: F = 1 no longer holds before the answer. Row 0 has no earlier token at all (the sequence starts
+    # outside the prompt); rows 3 and 40 attend only to themselves.
+    attn = _random_attention(2, 64, seed=4)
+    attn[:, edgeless_row, :edgeless_row] = 0.0
+    sources, sinks = _roles(2, 64, 20, (50, 56))
+    sources[:, edgeless_row] = False
+    requested = []
+
+    def rows(start, end):
+        requested.append((start, end))
+        return attn[:, start:end]
+
+    lazy = flow_throughput_blockwise(rows, sources, sinks, block_size=8)
+    dense = flow_throughput_dense(attn, sources, sinks)
+    torch.testing.assert_close(lazy, dense, rtol=1e-12, atol=1e-15)
+    assert requested[8][0] == edgeless_row  # after the 8 blocks of the backward pass
 
 
 def test_auto_picks_an_implementation_that_agrees():
