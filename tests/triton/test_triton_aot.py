@@ -1,0 +1,52 @@
+"""Every kernel specialisation the Triton ops launch compiles for the A100 (sm_80) and the H100/H200 (sm_90), on this
+CPU machine, and fits the card's shared memory per block: `python -m benchmarks.triton_aot`, run as users run it.
+
+It needs the kernels compiled, not interpreted, so it runs as a subprocess with TRITON_INTERPRET=0. Triton caches
+what it compiled (~/.triton/cache, or TRITON_CACHE_DIR): the first run on a machine compiles everything (tens of
+minutes on a loaded 2-core machine, see RESULTS.md), later runs with unchanged kernels read the cache.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton", reason="the Triton backend needs the `triton` package (pip install '.[triton]')")
+
+ROOT = Path(__file__).resolve().parents[2]
+KERNELS = {
+    "chunk_prep_fwd_kernel", "chunk_prep_bwd_kernel", "intra_attention_fwd_kernel", "intra_attention_bwd_kernel",
+    "slot_recurrence_fwd_kernel", "slot_recurrence_bwd_kernel", "dla_plan_kernel",
+}  # fmt: skip
+LIMITS = {80: 163 * 1024, 90: 227 * 1024}
+
+
+@pytest.mark.slow
+def test_ahead_of_time_compile_for_a100_and_h100_fits_shared_memory(tmp_path):
+    rows_file = tmp_path / "rows.jsonl"
+    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "benchmarks.triton_aot", "--arch", "80", "90", "--json", str(rows_file)]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    print(result.stdout)  # the table, for -s
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
+    assert not [r for r in rows if "error" in r]
+    for arch, limit in LIMITS.items():
+        compiled = [r for r in rows if r["arch"] == arch]
+        assert {r["kernel"] for r in compiled} == KERNELS
+        assert all(0 < r["shared"] <= limit for r in compiled if r["kernel"] != "dla_plan_kernel")
+        assert all(r["limit"] == limit and r["local"] == 0 for r in compiled)  # no register spills
+        paper = {
+            (r["kernel"], "DELTA=True" in r["constants"]) for r in compiled if "K=128 V=64 C=64" in r["constants"]
+        }
+        assert paper == {
+            (k, delta) for k in ("slot_recurrence_fwd_kernel", "slot_recurrence_bwd_kernel") for delta in (0, 1)
+        }
+        for chunk_size in (16, 32, 64):  # the largest heads at every chunk size, both mixers
+            assert any(
+                f"K=128 C={chunk_size} " in r["constants"] + " " for r in compiled if "chunk_prep_bwd" in r["kernel"]
+            )
+    assert "0 over the limit" in result.stdout
