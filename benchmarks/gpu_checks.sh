@@ -26,18 +26,18 @@ WHEELS=(transformers==5.24.0 trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiproces
     latex2sympy2_extended==1.11.0 antlr4-python3-runtime==4.13.2 tokenizers==0.23.3
     flash-linear-attention==0.5.2 fla-core==0.5.2)
 MODE=gpu
+PYTHON=${PYTHON:-python3}
 case "${1:-}" in
     --cpu) MODE=cpu ;;
     --wheels)
-        mkdir -p .git/info && { grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude; }
-        exec python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        # .whl/ is in .gitignore: it travels only because the device call names it in carry
+        exec $PYTHON -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
             --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d .whl "${WHEELS[@]}" ;;
     "") ;;
     *) echo "usage: bash benchmarks/gpu_checks.sh [--cpu | --wheels]"; exit 2 ;;
 esac
 OUT=${OUT:-runs/gpu_checks_$MODE}
 mkdir -p "$OUT"
-PYTHON=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if [ -d .whl ]; then  # the device's install; in CPU mode into a scratch folder, to check that the wheels install
     for wheel in "${WHEELS[@]}"; do
