@@ -47,8 +47,9 @@ if [ -d .whl ]; then  # the device's install; in CPU mode into a scratch folder,
             || { echo "wheel missing in .whl: $wheel (bash benchmarks/gpu_checks.sh --wheels)"; exit 1; }
     done
     SITE=$(mktemp -d)
-    $PYTHON -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
-        || { echo "wheel install failed"; exit 1; }
+    # for the device's Python 3.12 (here too, where the wheels are only installed, not imported)
+    $PYTHON -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+        --python-version 3.12 --implementation cp --only-binary=:all: .whl/*.whl || { echo "wheel install failed"; exit 1; }
     [ "$MODE" = gpu ] && export PYTHONPATH=$SITE
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}

@@ -3,7 +3,8 @@
 The launches come from running the ops themselves with launching switched off (`hf_dla.ops.triton.aot`); each
 distinct specialisation is compiled with `triton.compile(..., target=GPUTarget("cuda", cc, 32))` (the triton
 wheel ships ptxas). One row per kernel, printed as it is compiled: constants, compile seconds, shared memory per
-block against the card's limit, registers and local (spill) bytes per thread, warps and stages. Exits 1 when a
+block against the card's limit, registers, stack frame and local bytes per thread (a large stack with few
+registers: ptxas spilled), warps and stages. Exits 1 when a
 kernel fails to compile or needs more shared memory than the card has per block.
 
     python -m benchmarks.triton_aot                          # sm_80 (A100) and sm_90 (H100/H200), every shape set
@@ -58,12 +59,12 @@ def _compile(index: int) -> dict:
 
 def format_row(row: dict) -> str:
     if "error" in row:
-        return f"| {row['kernel']} | {row['constants']} | FAILED: {row['error']} |||||||"
+        return f"| {row['kernel']} | {row['constants']} | FAILED: {row['error']} ||||||||"
     limit = row["limit"]
     fits = "n/a" if limit is None else ("yes" if row["shared"] <= limit else "**NO**")
     return (
         f"| {row['kernel']} | {row['constants']} | {row['seconds']:.1f} | {row['shared'] / 1024:.1f} | {fits} "
-        f"| {row['registers']} | {row['local']} | {row['num_warps']} | {row['num_stages']} |"
+        f"| {row['registers']} | {row['stack']} | {row['local']} | {row['num_warps']} | {row['num_stages']} |"
     )
 
 
@@ -73,8 +74,8 @@ def compile_arch(arch: int, shapes, jobs: int, json_file=None) -> list[dict]:
     limit = aot.SHARED_MEMORY_LIMIT.get(arch)
     card = aot.CARD_NAMES.get(arch, "?")
     print(f"\nsm_{arch} ({card}, shared memory per block {limit and limit // 1024} KiB): {len(_BOUND)} kernels")
-    print("| kernel | constants | s | shared KiB | fits | registers | local B | warps | stages |")
-    print("|---|---|---|---|---|---|---|---|---|", flush=True)
+    print("| kernel | constants | s | shared KiB | fits | registers | stack B | local B | warps | stages |")
+    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
     start = time.perf_counter()
     rows = []
     context = multiprocessing.get_context("fork")

@@ -5,7 +5,8 @@
 the ops' own launch code and cannot drift from it. `compile_launch` binds a recorded launch exactly as Triton's
 JIT does before a launch (the same specialisation of integers and pointers, the same options) and compiles it
 with `triton.compile(..., target=GPUTarget("cuda", cc, 32))` through the ptxas that ships in the triton wheel.
-The compiled metadata gives the shared memory per block, registers, spills, warps and stages of each kernel.
+The compiled metadata gives the shared memory per block, warps and stages of each kernel; cuobjdump (also in the
+wheel) gives registers, stack frame and local memory per thread.
 
 Needs the kernels compiled, not interpreted: ``TRITON_INTERPRET`` unset or 0 when triton is first imported
 (`python -m benchmarks.triton_aot` is the command; tests run it as a subprocess).
@@ -190,13 +191,14 @@ def compile_bound(bound: Bound) -> dict:
 
 
 def resource_usage(cubin: bytes) -> dict:
-    """Registers per thread and local memory (spills, bytes per thread) of a cubin, read by the wheel's cuobjdump
-    (None where it is missing)."""
+    """Registers, stack frame and local memory per thread (bytes) of a cubin, read by the wheel's cuobjdump (None
+    where it is missing). A large stack with few registers is ptxas spilling the tiles."""
     if not os.path.exists(CUOBJDUMP):
-        return {"registers": None, "local": None}
+        return {"registers": None, "stack": None, "local": None}
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
         file.write(cubin)
         file.flush()
         text = subprocess.run([CUOBJDUMP, "-res-usage", file.name], capture_output=True, text=True).stdout
-    registers, local = re.search(r"REG:(\d+)", text), re.search(r"LOCAL:(\d+)", text)
-    return {"registers": registers and int(registers[1]), "local": local and int(local[1])}
+    found = {name: re.search(rf"{name.upper()}:(\d+)", text) for name in ("reg", "stack", "local")}
+    registers, stack, local = (match and int(match[1]) for match in found.values())
+    return {"registers": registers, "stack": stack, "local": local}

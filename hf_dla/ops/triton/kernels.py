@@ -221,12 +221,13 @@ def _state_offsets(slot, rk, cols, K: tl.constexpr, V: tl.constexpr):
     return slot * K * V + rk[:, None] * V + cols[None, :]
 
 
-# The segment arguments change with the sequence length and checkpoint spacing; specialising on them (a value of 1,
-# or divisible by 16) would compile a variant of the kernel per case.
-SEGMENT_ARGS = ["FIRST", "COUNT", "KEPT_CHUNKS", "NUM_CHECKPOINTS", "EVERY"]
+# Sizes that change with the batch, the sequence length and the checkpoint spacing are not specialised on (Triton would
+# compile a variant for a value of 1 and for one divisible by 16): one compiled kernel serves every length, and the
+# kernels compiled ahead of time (hf_dla.ops.triton.aot) or by the first call are the ones every later call uses.
+SIZE_ARGS = ["N", "NUM_HEADS", "FIRST", "COUNT", "KEPT_CHUNKS"]
 
 
-@triton.jit(do_not_specialize=SEGMENT_ARGS)
+@triton.jit(do_not_specialize=[*SIZE_ARGS, "NUM_CHECKPOINTS", "EVERY"])
 def slot_recurrence_fwd_kernel(
     qo_ptr, wk_ptr, carry_ptr, v_ptr, w_ptr, end_old_ptr, end_tok_ptr, h_ptr, ckpt_ptr, o_ptr,
     N, S, NUM_HEADS, FIRST, COUNT, KEPT_CHUNKS, NUM_CHECKPOINTS, EVERY,
@@ -293,7 +294,7 @@ def slot_recurrence_fwd_kernel(
                     tl.store(ckpt_ptr + _state_offsets(saved + s, rk, cols, K, V), h, mask=kv_mask)
 
 
-@triton.jit(do_not_specialize=SEGMENT_ARGS[:3])
+@triton.jit(do_not_specialize=[*SIZE_ARGS, "NUM_BH"])
 def slot_recurrence_bwd_kernel(
     qo_ptr, wk_ptr, carry_ptr, v_ptr, w_ptr, end_old_ptr, end_tok_ptr, h_ptr, do_ptr, dh_ptr,
     dqo_ptr, dwk_ptr, dcarry_ptr, dv_ptr, dw_ptr,
