@@ -88,6 +88,10 @@ PAPER_MAMBA2 = [Shape(48, 128, 64, 64, 8), Shape(48, 128, 64, 64, 15)]
 SHAPE_SETS = {
     "tiny": [Shape(2, 16, 16, 16, 4)],
     "benchmark": PAPER_MAMBA2,
+    # What the slow test compiles (tests/triton/test_triton_aot.py): the paper shapes (K = 128, chunk 64: the most
+    # shared memory of what is launched) and the smallest heads and chunk (K = V = 16, chunk 16). Cold, the K = 128
+    # kernels take most of the time (RESULTS.md); "all" adds the largest heads at every chunk size.
+    "suite": PAPER_MAMBA2 + [Shape(16, 16, 16, 16, 8)],
     # The paper shapes, the largest supported heads (K = V = 128: the largest tiles, the most shared memory) at each
     # of the three chunk sizes, and the smallest (K = V = 16, chunk 16). Shared memory grows with K, V and the chunk,
     # so the limit check is decided by the largest; the smallest checks that the small tiles compile.
