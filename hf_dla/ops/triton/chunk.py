@@ -205,9 +205,10 @@ class SlotRecurrence(torch.autograd.Function):
         states = v.new_empty(batch, heads, kept_chunks, num_slots, key_dim, value_dim)
         states[:, :, 0] = initial_state
         save = training and every > 1
-        checkpoints = v.new_empty(batch, heads, math.ceil(num_chunks / every) if save else 1, num_slots, key_dim,
-                                  value_dim)  # fmt: skip
-        checkpoints[:, :, 0] = initial_state
+        checkpoints = states  # only read when saving
+        if save:
+            checkpoints = v.new_empty(batch, heads, math.ceil(num_chunks / every), num_slots, key_dim, value_dim)
+            checkpoints[:, :, 0] = initial_state
         out = torch.empty_like(v)
         value_block = min(VALUE_BLOCK, _tile(value_dim))
         _slot_recurrence_forward(
