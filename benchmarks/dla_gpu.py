@@ -5,9 +5,13 @@ layer's op (`hf_dla.ops.triton`) runs forward + backward on random inputs at a M
 (48 heads, key dim 128, value dim 64, bf16 inputs). The slot maps come from the real memory plans
 (`hf_dla.memory_plans`; for dla the Triton scan `TritonDynamicPlan` that `backend="triton"` uses), timed
 on their own ("plan ms"). The "x vanilla" column is op + plan time over vanilla mode's op time for the same
-mixer and length, measured in the same run. A second table times the dla plan in PyTorch (the baseline)
-against the Triton scan on the same keys and checks that both give the same slot maps. When `fla` is importable its vanilla kernels (`chunk_simple_gla` for Mamba-2, `chunk_gated_delta_rule`)
-are timed on the same inputs as a reference.
+mixer and length, measured in the same run; "first call s" is the warm-up call's time (the kernels' compile on
+the first shape). The "dla, R=1" rows keep every chunk start's slot states for the backward instead of the
+default checkpoints: the time the recompute costs. Each row is printed as it is measured. A second table times
+the dla plan in PyTorch (the baseline) against the Triton scan on the same keys and checks that both give the
+same slot maps. When `fla` is importable its vanilla kernels (`chunk_simple_gla` for Mamba-2,
+`chunk_gated_delta_rule`) are timed on the same inputs beside ours, CUDA only ("fla (vanilla)" rows); the
+script says why when it cannot.
 
     python -m benchmarks.dla_gpu                        # CUDA, T = 2K .. 16K, about 5 minutes on one H100
     python -m benchmarks.dla_gpu --seq_lens 2048 4096
@@ -18,6 +22,7 @@ are timed on the same inputs as a reference.
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import os
 import time
@@ -30,6 +35,9 @@ if not torch.cuda.is_available():  # Triton's CPU interpreter must be on before 
 
 MIXERS = ("mamba2", "gated_deltanet")
 MEMORIES = ("vanilla", "loglinear", "dla")
+# dla again with every chunk start's slot states kept for the backward (checkpoint_every=1, no recompute): the
+# time the default checkpointing (about sqrt(T / chunk) chunks between kept states) costs, and the memory it saves.
+ALL_STATES = "dla, R=1"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -81,10 +89,11 @@ def synchronize(device):
 
 
 def time_forward_backward(run, inputs, device, repeats):
-    """Best wall time (s) of forward + backward over `repeats` runs (after a warm-up run that compiles the
-    kernels, on CUDA), and the peak memory (MiB, CUDA only) above what was allocated before the run."""
+    """Best wall time (s) of forward + backward over `repeats` runs after a warm-up run (on CUDA; it compiles
+    the kernels the first time a shape is seen, so its time is the first call's), the peak memory (MiB, CUDA
+    only) above what was allocated before the run, and the warm-up's time (s, None on the CPU)."""
     warmup = int(device.type == "cuda")
-    best, peak = math.inf, None
+    best, peak, first = math.inf, None, None
     for attempt in range(repeats + warmup):
         leaves = [x.detach().requires_grad_() for x in inputs]
         synchronize(device)
@@ -97,10 +106,12 @@ def time_forward_backward(run, inputs, device, repeats):
         synchronize(device)
         if attempt >= warmup:
             best = min(best, time.perf_counter() - start)
+        else:
+            first = time.perf_counter() - start
         if device.type == "cuda":
             peak = (torch.cuda.max_memory_allocated() - before) / 2**20
         del out, leaves
-    return best, peak
+    return best, peak, first
 
 
 def plan_slot_map(args, memory, keys, pytorch_plan=False):
@@ -124,17 +135,28 @@ def plan_slot_map(args, memory, keys, pytorch_plan=False):
 
 
 def fla_reference(mixer):
-    """fla's single-state kernel for the mixer as a (q, k, v, log_decay, beta) -> o function, or None."""
+    """fla's single-state kernel for the mixer as a (q, k, v, log_decay, beta) -> o function, or the reason
+    there is none (a string). The keywords are bound against fla's own signature here, so a renamed argument
+    shows up before any GPU time is spent."""
     try:
         if mixer == "mamba2":
-            from fla.ops.simple_gla import chunk_simple_gla
+            from fla.ops.simple_gla import chunk_simple_gla as kernel
 
-            return lambda q, k, v, g, beta: chunk_simple_gla(q=q, k=k, v=v * beta[..., None], g=g, scale=1.0)[0]
-        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+            def reference(q, k, v, g, beta):
+                return kernel(q=q, k=k, v=v * beta[..., None], g=g, scale=1.0)[0]
 
-        return lambda q, k, v, g, beta: chunk_gated_delta_rule(q=q, k=k, v=v, g=g, beta=beta, scale=1.0)[0]
-    except ImportError:
-        return None
+            keywords = ("q", "k", "v", "g", "scale")
+        else:
+            from fla.ops.gated_delta_rule import chunk_gated_delta_rule as kernel
+
+            def reference(q, k, v, g, beta):
+                return kernel(q=q, k=k, v=v, g=g, beta=beta, scale=1.0)[0]
+
+            keywords = ("q", "k", "v", "g", "beta", "scale")
+        inspect.signature(kernel).bind(**dict.fromkeys(keywords))
+    except Exception as error:  # noqa: BLE001  # fla is optional: not installed, or not importable with this triton
+        return f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+    return reference
 
 
 def triton_ops(device):
@@ -168,11 +190,16 @@ def check_against_naive(device, args) -> list[dict]:
             out_weight = torch.randn(small.batch, seq_len, small.heads, small.value_dim, generator=generator)
             state_weight = torch.randn(*state_shape, generator=generator)
             results = []
-            for run, kwargs in ((naive[mixer], {}), (op, {"chunk_size": args.chunk_size})):
-                leaves = [x.detach().requires_grad_() for x in inputs]
-                out, final = run(*leaves[:5], slot_map, leaves[5], leaves[6], **kwargs)
-                ((out * out_weight.to(device)).sum() + (final * state_weight.to(device)).sum()).backward()
-                results.append([out, final, *(x.grad for x in leaves)])
+            try:  # one kernel that cannot launch (shared memory) must not cost the other rows
+                for run, kwargs in ((naive[mixer], {}), (op, {"chunk_size": args.chunk_size})):
+                    leaves = [x.detach().requires_grad_() for x in inputs]
+                    out, final = run(*leaves[:5], slot_map, leaves[5], leaves[6], **kwargs)
+                    ((out * out_weight.to(device)).sum() + (final * state_weight.to(device)).sum()).backward()
+                    results.append([out, final, *(x.grad for x in leaves)])
+            except Exception as error:  # noqa: BLE001
+                print(f"check {mixer} / {memory} failed: {type(error).__name__}: {error}", flush=True)
+                rows.append(dict(mixer=mixer, memory=memory, seq_len=seq_len, out=math.nan, grad=math.nan, ok=False))
+                continue
             pairs = list(zip(*results))
             rows.append(dict(
                 mixer=mixer, memory=memory, seq_len=seq_len,
@@ -194,9 +221,16 @@ def format_check_table(rows, device_name, args) -> str:
     return "\n".join(lines)
 
 
-def run_benchmark(args) -> list[dict]:
+def run_benchmark(args, emit=lambda row: None) -> list[dict]:
+    """The rows of both tables; `emit` gets each row of the first as soon as it is measured."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ops = triton_ops(device)
+    references = {mixer: fla_reference(mixer) for mixer in MIXERS}
+    for mixer, reference in references.items():
+        if isinstance(reference, str):
+            print(f"fla reference for {mixer}: none ({reference})", flush=True)
+        elif device.type != "cuda":
+            print(f"fla reference for {mixer}: importable, timed on CUDA only", flush=True)
     rows, plan_rows = [], []
     for seq_len in args.seq_lens:
         plan_keys = make_inputs(args, seq_len, "gated_deltanet", 1, device)[1]
@@ -204,49 +238,63 @@ def run_benchmark(args) -> list[dict]:
         triton_map, _, triton_seconds = plan_slot_map(args, "dla", plan_keys)
         plan_rows.append(dict(seq_len=seq_len, pytorch_ms=1e3 * pytorch_seconds, triton_ms=1e3 * triton_seconds,
                               same=bool(torch.equal(pytorch_map, triton_map))))  # fmt: skip
-        for memory in MEMORIES:
-            if memory == "dla":
+        for memory in (*MEMORIES, ALL_STATES):
+            if memory in ("dla", ALL_STATES):
                 slot_map, num_slots, plan_seconds = triton_map, args.max_states, triton_seconds
             else:
                 slot_map, num_slots, plan_seconds = plan_slot_map(args, memory, plan_keys)
+            every = 1 if memory == ALL_STATES else None
             for mixer in MIXERS:
                 inputs = make_inputs(args, seq_len, mixer, num_slots, device)
 
-                def run(q, k, v, log_decay, beta, lam, op=ops[mixer], slot_map=slot_map):
-                    return op(q, k, v, log_decay, beta, slot_map, lam, chunk_size=args.chunk_size)[0]
+                def run(q, k, v, log_decay, beta, lam, op=ops[mixer], slot_map=slot_map, every=every):
+                    return op(q, k, v, log_decay, beta, slot_map, lam, chunk_size=args.chunk_size,
+                              checkpoint_every=every)[0]  # fmt: skip
 
-                seconds, peak = time_forward_backward(run, inputs, device, args.repeats)
+                try:  # one kernel that cannot launch (shared memory) must not cost the other rows
+                    seconds, peak, first = time_forward_backward(run, inputs, device, args.repeats)
+                except Exception as error:  # noqa: BLE001
+                    print(f"{mixer} / {memory} at T={seq_len} failed: {type(error).__name__}: {error}", flush=True)
+                    continue
                 rows.append(dict(mixer=mixer, memory=memory, seq_len=seq_len, slots=num_slots,
-                                 plan_ms=1e3 * plan_seconds, ms=1e3 * seconds, peak=peak))  # fmt: skip
-                reference = fla_reference(mixer) if memory == "vanilla" and device.type == "cuda" else None
-                if reference is not None:
-                    try:  # fla is optional and its signatures move between releases
-                        seconds, peak = time_forward_backward(reference, inputs[:5], device, args.repeats)
-                    except (TypeError, RuntimeError) as error:
-                        print(f"fla reference for {mixer} skipped: {error}")
+                                 plan_ms=1e3 * plan_seconds, ms=1e3 * seconds, peak=peak, first=first))  # fmt: skip
+                emit(rows[-1])
+                reference = references[mixer]
+                if memory == "vanilla" and device.type == "cuda" and callable(reference):
+                    try:  # fla is optional; one failing call must not end the run
+                        seconds, peak, first = time_forward_backward(reference, inputs[:5], device, args.repeats)
+                    except Exception as error:  # noqa: BLE001
+                        print(f"fla reference for {mixer} at T={seq_len} failed: {error}", flush=True)
                         continue
                     rows.append(dict(mixer=mixer, memory="fla (vanilla)", seq_len=seq_len, slots=1,
-                                     plan_ms=0.0, ms=1e3 * seconds, peak=peak))  # fmt: skip
+                                     plan_ms=0.0, ms=1e3 * seconds, peak=peak, first=first))  # fmt: skip
+                    emit(rows[-1])
     return rows, plan_rows
 
 
+TABLE_HEADER = (
+    "| mixer | memory | T | slots | plan ms | fwd+bwd ms | tokens/s | x vanilla | peak MiB | first call s |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def format_row(r, batch, vanilla_ms) -> str:
+    """One row (mixer, memory, T). tokens/s counts the op's forward + backward; "x vanilla" divides op + plan
+    time by vanilla's op time (same mixer and T); "first call s" is the warm-up (compiles on a new shape)."""
+    tokens_per_s = batch * r["seq_len"] / (r["ms"] / 1e3)
+    ratio = (r["ms"] + r["plan_ms"]) / vanilla_ms
+    peak = "n/a (CPU)" if r["peak"] is None else f"{r['peak']:.0f}"
+    first = "n/a (CPU)" if r["first"] is None else f"{r['first']:.1f}"
+    return (
+        f"| {r['mixer']} | {r['memory']} | {r['seq_len']} | {r['slots']} | {r['plan_ms']:.1f} | {r['ms']:.1f} "
+        f"| {tokens_per_s:,.0f} | {ratio:.2f} | {peak} | {first} |"
+    )
+
+
 def format_table(rows, batch) -> str:
-    """One row per (mixer, memory, T). tokens/s counts the op's forward + backward; "x vanilla" divides
-    op + plan time by vanilla's op time (same mixer and T)."""
     vanilla = {(r["mixer"], r["seq_len"]): r["ms"] for r in rows if r["memory"] == "vanilla"}
-    lines = [
-        "| mixer | memory | T | slots | plan ms | fwd+bwd ms | tokens/s | x vanilla | peak MiB |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        tokens_per_s = batch * r["seq_len"] / (r["ms"] / 1e3)
-        ratio = (r["ms"] + r["plan_ms"]) / vanilla[r["mixer"], r["seq_len"]]
-        peak = "n/a (CPU)" if r["peak"] is None else f"{r['peak']:.0f}"
-        lines.append(
-            f"| {r['mixer']} | {r['memory']} | {r['seq_len']} | {r['slots']} | {r['plan_ms']:.1f} | {r['ms']:.1f} "
-            f"| {tokens_per_s:,.0f} | {ratio:.2f} | {peak} |"
-        )
-    return "\n".join(lines)
+    return "\n".join([TABLE_HEADER] + [format_row(r, batch, vanilla.get((r["mixer"], r["seq_len"]), math.nan))
+                                        for r in rows])  # fmt: skip
 
 
 def format_plan_table(plan_rows) -> str:
@@ -269,11 +317,20 @@ def main(argv=None) -> str:
     if args.check or (args.check is None and torch.cuda.is_available()):
         check_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         print(format_check_table(check_against_naive(check_device, args), device, args), flush=True)
-    rows, plan_rows = run_benchmark(args)
-    table = format_table(rows, args.batch)
     print(f"hf_dla Triton ops, forward + backward, {device}, batch {args.batch}, {args.heads} heads, "
           f"K={args.key_dim}, V={args.value_dim}, chunk {args.chunk_size}, {args.dtype}")  # fmt: skip
-    print(table)
+    vanilla, printed = {}, []
+
+    def emit(row):  # rows as they are measured, so a run cut at its time limit keeps what it measured
+        if not printed:
+            print(TABLE_HEADER)
+        printed.append(row)
+        if row["memory"] == "vanilla":
+            vanilla[row["mixer"], row["seq_len"]] = row["ms"]
+        print(format_row(row, args.batch, vanilla.get((row["mixer"], row["seq_len"]), math.nan)), flush=True)
+
+    rows, plan_rows = run_benchmark(args, emit)
+    table = format_table(rows, args.batch)
     print(f"\ndla memory plan over (B, T, {args.heads} heads x {args.key_dim}) keys, max_states {args.max_states}")
     print(format_plan_table(plan_rows))
     print(f"total {time.perf_counter() - start:.0f} s")

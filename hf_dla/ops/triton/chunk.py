@@ -24,6 +24,8 @@ that names the fix (usually ``backend="chunk"``).
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 
 import torch
 import triton
@@ -162,31 +164,65 @@ class IntraAttention(torch.autograd.Function):
         return d_attn, d_weights, dv
 
 
+def default_checkpoint_every(num_chunks: int) -> int:
+    """Chunks between kept slot states: about sqrt(N), which minimises checkpoints (N / R) plus the segment
+    recomputed in the backward (R + 1). The recompute is one forward pass without the slot reads whatever R is,
+    so R only trades memory (and N / R launches)."""
+    return max(1, math.isqrt(max(num_chunks - 1, 0)) + 1)
+
+
+def check_checkpoint_every(checkpoint_every) -> None:
+    if checkpoint_every is not None and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+        raise ValueError(
+            f"checkpoint_every must be a positive int (chunks between kept slot states) or None (about "
+            f"sqrt(number of chunks)); got {checkpoint_every!r}."
+        )
+
+
+def saved_state_chunks(num_chunks: int, checkpoint_every: int) -> tuple[int, int]:
+    """Chunk starts of slot states the backward needs: (kept from the forward, recomputed at a time)."""
+    if checkpoint_every == 1:
+        return num_chunks + 1, 0
+    return math.ceil(num_chunks / checkpoint_every), min(checkpoint_every, num_chunks) + 1
+
+
 class SlotRecurrence(torch.autograd.Function):
-    """The sequential pass over chunks: slot reads (o_inter), carries, moves / merges, token writes."""
+    """The sequential pass over chunks: slot reads (o_inter), carries, moves / merges, token writes. For the
+    backward it keeps the slot states of every `checkpoint_every`-th chunk start and recomputes the others,
+    one segment at a time (`checkpoint_every=1` keeps them all and recomputes nothing)."""
 
     @staticmethod
-    def forward(ctx, query_old, write_keys, carry, v, old_weights, end_old, end_tok, initial_state, delta: bool):
+    def forward(
+        ctx, query_old, write_keys, carry, v, old_weights, end_old, end_tok, initial_state, delta: bool,
+        checkpoint_every: int,
+    ):  # fmt: skip
         batch, heads, num_chunks, chunk, key_dim = query_old.shape
         value_dim, num_slots = v.shape[-1], old_weights.shape[-1]
-        kept_chunks = num_chunks + 1 if any(ctx.needs_input_grad) else 2  # inference keeps two chunk starts
+        training = any(ctx.needs_input_grad)
+        every = checkpoint_every if training else 1
+        # The forward's own buffer keeps every chunk start for R = 1, else two in turn (and the checkpoints).
+        kept_chunks = num_chunks + 1 if training and every == 1 else 2
         states = v.new_empty(batch, heads, kept_chunks, num_slots, key_dim, value_dim)
         states[:, :, 0] = initial_state
+        save = training and every > 1
+        checkpoints = states  # only read when saving
+        if save:
+            checkpoints = v.new_empty(batch, heads, math.ceil(num_chunks / every), num_slots, key_dim, value_dim)
+            checkpoints[:, :, 0] = initial_state
         out = torch.empty_like(v)
         value_block = min(VALUE_BLOCK, _tile(value_dim))
-        grid = (triton.cdiv(value_dim, value_block), batch * heads)
-        kernels.slot_recurrence_fwd_kernel[grid](
-            query_old, write_keys, carry, v, old_weights, end_old, end_tok, states, out,
-            num_chunks, num_slots, heads, kept_chunks,
-            K=key_dim, V=value_dim, C=chunk, BK=_tile(key_dim), BV=value_block, DELTA=delta, num_stages=SEQUENTIAL,
+        _slot_recurrence_forward(
+            query_old, write_keys, carry, v, old_weights, end_old, end_tok, states, checkpoints, out,
+            0, num_chunks, every, delta, value_block, read=True, save=save,
         )  # fmt: skip
-        ctx.delta, ctx.value_block = delta, value_block
-        ctx.save_for_backward(query_old, write_keys, carry, v, old_weights, end_old, end_tok, states)
+        ctx.delta, ctx.value_block, ctx.every = delta, value_block, every
+        saved_states = states if every == 1 else checkpoints
+        ctx.save_for_backward(query_old, write_keys, carry, v, old_weights, end_old, end_tok, saved_states)
         return out, states[:, :, num_chunks % kept_chunks].clone()
 
     @staticmethod
     def backward(ctx, d_out, d_final_state):
-        query_old, write_keys, carry, v, old_weights, end_old, end_tok, states = ctx.saved_tensors
+        query_old, write_keys, carry, v, old_weights, end_old, end_tok, saved_states = ctx.saved_tensors
         batch, heads, num_chunks, chunk, key_dim = query_old.shape
         value_dim, num_slots = v.shape[-1], old_weights.shape[-1]
         num_blocks = triton.cdiv(value_dim, ctx.value_block)
@@ -197,17 +233,49 @@ class SlotRecurrence(torch.autograd.Function):
         d_carry = carry.new_empty(num_blocks, *carry.shape)
         d_weights = old_weights.new_empty(num_blocks, *old_weights.shape)
         dv = torch.empty_like(v)
-        kernels.slot_recurrence_bwd_kernel[(num_blocks, batch * heads)](
-            query_old, write_keys, carry, v, old_weights, end_old, end_tok, states, d_out.contiguous(), state_grads,
-            d_query_old, d_write_keys, d_carry, dv, d_weights,
-            num_chunks, num_slots, heads, batch * heads,
-            K=key_dim, V=value_dim, C=chunk, BK=_tile(key_dim), BV=ctx.value_block, DELTA=ctx.delta,
-            num_stages=SEQUENTIAL,
-        )  # fmt: skip
+        every, d_out = ctx.every, d_out.contiguous()
+        segments = [(0, num_chunks)] if every == 1 else [(start, min(every, num_chunks - start))
+                                                         for start in range(0, num_chunks, every)]  # fmt: skip
+        if every > 1:  # one segment's chunk starts, recomputed from its checkpoint
+            segment_states = v.new_empty(batch, heads, min(every, num_chunks) + 1, num_slots, key_dim, value_dim)
+        for index in reversed(range(len(segments))):
+            first, count = segments[index]
+            states = saved_states
+            if every > 1:
+                states = segment_states
+                states[:, :, 0] = saved_states[:, :, index]
+                _slot_recurrence_forward(
+                    query_old, write_keys, carry, v, old_weights, end_old, end_tok, states, states, None,
+                    first, count, every, ctx.delta, ctx.value_block, read=False, save=False,
+                )  # fmt: skip
+            kernels.slot_recurrence_bwd_kernel[(num_blocks, batch * heads)](
+                query_old, write_keys, carry, v, old_weights, end_old, end_tok, states, d_out, state_grads,
+                d_query_old, d_write_keys, d_carry, dv, d_weights,
+                num_chunks, num_slots, heads, batch * heads, first, count, states.shape[2],
+                K=key_dim, V=value_dim, C=chunk, BK=_tile(key_dim), BV=ctx.value_block, DELTA=ctx.delta,
+                num_stages=SEQUENTIAL,
+            )  # fmt: skip
         return (
             d_query_old.sum(0), d_write_keys.sum(0), d_carry.sum(0), dv, d_weights.sum(0),
-            None, None, state_grads[:, :, 0], None,
+            None, None, state_grads[:, :, 0], None, None,
         )  # fmt: skip
+
+
+def _slot_recurrence_forward(
+    query_old, write_keys, carry, v, old_weights, end_old, end_tok, states, checkpoints, out,
+    first, count, every, delta, value_block, read, save,
+):  # fmt: skip
+    """Launch the forward kernel over chunks first .. first + count - 1 (`states[:, :, 0]` their first start)."""
+    batch, heads, num_chunks, chunk, key_dim = query_old.shape
+    value_dim, num_slots = v.shape[-1], old_weights.shape[-1]
+    grid = (triton.cdiv(value_dim, value_block), batch * heads)
+    kernels.slot_recurrence_fwd_kernel[grid](
+        query_old, write_keys, carry, v, old_weights, end_old, end_tok, states, checkpoints,
+        v if out is None else out,
+        num_chunks, num_slots, heads, first, count, states.shape[2], checkpoints.shape[2], every,
+        K=key_dim, V=value_dim, C=chunk, BK=_tile(key_dim), BV=value_block, DELTA=delta, READ=read, SAVE=save,
+        num_stages=SEQUENTIAL,
+    )  # fmt: skip
 
 
 def _slot_weights(slot_map, lam, batch, heads, num_chunks, chunk, num_slots, pad, to_chunks, device):
@@ -239,10 +307,12 @@ def _slot_weights(slot_map, lam, batch, heads, num_chunks, chunk, num_slots, pad
 
 
 def _triton_multistate(
-    q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, delta, chunk_size, last_chunks=None
-):
+    q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, delta, chunk_size, last_chunks=None,
+    checkpoint_every=None,
+):  # fmt: skip
     num_slots = check_shapes(q, k, v, log_decay, beta, slot_map, lam, initial_state)
     _check_triton_inputs(q, k, v, log_decay, beta, slot_map, lam, initial_state, chunk_size)
+    check_checkpoint_every(checkpoint_every)
     batch, seq_len, heads, key_dim = q.shape
     value_dim = v.shape[-1]
     pad = (-seq_len) % chunk_size
@@ -268,8 +338,9 @@ def _triton_multistate(
             carry = carry * (keep[:, None, None] if delta else keep)
             write_keys = write_keys * keep[:, None, None]
         out = IntraAttention.apply(attn, token_weights, v_c)
+        every = checkpoint_every or default_checkpoint_every(num_chunks)
         out_inter, final_state = SlotRecurrence.apply(
-            query_old, write_keys, carry, v_c, old_weights, end_old, end_tok, initial_state.contiguous(), delta
+            query_old, write_keys, carry, v_c, old_weights, end_old, end_tok, initial_state.contiguous(), delta, every
         )
     if step_scale is not None:
         out = out * step_scale
@@ -289,14 +360,18 @@ def triton_mamba2(
     output_final_state=True,
     cu_seqlens=None,
     chunk_size=DEFAULT_CHUNK_SIZE,
+    checkpoint_every=None,
 ):
-    """Mamba-2 multi-state recurrence with Triton kernels (see `hf_dla.ops` for the signature)."""
+    """Mamba-2 multi-state recurrence with Triton kernels (see `hf_dla.ops` for the signature).
+
+    `checkpoint_every` (Triton only): chunks between the slot states kept for the backward (1 keeps every chunk
+    start's; None, the default, about sqrt(T / chunk_size)); the others are recomputed in the backward."""
+    multistate = functools.partial(_triton_multistate, checkpoint_every=checkpoint_every)
     if cu_seqlens is not None:
-        args = (slot_map, lam, initial_state, output_final_state, cu_seqlens, chunk_size, _triton_multistate)
-        return chunk_documents(triton_mamba2, False, q, k, v, log_decay, beta, *args)
-    return _triton_multistate(
-        q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, False, chunk_size
-    )
+        args = (slot_map, lam, initial_state, output_final_state, cu_seqlens, chunk_size, multistate)
+        op = functools.partial(triton_mamba2, checkpoint_every=checkpoint_every)
+        return chunk_documents(op, False, q, k, v, log_decay, beta, *args)
+    return multistate(q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, False, chunk_size)
 
 
 def triton_gated_delta_rule(
@@ -311,11 +386,15 @@ def triton_gated_delta_rule(
     output_final_state=True,
     cu_seqlens=None,
     chunk_size=DEFAULT_CHUNK_SIZE,
+    checkpoint_every=None,
 ):
-    """Gated DeltaNet multi-state recurrence with Triton kernels (see `hf_dla.ops` for the signature)."""
+    """Gated DeltaNet multi-state recurrence with Triton kernels (see `hf_dla.ops` for the signature).
+
+    `checkpoint_every` (Triton only): chunks between the slot states kept for the backward (1 keeps every chunk
+    start's; None, the default, about sqrt(T / chunk_size)); the others are recomputed in the backward."""
+    multistate = functools.partial(_triton_multistate, checkpoint_every=checkpoint_every)
     if cu_seqlens is not None:
-        args = (slot_map, lam, initial_state, output_final_state, cu_seqlens, chunk_size, _triton_multistate)
-        return chunk_documents(triton_gated_delta_rule, True, q, k, v, log_decay, beta, *args)
-    return _triton_multistate(
-        q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, True, chunk_size
-    )
+        args = (slot_map, lam, initial_state, output_final_state, cu_seqlens, chunk_size, multistate)
+        op = functools.partial(triton_gated_delta_rule, checkpoint_every=checkpoint_every)
+        return chunk_documents(op, True, q, k, v, log_decay, beta, *args)
+    return multistate(q, k, v, log_decay, beta, slot_map, lam, initial_state, output_final_state, True, chunk_size)

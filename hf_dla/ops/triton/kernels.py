@@ -14,10 +14,12 @@ laid out ``(B, H, N, C, D)`` contiguous (N chunks of C tokens) and everything is
    every (step, token) pair of the chunk.
 3. ``slot_recurrence``: one program per (b, h, block of V columns), sequential over chunks: reads every
    slot state through ``QO`` with the lambda weights of the old slots, carries the slots (``M^T h``),
-   moves / merges them to their end slots and writes the chunk's tokens into theirs. The slot states of
-   every chunk start are stored (``(B, H, N + 1, S, K, V)``) for the backward, which runs the chunks in
-   reverse with the slot gradients double-buffered in global memory. Without gradients only two chunk
-   starts are kept, in turn.
+   moves / merges them to their end slots and writes the chunk's tokens into theirs. For the backward the
+   slot states of every R-th chunk start are kept (``(B, H, ceil(N / R), S, K, V)``, R = 1: every chunk
+   start's); the backward runs the segments of R chunks in reverse, first recomputing the segment's chunk
+   starts from its checkpoint (the forward kernel without the slot reads), then the chunks in reverse with
+   the slot gradients double-buffered in global memory. Without gradients only two chunk starts are kept,
+   in turn.
 
 The V-column blocks of one (batch, head) each write their partial (C, K), (K, K) and (C, S) gradients to a
 slice of their own, which the caller sums, so no atomics are needed.
@@ -219,34 +221,46 @@ def _state_offsets(slot, rk, cols, K: tl.constexpr, V: tl.constexpr):
     return slot * K * V + rk[:, None] * V + cols[None, :]
 
 
-@triton.jit
+# Sizes that change with the batch, the sequence length and the checkpoint spacing are not specialised on (Triton would
+# compile a variant for a value of 1 and for one divisible by 16): one compiled kernel serves every length, and the
+# kernels compiled ahead of time (hf_dla.ops.triton.aot) or by the first call are the ones every later call uses.
+SIZE_ARGS = ["N", "NUM_HEADS", "FIRST", "COUNT", "KEPT_CHUNKS"]
+
+
+@triton.jit(do_not_specialize=[*SIZE_ARGS, "NUM_CHECKPOINTS", "EVERY"])
 def slot_recurrence_fwd_kernel(
-    qo_ptr, wk_ptr, carry_ptr, v_ptr, w_ptr, end_old_ptr, end_tok_ptr, h_ptr, o_ptr,
-    N, S, NUM_HEADS, KEPT_CHUNKS,
+    qo_ptr, wk_ptr, carry_ptr, v_ptr, w_ptr, end_old_ptr, end_tok_ptr, h_ptr, ckpt_ptr, o_ptr,
+    N, S, NUM_HEADS, FIRST, COUNT, KEPT_CHUNKS, NUM_CHECKPOINTS, EVERY,
     K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DELTA: tl.constexpr,
+    READ: tl.constexpr, SAVE: tl.constexpr,
 ):  # fmt: skip
+    """Chunks FIRST .. FIRST + COUNT - 1 of N. h_ptr (B, H, KEPT_CHUNKS, S, K, V) holds the slots of chunk start
+    FIRST at index 0 on entry and those of chunk start FIRST + i at index i % KEPT_CHUNKS after. READ: compute
+    the slot reads (o); a backward's recompute skips them. SAVE: also copy the slots of every chunk start that is
+    a multiple of EVERY into ckpt_ptr (B, H, NUM_CHECKPOINTS, S, K, V), index start // EVERY."""
     block, bh = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
     batch = bh // NUM_HEADS
     rc, rk, cols = tl.arange(0, C), tl.arange(0, BK), block * BV + tl.arange(0, BV)
     ck_mask = (rk < K)[None, :]
     cv_mask = (cols < V)[None, :]
     kv_mask = (rk < K)[:, None] & cv_mask
-    for n in range(N):
+    for i in range(COUNT):
+        n = FIRST + i
         chunk = bh * N + n
         ck = chunk * C * K + rc[:, None] * K + rk[None, :]
         cv = chunk * C * V + rc[:, None] * V + cols[None, :]
-        # Slots at the chunk start and at the next one's: all N + 1 kept for the backward, else two in turn.
-        first_slot = (bh * KEPT_CHUNKS + n % KEPT_CHUNKS) * S
-        next_slot = (bh * KEPT_CHUNKS + (n + 1) % KEPT_CHUNKS) * S
-        query_old = tl.load(qo_ptr + ck, mask=ck_mask, other=0.0)
+        # Slots at the chunk start and at the next one's: all kept (KEPT_CHUNKS = COUNT + 1), else two in turn.
+        first_slot = (bh * KEPT_CHUNKS + i % KEPT_CHUNKS) * S
+        next_slot = (bh * KEPT_CHUNKS + (i + 1) % KEPT_CHUNKS) * S
         v = tl.load(v_ptr + cv, mask=cv_mask, other=0.0)
-        # Read every slot with its lambda weight.
-        o = tl.zeros([C, BV], dtype=tl.float32)
-        for s in range(S):
-            h = tl.load(h_ptr + _state_offsets(first_slot + s, rk, cols, K, V), mask=kv_mask, other=0.0)
-            weight = tl.load(w_ptr + (chunk * C + rc) * S + s)
-            o += weight[:, None] * tl.dot(query_old, h, input_precision=DOT)
-        tl.store(o_ptr + cv, o, mask=cv_mask)
+        if READ:  # every slot read with its lambda weight
+            query_old = tl.load(qo_ptr + ck, mask=ck_mask, other=0.0)
+            o = tl.zeros([C, BV], dtype=tl.float32)
+            for s in range(S):
+                h = tl.load(h_ptr + _state_offsets(first_slot + s, rk, cols, K, V), mask=kv_mask, other=0.0)
+                weight = tl.load(w_ptr + (chunk * C + rc) * S + s)
+                o += weight[:, None] * tl.dot(query_old, h, input_precision=DOT)
+            tl.store(o_ptr + cv, o, mask=cv_mask)
         # Tokens land in their end slots.
         write_keys = tl.load(wk_ptr + ck, mask=ck_mask, other=0.0)
         end_tok = tl.load(end_tok_ptr + (batch * N + n) * C + rc)
@@ -272,17 +286,26 @@ def slot_recurrence_fwd_kernel(
             target = h_ptr + _state_offsets(next_slot + end, rk, cols, K, V)
             tl.store(target, tl.load(target, mask=kv_mask, other=0.0) + h, mask=kv_mask)
             tl.debug_barrier()
+        if SAVE:
+            if ((n + 1) % EVERY == 0) & (n + 1 < N):
+                saved = (bh * NUM_CHECKPOINTS + (n + 1) // EVERY) * S
+                for s in range(S):
+                    h = tl.load(h_ptr + _state_offsets(next_slot + s, rk, cols, K, V), mask=kv_mask, other=0.0)
+                    tl.store(ckpt_ptr + _state_offsets(saved + s, rk, cols, K, V), h, mask=kv_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=[*SIZE_ARGS, "NUM_BH"])
 def slot_recurrence_bwd_kernel(
     qo_ptr, wk_ptr, carry_ptr, v_ptr, w_ptr, end_old_ptr, end_tok_ptr, h_ptr, do_ptr, dh_ptr,
     dqo_ptr, dwk_ptr, dcarry_ptr, dv_ptr, dw_ptr,
-    N, S, NUM_HEADS, NUM_BH,
+    N, S, NUM_HEADS, NUM_BH, FIRST, COUNT, KEPT_CHUNKS,
     K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DELTA: tl.constexpr,
 ):  # fmt: skip
-    """dh_ptr: (B, H, 2, S, K, V), parity (N % 2) holding the final-state gradient on entry; parity 0 holds
-    the initial-state gradient on exit. Per-block gradients go to slice ``block`` of dqo/dwk/dcarry/dw."""
+    """Chunks FIRST + COUNT - 1 down to FIRST, their start slots at h_ptr (B, H, KEPT_CHUNKS, S, K, V), index
+    n - FIRST. dh_ptr: (B, H, 2, S, K, V), parity ((FIRST + COUNT) % 2) holding the gradient of the slots after
+    the last chunk on entry; parity (FIRST % 2) holds that of chunk start FIRST's on exit (the initial state's for
+    FIRST = 0), so consecutive launches hand it on. Per-block gradients go to slice ``block`` of
+    dqo/dwk/dcarry/dw."""
     block, bh = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
     batch = bh // NUM_HEADS
     rc, rk, cols = tl.arange(0, C), tl.arange(0, BK), block * BV + tl.arange(0, BV)
@@ -291,12 +314,12 @@ def slot_recurrence_bwd_kernel(
     kv_mask = (rk < K)[:, None] & cv_mask
     kk_mask = (rk < K)[:, None] & ck_mask
     part = block * NUM_BH * N  # first chunk of this block's gradient slice
-    for i in range(N):
-        n = N - 1 - i
+    for i in range(COUNT):
+        n = FIRST + COUNT - 1 - i
         chunk = bh * N + n
         ck = chunk * C * K + rc[:, None] * K + rk[None, :]
         cv = chunk * C * V + rc[:, None] * V + cols[None, :]
-        first_slot = (bh * (N + 1) + n) * S
+        first_slot = (bh * KEPT_CHUNKS + n - FIRST) * S
         grad_next = (bh * 2 + (n + 1) % 2) * S  # gradients of the next chunk's start slots
         grad_here = (bh * 2 + n % 2) * S
         query_old = tl.load(qo_ptr + ck, mask=ck_mask, other=0.0)

@@ -32,8 +32,12 @@ NO_START = tl.constexpr(memory_plans.NO_START)  # kernels only read constexpr gl
 
 @triton.jit
 def _summary_cosine(kappa_ptr, summary_ptr, D, BD: tl.constexpr):
-    """cos(kappa, summary) as torch.nn.functional.cosine_similarity(eps=1e-8) computes it."""
-    dot, kappa_sq, summary_sq = 0.0, 0.0, 0.0
+    """cos(kappa, summary) as torch.nn.functional.cosine_similarity(eps=1e-8) computes it, accumulated in float64
+    (the summaries' dtype; a float32 start would change type in the loop, which the compiler rejects and the
+    interpreter accepts), returned as float32."""
+    dot = tl.cast(0.0, tl.float64)
+    kappa_sq = tl.cast(0.0, tl.float64)
+    summary_sq = tl.cast(0.0, tl.float64)
     for start in range(0, D, BD):
         cols = start + tl.arange(0, BD)
         key = tl.load(kappa_ptr + cols, mask=cols < D, other=0.0)
@@ -41,7 +45,7 @@ def _summary_cosine(kappa_ptr, summary_ptr, D, BD: tl.constexpr):
         dot += tl.sum(key * summary, 0)
         kappa_sq += tl.sum(key * key, 0)
         summary_sq += tl.sum(summary * summary, 0)
-    return dot / (tl.maximum(tl.sqrt(kappa_sq), 1e-8) * tl.maximum(tl.sqrt(summary_sq), 1e-8))
+    return (dot / (tl.maximum(tl.sqrt(kappa_sq), 1e-8) * tl.maximum(tl.sqrt(summary_sq), 1e-8))).to(tl.float32)
 
 
 @triton.jit
