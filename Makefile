@@ -59,6 +59,7 @@ repro-compress: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # The whole suite, slow tests included (about 8 minutes on 2 cores); a bare `pytest` skips the slow ones.
 test: lint

@@ -146,8 +146,9 @@ def old_check(gold: str, text: str, timeout_seconds: int = 5) -> bool:
     """The math check before issue 26: the old marker parser, and math-verify on the whole text without one."""
     predicted = old_extract_answer(text)
     gold_parsed = parse(f"\\boxed{{{gold}}}", _EXTRACTION, parsing_timeout=timeout_seconds)
-    prediction = parse(f"\\boxed{{{predicted}}}" if predicted is not None else text, _EXTRACTION,
-                       parsing_timeout=timeout_seconds)
+    prediction = parse(
+        f"\\boxed{{{predicted}}}" if predicted is not None else text, _EXTRACTION, parsing_timeout=timeout_seconds
+    )
     return bool(prediction) and math_verify_equal(gold_parsed, prediction, timeout_seconds=timeout_seconds)
 
 
@@ -175,8 +176,10 @@ def check_table(families: list[str], lengths: list[int], old_budget: float, repe
             else:
                 last_old = (length, -1.0)
             verdict = f"{check.correct} ({check.note or '-'})"
-            print(f"| {family} | {length:,} | {new_seconds:.4f} | {verdict} | " + " | ".join(old_cells) + " |",
-                  flush=True)
+            print(
+                f"| {family} | {length:,} | {new_seconds:.4f} | {verdict} | " + " | ".join(old_cells) + " |",
+                flush=True,
+            )
 
 
 def best_seconds(function, text: str, repeats: int) -> float:
@@ -192,8 +195,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1_000, 4_000, 16_000, 64_000, 256_000, 1_000_000])
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
-    parser.add_argument("--old_budget", type=float, default=4.0,
-                        help="Time an old parser at a length only if its expected time there is below this.")
+    parser.add_argument(
+        "--old_budget",
+        type=float,
+        default=4.0,
+        help="Time an old parser at a length only if its expected time there is below this.",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
 
@@ -217,7 +224,11 @@ def main(argv: list[str] | None = None) -> None:
                 if previous is None or (previous[1] >= 0 and expected < args.old_budget):
                     old_seconds = best_seconds(old, text, 1)
                     last_old[name] = (length, old_seconds)
-                    cells += [f"{new_seconds:.4f}", f"{old_seconds:.4f}", f"{old_seconds / max(new_seconds, 1e-9):.0f}x"]
+                    cells += [
+                        f"{new_seconds:.4f}",
+                        f"{old_seconds:.4f}",
+                        f"{old_seconds / max(new_seconds, 1e-9):.0f}x",
+                    ]
                 else:
                     last_old[name] = (length, -1.0)
                     cells += [f"{new_seconds:.4f}", "-", "-"]

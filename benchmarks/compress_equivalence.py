@@ -11,6 +11,7 @@ Run it on two trees and diff the outputs (the model path aside) to check that a 
 It needs no trained teacher (the demo's default scripted traces need only its tokenizer), so it runs in about two
 minutes where the full demo (a teacher and eight students trained) takes much longer on a loaded machine.
 """
+
 import hashlib
 import importlib
 import json
@@ -36,5 +37,16 @@ digest = lambda rows: hashlib.sha256(json.dumps(rows, sort_keys=True, default=st
 test = make_task_dataset("arithmetic", 64, seed=0, split="test")
 summary, table = evaluation.evaluate_student(teacher, test, max_new_tokens=24, batch_size=16)
 summary.pop("eval_seconds")
-print(json.dumps({"stage_stats": stats, "variants": {v: digest(built[v].to_dict()) for v in built},
-                  "eval": summary, "eval_table": digest(table.to_dict())}, indent=1, sort_keys=True, default=str))
+print(
+    json.dumps(
+        {
+            "stage_stats": stats,
+            "variants": {v: digest(built[v].to_dict()) for v in built},
+            "eval": summary,
+            "eval_table": digest(table.to_dict()),
+        },
+        indent=1,
+        sort_keys=True,
+        default=str,
+    )
+)

@@ -20,8 +20,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["ANSWER_KINDS", "MAX_ANSWER_CHARS", "MAX_DOLLARS", "SEARCH_CHARS", "TAIL_CHARS", "Answer", "answer_region", "answer_span",
-           "answer_tags", "extract_answer", "find_answer"]
+__all__ = [
+    "ANSWER_KINDS",
+    "MAX_ANSWER_CHARS",
+    "MAX_DOLLARS",
+    "SEARCH_CHARS",
+    "TAIL_CHARS",
+    "Answer",
+    "answer_region",
+    "answer_span",
+    "answer_tags",
+    "extract_answer",
+    "find_answer",
+]
 
 ANSWER_KINDS = ("boxed", "answer_tag", "hash", "answer_is")
 # math-verify reads at most this much of a trace: an answer longer than MAX_ANSWER_CHARS is no final answer (it is
@@ -101,8 +112,12 @@ def _stated(pattern: re.Pattern, text: str) -> list[tuple[int, int, int, int]]:
     return found
 
 
-_FINDERS = {"boxed": _boxed, "answer_tag": answer_tags, "hash": lambda t: _stated(_HASH, t),
-            "answer_is": lambda t: _stated(_ANSWER_IS, t)}
+_FINDERS = {
+    "boxed": _boxed,
+    "answer_tag": answer_tags,
+    "hash": lambda t: _stated(_HASH, t),
+    "answer_is": lambda t: _stated(_ANSWER_IS, t),
+}
 
 
 def find_answer(text: str) -> Answer | None:
@@ -114,8 +129,9 @@ def find_answer(text: str) -> Answer | None:
         found = [(spans, kind) for kind in kinds for spans in _FINDERS[kind](window)]
         if found:
             (start, first, last, end), kind = max(found)
-            return Answer(kind, start + offset, first + offset, last + offset, end + offset,
-                          window[first:last].strip())
+            return Answer(
+                kind, start + offset, first + offset, last + offset, end + offset, window[first:last].strip()
+            )
     return None
 
 

@@ -53,10 +53,14 @@ class TraceColumns:
 
 @dataclass
 class TaskArguments:
-    task: str = field(default="auto", metadata={
-        "choices": TASKS,
-        "help": "How answers are checked; auto: Countdown rules for rows with `numbers` and `target`, math-verify "
-                "(with exact and numeric fallbacks) for the others."})
+    task: str = field(
+        default="auto",
+        metadata={
+            "choices": TASKS,
+            "help": "How answers are checked; auto: Countdown rules for rows with `numbers` and `target`, math-verify "
+            "(with exact and numeric fallbacks) for the others.",
+        },
+    )
 
     def __post_init__(self):
         check_fields(self)
@@ -66,15 +70,25 @@ class TaskArguments:
 class GenerateArguments:
     problem_column: str = field(default="problem", metadata={"help": "Column holding the problem text."})
     answer_column: str = field(default="answer", metadata={"help": "Column holding the gold final answer."})
-    system_prompt: str | None = field(default=None, metadata={"help": "System message of every prompt (default: none)."})
-    prompt_template: str = field(default=DEFAULT_PROMPT_TEMPLATE, metadata={
-        "help": "User message; must contain {problem} ({{ and }} for literal braces). The default asks for the final "
-                "answer in \\boxed{}; '{problem}' sends the problem alone."})
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "System message of every prompt (default: none)."}
+    )
+    prompt_template: str = field(
+        default=DEFAULT_PROMPT_TEMPLATE,
+        metadata={
+            "help": "User message; must contain {problem} ({{ and }} for literal braces). The default asks for the final "
+            "answer in \\boxed{}; '{problem}' sends the problem alone."
+        },
+    )
     shard_size: int = field(default=256, metadata={"help": "Problems per saved shard (resume unit)."})
     problems_per_call: int = field(default=64, metadata={"help": "Problems sent to the backend at once."})
-    skip_invalid_rows: bool = field(default=False, metadata={
-        "help": "Leave out the rows whose problem is None or empty or whose gold is None or blank (counted in "
-                "the stage record) instead of refusing the input."})
+    skip_invalid_rows: bool = field(
+        default=False,
+        metadata={
+            "help": "Leave out the rows whose problem is None or empty or whose gold is None or blank (counted in "
+            "the stage record) instead of refusing the input."
+        },
+    )
 
     def __post_init__(self):
         check_fields(self)
@@ -86,16 +100,28 @@ class GenerateArguments:
 @dataclass
 class VerifyArguments:
     keep_only_correct: bool = field(default=False, metadata={"help": "Drop incorrect traces (after pass rates)."})
-    keep_truncated: bool = field(default=False, metadata={
-        "help": "Judge traces the token cap cut (finish_reason=length) by their text; by default they are incorrect, "
-                "with verify_note=truncated."})
-    timeout_seconds: int = field(default=5, metadata={
-        "help": "Seconds to check one trace (finding the answer, math-verify's parsing and comparison); past them "
-                "it is judged incorrect with verify_note=timeout."})
+    keep_truncated: bool = field(
+        default=False,
+        metadata={
+            "help": "Judge traces the token cap cut (finish_reason=length) by their text; by default they are incorrect, "
+            "with verify_note=truncated."
+        },
+    )
+    timeout_seconds: int = field(
+        default=5,
+        metadata={
+            "help": "Seconds to check one trace (finding the answer, math-verify's parsing and comparison); past them "
+            "it is judged incorrect with verify_note=timeout."
+        },
+    )
     shard_size: int = field(default=2048, metadata={"help": "Traces per saved shard (resume unit)."})
-    skip_invalid_rows: bool = field(default=False, metadata={
-        "help": "Leave out the rows with a None or empty problem, a None or blank gold or a None trace (counted "
-                "in the stage record) instead of refusing the input."})
+    skip_invalid_rows: bool = field(
+        default=False,
+        metadata={
+            "help": "Leave out the rows with a None or empty problem, a None or blank gold or a None trace (counted "
+            "in the stage record) instead of refusing the input."
+        },
+    )
 
     def __post_init__(self):
         check_fields(self)
@@ -104,18 +130,26 @@ class VerifyArguments:
 
 @dataclass
 class CompressArguments:
-    compressor: str = field(default="extractive", metadata={
-        "choices": COMPRESSORS,
-        "help": "extractive: keep each sentence's equations and the final answer (no model); llm: rewrite with "
-                "--model."})
+    compressor: str = field(
+        default="extractive",
+        metadata={
+            "choices": COMPRESSORS,
+            "help": "extractive: keep each sentence's equations and the final answer (no model); llm: rewrite with "
+            "--model.",
+        },
+    )
     prompt_version: str = field(default="v1", metadata={"help": "llm: key of COMPRESSION_PROMPTS."})
     temperature: float = field(default=0.0, metadata={"help": "llm: sampling temperature."})
     max_new_tokens: int = field(default=1024, metadata={"help": "llm: cap on the rewrite's tokens."})
     shard_size: int = field(default=256, metadata={"help": "Traces per saved shard (resume unit)."})
     problems_per_call: int = field(default=64, metadata={"help": "llm: traces sent to the backend at once."})
-    skip_invalid_rows: bool = field(default=False, metadata={
-        "help": "Leave out the rows with a None or empty problem, a None or blank gold or a None trace (counted "
-                "in the stage record) instead of refusing the input."})
+    skip_invalid_rows: bool = field(
+        default=False,
+        metadata={
+            "help": "Leave out the rows with a None or empty problem, a None or blank gold or a None trace (counted "
+            "in the stage record) instead of refusing the input."
+        },
+    )
 
     def __post_init__(self):
         check_fields(self)
@@ -127,10 +161,13 @@ class CompressArguments:
 @dataclass
 class BuildArguments:
     tokenizer: str = field(metadata={"help": "Tokenizer counting tokens (and cutting `truncated`)."})
-    variants: list[str] = field(default_factory=lambda: list(VARIANTS), metadata={
-        "choices": VARIANTS, "help": "Variants to write, one split each."})
-    push_to_hub: str | None = field(default=None, metadata={
-        "help": "Hub dataset repo to push the variants to (configs)."})
+    variants: list[str] = field(
+        default_factory=lambda: list(VARIANTS),
+        metadata={"choices": VARIANTS, "help": "Variants to write, one split each."},
+    )
+    push_to_hub: str | None = field(
+        default=None, metadata={"help": "Hub dataset repo to push the variants to (configs)."}
+    )
 
     def __post_init__(self):
         check_fields(self)
@@ -144,15 +181,22 @@ class EvalArguments:
 
     input: str = field(metadata={"help": "Eval set with gold answers: `datasets` folder or Hub id."})
     split: str = field(default="test", metadata={"help": "Split to read when the input has several."})
-    output: str | None = field(default=None, metadata={
-        "help": "Where eval.json, eval_table/ and the resumable eval_completions/ go (default: --model, the student "
-                "folder; needed with --backend openai, whose --model is a served name)."})
+    output: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where eval.json, eval_table/ and the resumable eval_completions/ go (default: --model, the student "
+            "folder; needed with --backend openai, whose --model is a served name)."
+        },
+    )
     max_new_tokens: int = field(default=8192, metadata={"help": "Token cap per completion."})
-    shard_size: int = field(default=1024, metadata={
-        "help": "Problems per saved shard (resume unit); a transformers batch never spans two shards."})
+    shard_size: int = field(
+        default=1024,
+        metadata={"help": "Problems per saved shard (resume unit); a transformers batch never spans two shards."},
+    )
     answer_column: str = field(default="answer", metadata={"help": "Column holding the gold final answer."})
-    trust_remote_code: bool = field(default=False, metadata={
-        "help": "transformers: load a student whose modeling code is saved with it (hf_dla)."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "transformers: load a student whose modeling code is saved with it (hf_dla)."}
+    )
     overwrite: bool = field(default=False, metadata={"help": "Discard saved completions from other arguments."})
 
     def __post_init__(self):

@@ -65,8 +65,14 @@ def build_variant(rows: Dataset, variant: str, tokenizer, columns: dict) -> Data
             "num_tokens": [len(ids) for ids in tokenizer(targets, add_special_tokens=False)["input_ids"]],
         }
 
-    return rows.map(to_messages, batched=True, remove_columns=rows.column_names, keep_in_memory=True,
-                    load_from_cache_file=False, new_fingerprint=f"build-{variant}")
+    return rows.map(
+        to_messages,
+        batched=True,
+        remove_columns=rows.column_names,
+        keep_in_memory=True,
+        load_from_cache_file=False,
+        new_fingerprint=f"build-{variant}",
+    )
 
 
 def select_training_rows(dataset: Dataset, variants: tuple[str, ...]) -> Dataset:
@@ -114,24 +120,37 @@ def build(
     if push_to_hub:  # before any work: a build that cannot be published fails now, not after it
         from .hub import check_push_access
 
-        push_to_hub = check_push_access(push_to_hub, "dataset", token=push_kwargs.get("token"),
-                                        private=push_kwargs.get("private"))
+        push_to_hub = check_push_access(
+            push_to_hub, "dataset", token=push_kwargs.get("token"), private=push_kwargs.get("private")
+        )
     tokenizer = load_tokenizer(tokenizer)
-    arguments = {"variants": list(variants), "tokenizer": getattr(tokenizer, "name_or_path", ""),
-                 "columns": [problem_column, answer_column, completion_column]}
+    arguments = {
+        "variants": list(variants),
+        "tokenizer": getattr(tokenizer, "name_or_path", ""),
+        "columns": [problem_column, answer_column, completion_column],
+    }
     columns = {"problem": problem_column, "answer": answer_column, "completion": completion_column}
 
     def build_all(dataset: Dataset) -> tuple[DatasetDict, dict]:
         rows = select_training_rows(dataset, variants)
         if len(rows) == 0:
-            raise ValueError("No row is left to train on: none is verified correct (with its answer kept "
-                             "after compression). Check the verify and compress statistics.")
+            raise ValueError(
+                "No row is left to train on: none is verified correct (with its answer kept "
+                "after compression). Check the verify and compress statistics."
+            )
         built = DatasetDict({v: build_variant(rows, v, tokenizer, columns) for v in variants})
         return built, variant_statistics(built)
 
-    built = run_stage(dataset, None, stage="build", arguments=arguments, output_dir=output_dir, finalize=build_all,
-                      overwrite=overwrite,
-                      extra_files=lambda built: {"README.md": dataset_card(built, pipeline_records(dataset))})
+    built = run_stage(
+        dataset,
+        None,
+        stage="build",
+        arguments=arguments,
+        output_dir=output_dir,
+        finalize=build_all,
+        overwrite=overwrite,
+        extra_files=lambda built: {"README.md": dataset_card(built, pipeline_records(dataset))},
+    )
     if push_to_hub:
         from .hub import push_variants
 
@@ -153,8 +172,11 @@ def variant_statistics(built: DatasetDict) -> dict:
     stats = {}
     for variant, split in built.items():
         tokens = list(split["num_tokens"])
-        stats[variant] = {"rows": len(split), "mean_tokens": sum(tokens) / max(1, len(tokens)),
-                          "total_tokens": sum(tokens)}
+        stats[variant] = {
+            "rows": len(split),
+            "mean_tokens": sum(tokens) / max(1, len(tokens)),
+            "total_tokens": sum(tokens),
+        }
     if "raw" in stats:
         for entry in stats.values():
             entry["token_ratio_vs_raw"] = entry["total_tokens"] / max(1, stats["raw"]["total_tokens"])
@@ -169,8 +191,10 @@ def statistics_table(variant_stats: dict, upstream: list[dict]) -> str:
         lines.append(f"- **{record['stage']}**: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in figures.items()))
     lines += ["", "| variant | rows | mean tokens | total tokens | tokens vs raw |", "|---|---:|---:|---:|---:|"]
     for variant, s in variant_stats.items():
-        lines.append(f"| {variant} | {s['rows']} | {s['mean_tokens']:.1f} | {s['total_tokens']} | "
-                     f"{_fmt(s.get('token_ratio_vs_raw', float('nan')))} |")
+        lines.append(
+            f"| {variant} | {s['rows']} | {s['mean_tokens']:.1f} | {s['total_tokens']} | "
+            f"{_fmt(s.get('token_ratio_vs_raw', float('nan')))} |"
+        )
     return "\n".join(lines)
 
 
@@ -202,8 +226,11 @@ def pipeline_figures(upstream: list[dict]) -> list[tuple[str, str]]:
         ("compress", "token_ratio", "token ratio (compressed / raw, answer kept)"),
         ("compress", "char_ratio", "char ratio (compressed / raw, answer kept)"),
     ]
-    return [(label, _fmt(stats[stage][key])) for stage, key, label in wanted
-            if isinstance(stats.get(stage, {}).get(key), (int, float))]
+    return [
+        (label, _fmt(stats[stage][key]))
+        for stage, key, label in wanted
+        if isinstance(stats.get(stage, {}).get(key), (int, float))
+    ]
 
 
 def dataset_card(built: DatasetDict, upstream: list[dict], repo_id: str | None = None) -> str:
@@ -216,17 +243,23 @@ def dataset_card(built: DatasetDict, upstream: list[dict], repo_id: str | None =
     configs += [f"| `{v}` | {VARIANT_TARGETS[v]} | {s['rows']} | {s['mean_tokens']:.1f} |" for v, s in stats.items()]
     example = next((v for v in ("compressed", *built) if v in built), "raw")
     if repo_id:
-        loading = ("```python\nfrom datasets import load_dataset\n\n"
-                   f"data = load_dataset(\"{repo_id}\", \"{example}\", split=\"train\")  # one config per variant\n```")
+        loading = (
+            "```python\nfrom datasets import load_dataset\n\n"
+            f'data = load_dataset("{repo_id}", "{example}", split="train")  # one config per variant\n```'
+        )
     else:
-        loading = ("```python\nfrom hf_compress import load_variants\n\n"
-                   f"data = load_variants(\"<this folder>\")[{example!r}]  # or datasets.load_from_disk(\"<this "
-                   f"folder>/{example}\")\n```\n\n`hf-compress build --push_to_hub user/name` publishes one config "
-                   "per variant.")
+        loading = (
+            "```python\nfrom hf_compress import load_variants\n\n"
+            f'data = load_variants("<this folder>")[{example!r}]  # or datasets.load_from_disk("<this '
+            f'folder>/{example}")\n```\n\n`hf-compress build --push_to_hub user/name` publishes one config '
+            "per variant."
+        )
     figures = pipeline_figures(upstream)
-    pipeline = (["| figure | value |", "|---|---:|"] + [f"| {label} | {value} |" for label, value in figures]
-                if figures else ["No stage records were found with the input (it did not come from `hf-compress` "
-                                 "stage folders)."])
+    pipeline = (
+        ["| figure | value |", "|---|---:|"] + [f"| {label} | {value} |" for label, value in figures]
+        if figures
+        else ["No stage records were found with the input (it did not come from `hf-compress` stage folders)."]
+    )
     return (
         "---\ntags:\n- hf-compress\n- compress-distill\n- sft\n---\n\n"
         "# Compress-Distill SFT variants\n\n"

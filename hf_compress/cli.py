@@ -73,8 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         if debug:
             raise
-        print(f"hf-compress {command}: interrupted. Finished shards are kept: rerun the same command to resume.",
-              file=sys.stderr)
+        print(
+            f"hf-compress {command}: interrupted. Finished shards are kept: rerun the same command to resume.",
+            file=sys.stderr,
+        )
         sys.exit(130)
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into a message and an exit code
         if debug:

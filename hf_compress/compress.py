@@ -32,8 +32,16 @@ COMPRESSION_PROMPTS = {
 }
 
 COMPRESSED_COLUMNS = (
-    "compressed", "compressor", "compressed_correct", "compress_flag",
-    "trace_chars", "compressed_chars", "char_ratio", "trace_tokens", "compressed_tokens", "token_ratio",
+    "compressed",
+    "compressor",
+    "compressed_correct",
+    "compress_flag",
+    "trace_chars",
+    "compressed_chars",
+    "char_ratio",
+    "trace_tokens",
+    "compressed_tokens",
+    "token_ratio",
 )
 
 
@@ -141,18 +149,49 @@ def compress(
     holds that folder's lock until it returns.
     """
     task = resolve_task(dataset, task)
-    with open_stage(dataset, "compress", output_dir=output_dir,
-                    fields={completion_column: "trace", problem_column: "text"}, golds=gold_columns(task, answer_column),
-                    added_columns=COMPRESSED_COLUMNS, skip_invalid_rows=skip_invalid_rows,
-                    id_column=id_column) as (dataset, skipped):
-        return _compress(dataset, compressor, load_tokenizer(tokenizer), task=task,
-                         completion_column=completion_column, problem_column=problem_column,
-                         answer_column=answer_column, timeout_seconds=timeout_seconds, output_dir=output_dir,
-                         shard_size=shard_size, problems_per_call=problems_per_call, overwrite=overwrite, skipped=skipped)
+    with open_stage(
+        dataset,
+        "compress",
+        output_dir=output_dir,
+        fields={completion_column: "trace", problem_column: "text"},
+        golds=gold_columns(task, answer_column),
+        added_columns=COMPRESSED_COLUMNS,
+        skip_invalid_rows=skip_invalid_rows,
+        id_column=id_column,
+    ) as (dataset, skipped):
+        return _compress(
+            dataset,
+            compressor,
+            load_tokenizer(tokenizer),
+            task=task,
+            completion_column=completion_column,
+            problem_column=problem_column,
+            answer_column=answer_column,
+            timeout_seconds=timeout_seconds,
+            output_dir=output_dir,
+            shard_size=shard_size,
+            problems_per_call=problems_per_call,
+            overwrite=overwrite,
+            skipped=skipped,
+        )
 
 
-def _compress(dataset, compressor, tokenizer, *, task, completion_column, problem_column, answer_column,
-              timeout_seconds, output_dir, shard_size, problems_per_call, overwrite, skipped) -> Dataset:
+def _compress(
+    dataset,
+    compressor,
+    tokenizer,
+    *,
+    task,
+    completion_column,
+    problem_column,
+    answer_column,
+    timeout_seconds,
+    output_dir,
+    shard_size,
+    problems_per_call,
+    overwrite,
+    skipped,
+) -> Dataset:
 
     def compress_batch(batch: dict, indices: list[int]) -> dict:
         traces = batch[completion_column]
@@ -186,8 +225,15 @@ def _compress(dataset, compressor, tokenizer, *, task, completion_column, proble
             progress.update(len(indices))
             return result
 
-        return shard.map(compress_and_count, with_indices=True, batched=True, batch_size=problems_per_call,
-                         keep_in_memory=True, load_from_cache_file=False, new_fingerprint=f"compress-{shard_index}")
+        return shard.map(
+            compress_and_count,
+            with_indices=True,
+            batched=True,
+            batch_size=problems_per_call,
+            keep_in_memory=True,
+            load_from_cache_file=False,
+            new_fingerprint=f"compress-{shard_index}",
+        )
 
     describe = compressor.backend.describe() if isinstance(compressor, LLMCompressor) else {}
     arguments = {
@@ -201,9 +247,16 @@ def _compress(dataset, compressor, tokenizer, *, task, completion_column, proble
         "shard_size": shard_size,
         "problems_per_call": problems_per_call,
     }
-    return run_stage(dataset, process_shard, stage="compress", arguments=arguments, output_dir=output_dir,
-                     shard_size=shard_size, finalize=lambda d: (d, {**summarize_compression(d), **skipped}),
-                     overwrite=overwrite)
+    return run_stage(
+        dataset,
+        process_shard,
+        stage="compress",
+        arguments=arguments,
+        output_dir=output_dir,
+        shard_size=shard_size,
+        finalize=lambda d: (d, {**summarize_compression(d), **skipped}),
+        overwrite=overwrite,
+    )
 
 
 def summarize_compression(compressed: Dataset) -> dict:

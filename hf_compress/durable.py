@@ -28,12 +28,14 @@ def read_json(path: str) -> dict | None:
         logger.warning("%s is damaged (not valid JSON).", path)
         return None
 
+
 def _fsync(path: str) -> None:
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
 
 def sync_folder(folder: str) -> None:
     """Flush every file and directory under `folder` to disk, so that a rename done afterwards publishes data
@@ -42,6 +44,7 @@ def sync_folder(folder: str) -> None:
         for name in files:
             _fsync(os.path.join(root, name))
         _fsync(root)
+
 
 def write_json_atomically(path: str, content: dict) -> None:
     """Write, fsync, then rename over `path`: a crash leaves the old file or the new one, never a truncated one."""
@@ -52,6 +55,7 @@ def write_json_atomically(path: str, content: dict) -> None:
         os.fsync(f.fileno())
     os.replace(temporary, path)
     _fsync(os.path.dirname(os.path.abspath(path)))
+
 
 def file_digests(folder: str) -> dict[str, list]:
     """`{relative path: [size, sha256]}` of the data files under `folder` (stage bookkeeping files excluded)."""
@@ -69,6 +73,7 @@ def file_digests(folder: str) -> dict[str, list]:
             digests[os.path.relpath(path, folder)] = [os.path.getsize(path), digest.hexdigest()]
     return digests
 
+
 def save_to_disk(result: Dataset | datasets.DatasetDict, path: str) -> None:
     """`save_to_disk` that writes one (empty) data file for a dataset without rows: by default `datasets` writes
     none, and then cannot load the folder back."""
@@ -76,6 +81,7 @@ def save_to_disk(result: Dataset | datasets.DatasetDict, path: str) -> None:
         result.save_to_disk(path, num_shards={name: 1 for name, split in result.items() if len(split) == 0})
     else:
         result.save_to_disk(path, num_shards=1 if len(result) == 0 else None)
+
 
 def save_shard(part: Dataset, path: str) -> None:
     """Save a finished shard so that `path` either holds it complete (with a manifest of its files) or not at all."""
@@ -86,6 +92,7 @@ def save_shard(part: Dataset, path: str) -> None:
     sync_folder(temporary)
     os.replace(temporary, path)
     _fsync(os.path.dirname(path))
+
 
 def shard_is_intact(path: str) -> bool:
     """Whether a shard folder holds exactly the files its manifest lists (sizes and SHA-256 match)."""

@@ -56,8 +56,9 @@ def load_answer_accuracy(task: str = "math"):
     return evaluate.load(ANSWER_ACCURACY, task, keep_in_memory=True)
 
 
-def answer_accuracy_scores(metric, texts: list[str], gold: dict, counts: list[int], task: str,
-                           answer_column: str) -> dict[str, Any]:
+def answer_accuracy_scores(
+    metric, texts: list[str], gold: dict, counts: list[int], task: str, answer_column: str
+) -> dict[str, Any]:
     """`metric.compute` on completions and the eval rows' gold columns, with the per-completion flags (`correct`)."""
     references = gold_references(task, gold, answer_column)
     return metric.compute(predictions=texts, references=references, output_tokens=counts, return_correct=True)
@@ -83,8 +84,9 @@ def load_student_for_eval(
     """A trained student folder: full weights, or a LoRA adapter merged into its base model. `trust_remote_code`
     loads students whose modeling code is saved with them (e.g. `hf_dla` models), as in `hf-compress sft`."""
     if looks_local(path) and not os.path.isdir(path):
-        raise FileNotFoundError(f"student {path} is not a folder here (relative to {os.getcwd()}; a typo, or another "
-                                "working directory?).")
+        raise FileNotFoundError(
+            f"student {path} is not a folder here (relative to {os.getcwd()}; a typo, or another working directory?)."
+        )
     dtype = torch.bfloat16 if bf16_supported() else torch.float32
     attn = resolve_attn_implementation(None)
     if os.path.exists(os.path.join(path, "adapter_config.json")):
@@ -204,8 +206,9 @@ def evaluate_student(
     if isinstance(model, BackendConfig) and model.backend == "transformers":
         model.check(model_required=True)
         model = model.model  # the student folder, loaded and decoded here as any student
-    complete, name = _completion_source(model, tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                        trust_remote_code=trust_remote_code)
+    complete, name = _completion_source(
+        model, tokenizer, max_new_tokens=max_new_tokens, batch_size=batch_size, trust_remote_code=trust_remote_code
+    )
     prompts = eval_prompts(dataset)
     gold = dataset.select_columns(golds).to_dict()
     metric = None if verifier is not None else load_answer_accuracy(task)  # loaded before the long part
@@ -214,10 +217,14 @@ def evaluate_student(
     if output_dir is None:
         texts, counts, capped = complete(prompts)
     else:
-        texts, counts, capped = _complete_in_shards(complete, prompts, output_dir, shard_size=shard_size,
-                                                    overwrite=overwrite, arguments={
-                                                        "model": _describe(model, name),
-                                                        "max_new_tokens": max_new_tokens, "batch_size": batch_size})
+        texts, counts, capped = _complete_in_shards(
+            complete,
+            prompts,
+            output_dir,
+            shard_size=shard_size,
+            overwrite=overwrite,
+            arguments={"model": _describe(model, name), "max_new_tokens": max_new_tokens, "batch_size": batch_size},
+        )
     seconds = time.perf_counter() - start
     if metric is None:
         correct, scores = [bool(flag) for flag in verifier(texts, gold)], {}
@@ -272,8 +279,11 @@ def _completion_source(model, tokenizer, *, max_new_tokens: int, batch_size: int
 
         def complete_with_backend(prompts):
             generations = [samples[0] for samples in backend().generate(list(prompts), sampling, seed=0)]
-            return ([g.text for g in generations], [g.num_tokens for g in generations],
-                    [g.finish_reason == "length" for g in generations])
+            return (
+                [g.text for g in generations],
+                [g.num_tokens for g in generations],
+                [g.finish_reason == "length" for g in generations],
+            )
 
         return complete_with_backend, model.model_name
     name = model if isinstance(model, str) else getattr(model, "name_or_path", type(model).__name__)
@@ -290,19 +300,28 @@ def _completion_source(model, tokenizer, *, max_new_tokens: int, batch_size: int
     return complete_here, name
 
 
-def _complete_in_shards(complete, prompts: list, output_dir: str, *, shard_size: int, overwrite: bool,
-                        arguments: dict) -> tuple[list[str], list[int], list[bool]]:
+def _complete_in_shards(
+    complete, prompts: list, output_dir: str, *, shard_size: int, overwrite: bool, arguments: dict
+) -> tuple[list[str], list[int], list[bool]]:
     """`complete(prompts)` shard by shard, each finished shard saved in `output_dir` (resumable)."""
     rows = Dataset.from_dict({"index": list(range(len(prompts))), "prompt": [json.dumps(p) for p in prompts]})
 
     def process_shard(shard: Dataset, shard_index: int, progress) -> Dataset:
         texts, counts, capped = complete([prompts[i] for i in shard["index"]])
         progress.update(len(shard))
-        return Dataset.from_dict({"index": list(shard["index"]), "completion": texts, "output_tokens": counts,
-                                  "hit_cap": capped})
+        return Dataset.from_dict(
+            {"index": list(shard["index"]), "completion": texts, "output_tokens": counts, "hit_cap": capped}
+        )
 
-    done = run_stage(rows, process_shard, stage="eval", arguments=arguments, output_dir=output_dir,
-                     shard_size=shard_size, overwrite=overwrite)
+    done = run_stage(
+        rows,
+        process_shard,
+        stage="eval",
+        arguments=arguments,
+        output_dir=output_dir,
+        shard_size=shard_size,
+        overwrite=overwrite,
+    )
     return list(done["completion"]), list(done["output_tokens"]), list(done["hit_cap"])
 
 

@@ -20,8 +20,9 @@ logger = logging.getLogger(__name__)
 GENERATED_COLUMNS = ("sample_index", "generation", "num_tokens", "finish_reason", "teacher")
 
 
-def build_conversation(problem: str, system_prompt: str | None = None,
-                       prompt_template: str = DEFAULT_PROMPT_TEMPLATE) -> list[dict]:
+def build_conversation(
+    problem: str, system_prompt: str | None = None, prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+) -> list[dict]:
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return messages + [{"role": "user", "content": prompt_template.format(problem=problem)}]
 
@@ -66,16 +67,48 @@ def generate(
     sampling = sampling or SamplingConfig()
     check_prompt_template(prompt_template)
     golds = gold_columns(resolve_task(dataset, "auto"), answer_column)
-    with open_stage(dataset, "generate", output_dir=output_dir, fields={problem_column: "text"}, golds=golds,
-                    also_required=(answer_column,), added_columns=GENERATED_COLUMNS, problem_column=problem_column, problem_set="problems",
-                    skip_invalid_rows=skip_invalid_rows, id_column=id_column) as (dataset, skipped):
-        return _generate(dataset, backend, sampling, output_dir=output_dir, problem_column=problem_column,
-                         system_prompt=system_prompt, prompt_template=prompt_template, shard_size=shard_size,
-                         problems_per_call=problems_per_call, overwrite=overwrite, skipped=skipped)
+    with open_stage(
+        dataset,
+        "generate",
+        output_dir=output_dir,
+        fields={problem_column: "text"},
+        golds=golds,
+        also_required=(answer_column,),
+        added_columns=GENERATED_COLUMNS,
+        problem_column=problem_column,
+        problem_set="problems",
+        skip_invalid_rows=skip_invalid_rows,
+        id_column=id_column,
+    ) as (dataset, skipped):
+        return _generate(
+            dataset,
+            backend,
+            sampling,
+            output_dir=output_dir,
+            problem_column=problem_column,
+            system_prompt=system_prompt,
+            prompt_template=prompt_template,
+            shard_size=shard_size,
+            problems_per_call=problems_per_call,
+            overwrite=overwrite,
+            skipped=skipped,
+        )
 
 
-def _generate(dataset, backend, sampling, *, output_dir, problem_column, system_prompt, prompt_template, shard_size,
-              problems_per_call, overwrite, skipped) -> Dataset:
+def _generate(
+    dataset,
+    backend,
+    sampling,
+    *,
+    output_dir,
+    problem_column,
+    system_prompt,
+    prompt_template,
+    shard_size,
+    problems_per_call,
+    overwrite,
+    skipped,
+) -> Dataset:
     teacher = functools.cache(lambda: resolve_backend(backend))
 
     def process_shard(shard: Dataset, shard_index: int, progress) -> Dataset:
@@ -83,7 +116,9 @@ def _generate(dataset, backend, sampling, *, output_dir, problem_column, system_
             conversations = [build_conversation(p, system_prompt, prompt_template) for p in batch[problem_column]]
             # The seed depends only on where the batch sits in the dataset, so a resumed run samples as an
             # uninterrupted one would.
-            per_problem = teacher().generate(conversations, sampling, seed=sampling.seed + shard_index * shard_size + indices[0])
+            per_problem = teacher().generate(
+                conversations, sampling, seed=sampling.seed + shard_index * shard_size + indices[0]
+            )
             progress.update(len(conversations))
             rows = {column: [] for column in [*batch, *GENERATED_COLUMNS]}
             for i, generations in enumerate(per_problem):
@@ -137,7 +172,10 @@ def summarize_generations(traces: Dataset) -> dict:
         logger.warning(
             "%d of %d traces ended for another reason than stop or length: %s. They are kept with that reason in "
             "`finish_reason` (verify judges them by their answer like any other); to drop them, filter on "
-            "finish_reason in ('stop', 'length').", sum(other.values()), len(reasons), other,
+            "finish_reason in ('stop', 'length').",
+            sum(other.values()),
+            len(reasons),
+            other,
         )
     return {
         "traces": len(traces),

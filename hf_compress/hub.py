@@ -45,8 +45,9 @@ def _status(error: BaseException) -> int | None:
     return getattr(response, "status_code", None)
 
 
-def check_push_access(repo_id: str, repo_type: str = "model", *, token: str | None = None,
-                      private: bool | None = None) -> str:
+def check_push_access(
+    repo_id: str, repo_type: str = "model", *, token: str | None = None, private: bool | None = None
+) -> str:
     """Make sure `repo_id` can be pushed to, before any long work; returns the full repo id (`namespace/name`).
 
     Checks, in one round trip each: a token is found (`token`, else HF_TOKEN or the saved login), the Hub accepts it
@@ -68,13 +69,19 @@ def check_push_access(repo_id: str, repo_type: str = "model", *, token: str | No
         raise HubAccessError(f"Cannot push to {where}: HF_HUB_OFFLINE is set; unset it to publish.") from None
     except HfHubHTTPError as error:
         if _status(error) in (401, 403):
-            raise HubAccessError(f"Cannot push to {where}: the Hub refused the token ({_status(error)}: "
-                                 f"{_one_line(error)}); {LOGIN_FIX}.") from None
-        raise HubAccessError(f"Cannot push to {where}: the Hub answered {_status(error)} to whoami "
-                             f"({_one_line(error)}); check HF_ENDPOINT and try again later.") from None
+            raise HubAccessError(
+                f"Cannot push to {where}: the Hub refused the token ({_status(error)}: "
+                f"{_one_line(error)}); {LOGIN_FIX}."
+            ) from None
+        raise HubAccessError(
+            f"Cannot push to {where}: the Hub answered {_status(error)} to whoami "
+            f"({_one_line(error)}); check HF_ENDPOINT and try again later."
+        ) from None
     except Exception as error:  # noqa: BLE001 - connection refused, DNS, timeouts: any transport error
-        raise HubAccessError(f"Cannot push to {where}: the Hub cannot be reached ({type(error).__name__}: "
-                             f"{_one_line(error)}); check the network and HF_ENDPOINT.") from None
+        raise HubAccessError(
+            f"Cannot push to {where}: the Hub cannot be reached ({type(error).__name__}: "
+            f"{_one_line(error)}); check the network and HF_ENDPOINT."
+        ) from None
     role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
     if role == "read":
         raise HubAccessError(f"Cannot push to {where}: the token of {me.get('name')} is read-only; {LOGIN_FIX}.")
@@ -82,24 +89,30 @@ def check_push_access(repo_id: str, repo_type: str = "model", *, token: str | No
         url = api.create_repo(repo_id, repo_type=repo_type, exist_ok=True, private=private)
     except HfHubHTTPError as error:
         hint = LOGIN_FIX if _status(error) in (401, 403) else "check the repo id"
-        raise HubAccessError(f"Cannot push to {where}: {me.get('name')} may not create or write it "
-                             f"({_status(error)}: {_one_line(error)}); {hint}.") from None
+        raise HubAccessError(
+            f"Cannot push to {where}: {me.get('name')} may not create or write it "
+            f"({_status(error)}: {_one_line(error)}); {hint}."
+        ) from None
     except Exception as error:  # noqa: BLE001
-        raise HubAccessError(f"Cannot push to {where}: the Hub cannot be reached ({type(error).__name__}: "
-                             f"{_one_line(error)}); check the network and HF_ENDPOINT.") from None
+        raise HubAccessError(
+            f"Cannot push to {where}: the Hub cannot be reached ({type(error).__name__}: "
+            f"{_one_line(error)}); check the network and HF_ENDPOINT."
+        ) from None
     return url.repo_id
 
 
-def push_failed(error: BaseException, what: str, repo_id: str, repo_type: str, kept: str | None,
-                retry: str) -> HubPushError:
+def push_failed(
+    error: BaseException, what: str, repo_id: str, repo_type: str, kept: str | None, retry: str
+) -> HubPushError:
     """The error to raise when a push fails after the local result was saved: one line saying what is kept."""
     from huggingface_hub import HfApi
 
     where = f"{repo_type} repo {repo_id} on {_endpoint(HfApi())}"
     hint = f" ({LOGIN_FIX})" if _status(error) in (401, 403) else ""
     local = f"Nothing is lost: {kept} holds it; {retry}." if kept else f"It was not saved locally; {retry}."
-    return HubPushError(f"Pushing {what} to {where} failed ({type(error).__name__}: {_one_line(error)}){hint}. "
-                        f"{local}")
+    return HubPushError(
+        f"Pushing {what} to {where} failed ({type(error).__name__}: {_one_line(error)}){hint}. {local}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -107,8 +120,16 @@ def push_failed(error: BaseException, what: str, repo_id: str, repo_type: str, k
 # ----------------------------------------------------------------------------------------------------------
 
 
-def push_variants(built, repo_id: str, card_text: str, *, output_dir: str | None = None, token: str | None = None,
-                  private: bool | None = None, **push_kwargs) -> None:
+def push_variants(
+    built,
+    repo_id: str,
+    card_text: str,
+    *,
+    output_dir: str | None = None,
+    token: str | None = None,
+    private: bool | None = None,
+    **push_kwargs,
+) -> None:
     """Push each variant of `built` (a `DatasetDict` from `build`) as its own config with a `train` split, then set
     the card's text to `card_text`, keeping the metadata `datasets` wrote (its `configs:` list and `dataset_info`)
     and adding hf_compress's tags. Files the repo already holds are not sent again: pushing the same build twice
@@ -116,8 +137,15 @@ def push_variants(built, repo_id: str, card_text: str, *, output_dir: str | None
     retry = "rerun the same command to push it (the saved build is reused, not redone)"
     try:
         for variant, split in built.items():
-            split.push_to_hub(repo_id, config_name=variant, split="train", token=token, private=private,
-                              commit_message=f"hf-compress build: the {variant} variant", **push_kwargs)
+            split.push_to_hub(
+                repo_id,
+                config_name=variant,
+                split="train",
+                token=token,
+                private=private,
+                commit_message=f"hf-compress build: the {variant} variant",
+                **push_kwargs,
+            )
         _set_dataset_card_text(repo_id, card_text, token)
     except Exception as error:
         raise push_failed(error, "the build", repo_id, "dataset", output_dir, retry) from error
@@ -130,8 +158,12 @@ def _set_dataset_card_text(repo_id: str, card_text: str, token: str | None) -> N
     tags = list(card.data.get("tags") or [])
     card.data["tags"] = tags + [tag for tag in (*TAGS, "sft") if tag not in tags]
     card.text = card_text
-    card.push_to_hub(repo_id, repo_type="dataset", token=token,
-                     commit_message="hf-compress build: dataset card (configs and pipeline statistics)")
+    card.push_to_hub(
+        repo_id,
+        repo_type="dataset",
+        token=token,
+        commit_message="hf-compress build: dataset card (configs and pipeline statistics)",
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -146,8 +178,16 @@ def hub_base_model(name_or_path: str | None) -> str | None:
     return name_or_path
 
 
-def update_student_card(readme: str, *, variant: str, base_model: str | None, peft: bool, repo_id: str | None = None,
-                        summary: dict | None = None, dataset: str | None = None) -> None:
+def update_student_card(
+    readme: str,
+    *,
+    variant: str,
+    base_model: str | None,
+    peft: bool,
+    repo_id: str | None = None,
+    summary: dict | None = None,
+    dataset: str | None = None,
+) -> None:
     """Amend the model card TRL wrote to `readme` for a Compress-Distill student: `base_model`, `library_name: peft`
     for a LoRA adapter, the tags `compress-distill` and the variant, and a section on how it was trained."""
     from huggingface_hub import ModelCard
@@ -164,16 +204,30 @@ def update_student_card(readme: str, *, variant: str, base_model: str | None, pe
     data.tags = tags + [tag for tag in (*TAGS, variant) if tag not in tags]
     if dataset and not os.path.exists(dataset):
         data.datasets = [dataset]
-    lines = ["", "## Compress-Distill", "",
-             f"Trained with `hf-compress sft` on the **{variant}** variant of a Compress-Distill dataset"
-             + (f" ([{dataset}](https://huggingface.co/datasets/{dataset}), config `{variant}`)" if dataset
-                and not os.path.exists(dataset) else "") + ".", ""]
+    lines = [
+        "",
+        "## Compress-Distill",
+        "",
+        f"Trained with `hf-compress sft` on the **{variant}** variant of a Compress-Distill dataset"
+        + (
+            f" ([{dataset}](https://huggingface.co/datasets/{dataset}), config `{variant}`)"
+            if dataset and not os.path.exists(dataset)
+            else ""
+        )
+        + ".",
+        "",
+    ]
     if base_model:
         lines.append(f"Base model: `{base_model}`" + (" (this repo holds a LoRA adapter)." if peft else "."))
     if peft:
-        lines += ["", "```python", "from peft import AutoPeftModelForCausalLM", "",
-                  f"model = AutoPeftModelForCausalLM.from_pretrained(\"{repo_id or '<this repo>'}\")  # base, then adapter",
-                  "```"]
+        lines += [
+            "",
+            "```python",
+            "from peft import AutoPeftModelForCausalLM",
+            "",
+            f'model = AutoPeftModelForCausalLM.from_pretrained("{repo_id or "<this repo>"}")  # base, then adapter',
+            "```",
+        ]
     if summary:
         keys = ("n_examples", "train_tokens", "loss_tokens", "train_loss", "num_train_epochs", "packing_strategy")
         lines += ["", "| figure | value |", "|---|---|"]

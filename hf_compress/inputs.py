@@ -20,6 +20,7 @@ def require_columns(dataset: Dataset, columns: list[str], stage: str, hint: str 
             + (hint or "Rename yours with `dataset.rename_column(old, new)` or pass the matching *_column argument.")
         )
 
+
 def load_input(source: str, split: str = "train") -> Dataset:
     """A `datasets` folder written by `save_to_disk` (or by a previous stage), or a Hub dataset id."""
     if os.path.isdir(source) and (
@@ -35,7 +36,9 @@ def load_input(source: str, split: str = "train") -> Dataset:
             loaded = loaded[split]
         return loaded
     if os.path.exists(source):
-        raise ValueError(f"{source} exists but is not a `datasets` folder (no state.json); write it with save_to_disk.")
+        raise ValueError(
+            f"{source} exists but is not a `datasets` folder (no state.json); write it with save_to_disk."
+        )
     not_here = f"{source} is not a folder here (a typo, or another working directory?)"
     if looks_local(source):
         raise FileNotFoundError(f"{not_here}.")
@@ -43,6 +46,7 @@ def load_input(source: str, split: str = "train") -> Dataset:
         return load_dataset(source, split=split)
     except OSError as error:  # not found on the Hub, or no connection (e.g. offline)
         raise FileNotFoundError(f"{not_here}, and the Hub did not give it as a dataset id: {error}") from error
+
 
 def load_tokenizer(tokenizer):
     """A tokenizer object as given, or loaded from a path or Hub id (transformers imported only then)."""
@@ -54,10 +58,12 @@ def load_tokenizer(tokenizer):
 
     return AutoTokenizer.from_pretrained(tokenizer)
 
+
 def dataset_folder(dataset: Dataset) -> str | None:
     """The folder a dataset was loaded from with `load_from_disk`, if any (None for in-memory datasets)."""
     files = dataset.cache_files
     return os.path.dirname(os.path.abspath(files[0]["filename"])) if files else None
+
 
 def input_root(dataset: Dataset) -> str | None:
     """The folder a loaded dataset belongs to: its own, or the `DatasetDict` folder above it (one split of it)."""
@@ -65,6 +71,7 @@ def input_root(dataset: Dataset) -> str | None:
     if folder and os.path.exists(os.path.join(os.path.dirname(folder), "dataset_dict.json")):
         return os.path.dirname(folder)
     return folder
+
 
 def check_separate_folders(dataset: Dataset, output_dir: str, stage: str) -> None:
     """Refuse an output folder that is, holds, or lies inside the input's folder: saving there (or emptying it with
@@ -80,6 +87,7 @@ def check_separate_folders(dataset: Dataset, output_dir: str, stage: str) -> Non
             "destroy the input. Choose an output folder outside the input (e.g. a sibling folder)."
         )
 
+
 def check_not_empty(dataset: Dataset, stage: str) -> None:
     if len(dataset) == 0:
         source = input_root(dataset)
@@ -88,6 +96,7 @@ def check_not_empty(dataset: Dataset, stage: str) -> None:
             "earlier stage filtered every row out (e.g. verify --keep_only_correct kept no trace), look at its "
             "statistics in its hf_compress_stage.json."
         )
+
 
 def check_stage_input(dataset: Dataset, output_dir: str | None, stage: str) -> None:
     """What every stage checks before doing or writing anything: rows to work on, and an output folder apart from

@@ -16,9 +16,11 @@ class OutputFolderInUseError(ValueError):
     """Another run holds the output folder's lock. A ValueError like every other refusal of the arguments given (on
     the command line: exit code 2)."""
 
+
 _HELD_LOCKS: dict[str, tuple] = {}  # folder (real path) -> (FileLock, thread id) held by this process
 
 _HELD_LOCKS_GUARD = threading.Lock()
+
 
 def lock_paths(output_dir: str) -> tuple[str, str]:
     """(lock file, holder file) of an output folder. Both sit next to the folder, not in it, so that the folder holds
@@ -28,11 +30,14 @@ def lock_paths(output_dir: str) -> tuple[str, str]:
     parent, name = os.path.dirname(folder), os.path.basename(folder)
     return os.path.join(parent, f".{name}.hf-compress.lock"), os.path.join(parent, f".{name}.hf-compress.holder.json")
 
+
 def _describe_holder(holder: dict | None) -> str:
     if not holder:
         return "another process (it has not said which yet)"
-    return (f"process {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}: "
-            f"`{holder.get('command')}`")
+    return (
+        f"process {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}: `{holder.get('command')}`"
+    )
+
 
 @contextlib.contextmanager
 def output_lock(output_dir: str | None, command: str):
@@ -66,8 +71,13 @@ def output_lock(output_dir: str | None, command: str):
     try:
         with _HELD_LOCKS_GUARD:
             _HELD_LOCKS[key] = (lock, threading.get_ident())
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv) or command,
-                  "since": time.strftime("%Y-%m-%d %H:%M:%S %z"), "stage": command}
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": " ".join(sys.argv) or command,
+            "since": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "stage": command,
+        }
         write_json_atomically(holder_file, holder)
         yield
     finally:

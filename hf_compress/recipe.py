@@ -65,13 +65,17 @@ def load_recipe(path: str, overrides: list[str] = ()) -> dict:
     recipe = apply_overrides(recipe, list(overrides))
     unknown = sorted(set(recipe) - set(PIPELINE) - set(RECIPE_KEYS))
     if unknown:
-        raise UsageError(f"Unknown top-level key(s) {unknown} in {path}{did_you_mean(unknown, [*PIPELINE, *RECIPE_KEYS], True)}; "
-                         f"stages are {PIPELINE}, other keys {list(RECIPE_KEYS)}.")
+        raise UsageError(
+            f"Unknown top-level key(s) {unknown} in {path}{did_you_mean(unknown, [*PIPELINE, *RECIPE_KEYS], True)}; "
+            f"stages are {PIPELINE}, other keys {list(RECIPE_KEYS)}."
+        )
     if not isinstance(recipe.get("output_dir"), str):
         raise UsageError(f"{path} needs an `output_dir` (a folder; each stage writes <output_dir>/<stage>).")
     if ("input" in recipe) == ("input_builder" in recipe):
-        raise UsageError(f"{path} needs exactly one of `input` (a dataset folder or Hub id) and `input_builder` "
-                         "(module:function returning a datasets.Dataset).")
+        raise UsageError(
+            f"{path} needs exactly one of `input` (a dataset folder or Hub id) and `input_builder` "
+            "(module:function returning a datasets.Dataset)."
+        )
     if not isinstance(recipe.get("input_builder_kwargs", {}), dict):
         raise UsageError(f"{path}: `input_builder_kwargs` must be a mapping of keyword arguments.")
     if not any(name in recipe for name in PIPELINE):
@@ -79,8 +83,9 @@ def load_recipe(path: str, overrides: list[str] = ()) -> dict:
     return recipe
 
 
-def stage_arguments(name: str, section: dict, input_path: str, output_path: str, where: str = "",
-                    split: str | None = None) -> CommandArguments:
+def stage_arguments(
+    name: str, section: dict, input_path: str, output_path: str, where: str = "", split: str | None = None
+) -> CommandArguments:
     """The arguments `hf-compress <name>` would parse from the recipe section's values (same dataclasses, types,
     choices and checks); a bad value raises `UsageError` naming the section and the key. A null value leaves the
     option at its default."""
@@ -89,13 +94,17 @@ def stage_arguments(name: str, section: dict, input_path: str, output_path: str,
         raise UsageError(f"{where} must be a mapping of argument: value, got {section!r}.")
     chained = sorted(set(section) & set(CHAIN_KEYS))
     if chained:
-        raise UsageError(f"{where} sets {chained}, which `run` sets itself: each stage reads the previous stage's "
-                         "folder and writes <output_dir>/<stage>. Set the first input and `split` at the top level.")
+        raise UsageError(
+            f"{where} sets {chained}, which `run` sets itself: each stage reads the previous stage's "
+            "folder and writes <output_dir>/<stage>. Set the first input and `split` at the top level."
+        )
     known = [key for key in option_names(name) if key not in CHAIN_KEYS]
     unknown = sorted(set(section) - set(known))
     if unknown:
-        raise UsageError(f"Unknown key(s) {unknown} in {where}{did_you_mean(unknown, known, True)}; see "
-                         f"`hf-compress {name} --help`.")
+        raise UsageError(
+            f"Unknown key(s) {unknown} in {where}{did_you_mean(unknown, known, True)}; see "
+            f"`hf-compress {name} --help`."
+        )
     values = {key: value for key, value in section.items() if value is not None}
     values.update({"input": input_path, "output": output_path}, **({"split": split} if split is not None else {}))
     try:
@@ -113,8 +122,14 @@ def plan_stages(recipe: dict, recipe_path: str) -> list[tuple[str, CommandArgume
             continue
         output = os.path.join(recipe["output_dir"], name)
         split = recipe["split"] if "split" in recipe and current == recipe.get("input") else None
-        plan.append((name, stage_arguments(name, recipe[name] or {}, current, output,
-                                           where=f"{recipe_path}: section `{name}`", split=split)))
+        plan.append(
+            (
+                name,
+                stage_arguments(
+                    name, recipe[name] or {}, current, output, where=f"{recipe_path}: section `{name}`", split=split
+                ),
+            )
+        )
         current = output
     return plan
 
@@ -138,9 +153,11 @@ def find_input_builder(spec: str) -> str:
     module_name, _ = _split_builder(spec)
     parts = module_name.split(".")
     cwd = os.getcwd()
-    not_found = (f"input_builder {spec!r}: no module {module_name!r} in the working directory ({cwd}) or among the "
-                 "installed modules. A recipe's builder is imported as `python -m` would import it: run hf-compress "
-                 f"from the folder that holds `{parts[0]}` (for the shipped recipes, the repository root).")
+    not_found = (
+        f"input_builder {spec!r}: no module {module_name!r} in the working directory ({cwd}) or among the "
+        "installed modules. A recipe's builder is imported as `python -m` would import it: run hf-compress "
+        f"from the folder that holds `{parts[0]}` (for the shipped recipes, the repository root)."
+    )
     found = None
     if parts[0] in sys.modules or parts[0] in sys.builtin_module_names:
         found = importlib.util.find_spec(parts[0])  # already imported or built in: nothing runs
@@ -153,8 +170,9 @@ def find_input_builder(spec: str) -> str:
             break
         if found.submodule_search_locations is None:
             raise UsageError(f"input_builder {spec!r}: {'.'.join(parts[:depth])} is a module, not a package.")
-        found = importlib.machinery.PathFinder.find_spec(".".join(parts[: depth + 1]),
-                                                         list(found.submodule_search_locations))
+        found = importlib.machinery.PathFinder.find_spec(
+            ".".join(parts[: depth + 1]), list(found.submodule_search_locations)
+        )
     if found is None:
         raise UsageError(not_found)
     if found.origin is None or found.loader is None:
@@ -179,8 +197,11 @@ def input_builder_arguments(recipe: dict, builder: Callable) -> dict:
     """What the built input depends on: the builder, its arguments and its module's source code."""
     source = inspect.getsourcefile(builder)
     code = hashlib.sha256(open(source, "rb").read()).hexdigest()[:16] if source else None
-    return {"input_builder": recipe["input_builder"], "input_builder_kwargs": recipe.get("input_builder_kwargs", {}),
-            "source_sha256": code}
+    return {
+        "input_builder": recipe["input_builder"],
+        "input_builder_kwargs": recipe.get("input_builder_kwargs", {}),
+        "source_sha256": code,
+    }
 
 
 def load_recipe_input(recipe: dict) -> str:
@@ -206,8 +227,9 @@ def load_recipe_input(recipe: dict) -> str:
     def build_input(_) -> tuple[Dataset, dict]:
         built = builder(**recipe.get("input_builder_kwargs", {}))
         if not isinstance(built, Dataset):
-            raise UsageError(f"input_builder {recipe['input_builder']!r} returned {type(built).__name__}, "
-                             "not a datasets.Dataset.")
+            raise UsageError(
+                f"input_builder {recipe['input_builder']!r} returned {type(built).__name__}, not a datasets.Dataset."
+            )
         check_not_empty(built, "input_builder")
         return built, {"rows": len(built)}
 
@@ -216,8 +238,9 @@ def load_recipe_input(recipe: dict) -> str:
         run_stage(None, None, stage="input", arguments=arguments, output_dir=path, finalize=build_input)
     except StageMismatchError:
         print(f"[hf-compress run] the input builder or its arguments changed: rebuilding {path}", file=sys.stderr)
-        run_stage(None, None, stage="input", arguments=arguments, output_dir=path, finalize=build_input,
-                  overwrite=True)
+        run_stage(
+            None, None, stage="input", arguments=arguments, output_dir=path, finalize=build_input, overwrite=True
+        )
     return path
 
 
@@ -232,8 +255,11 @@ def missing_paths(recipe: dict, plan: list[tuple[str, CommandArguments]]) -> lis
     for name, args in plan:
         paths = SUBCOMMANDS[name].paths
         named += [(name, option, path) for option, path in (paths(args) if paths else [])]
-    return [f"{name} {option}: no such folder: {path}" for name, option, path in named
-            if path and looks_local(path) and not os.path.exists(path)]
+    return [
+        f"{name} {option}: no such folder: {path}"
+        for name, option, path in named
+        if path and looks_local(path) and not os.path.exists(path)
+    ]
 
 
 def run_recipe(recipe_path: str, overrides: list[str] = (), dry_run: bool = False):
@@ -244,8 +270,11 @@ def run_recipe(recipe_path: str, overrides: list[str] = (), dry_run: bool = Fals
     recipe = load_recipe(recipe_path, overrides)
     plan = plan_stages(recipe, recipe_path)
     for missing in missing_paths(recipe, plan):  # a stage already finished does not need them: warn only
-        print(f"[hf-compress run] warning: {missing} (relative to {os.getcwd()}); the stage that reads it will "
-              "fail unless it is finished already.", file=sys.stderr)
+        print(
+            f"[hf-compress run] warning: {missing} (relative to {os.getcwd()}); the stage that reads it will "
+            "fail unless it is finished already.",
+            file=sys.stderr,
+        )
     if dry_run:
         if "input_builder" in recipe:
             print(f"input: {recipe['input_builder']} in {find_input_builder(recipe['input_builder'])} (not imported)")
@@ -265,6 +294,8 @@ def run_recipe(recipe_path: str, overrides: list[str] = (), dry_run: bool = Fals
             try:
                 results[name] = SUBCOMMANDS[name].run(args)
             except StageMismatchError as error:
-                raise StageMismatchError(f"{error} In a recipe: set `overwrite: true` in the `{name}` section "
-                                         f"(or pass `{name}.overwrite=true`), or choose another output_dir.") from error
+                raise StageMismatchError(
+                    f"{error} In a recipe: set `overwrite: true` in the `{name}` section "
+                    f"(or pass `{name}.overwrite=true`), or choose another output_dir."
+                ) from error
     return results

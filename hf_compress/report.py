@@ -115,8 +115,15 @@ def plot_accuracy_vs_tokens(
         ax.annotate(row["variant"], (row["train_tokens"], row["accuracy"]), textcoords="offset points", xytext=(6, 4))
     for name, accuracy in (references or {}).items():
         ax.axhline(accuracy, linestyle="--", linewidth=1, color="gray")
-        ax.annotate(name, (0.01, accuracy), xycoords=("axes fraction", "data"), xytext=(0, 3),
-                    textcoords="offset points", fontsize=8, color="gray")
+        ax.annotate(
+            name,
+            (0.01, accuracy),
+            xycoords=("axes fraction", "data"),
+            xytext=(0, 3),
+            textcoords="offset points",
+            fontsize=8,
+            color="gray",
+        )
     ax.set_xlabel("training tokens")
     ax.set_ylabel(f"greedy accuracy (n={table[0]['n']}, ±1 s.e.)")
     ax.set_title(title)

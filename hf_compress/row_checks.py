@@ -17,8 +17,10 @@ ID_COLUMN = "id"
 
 _SHOWN_ROWS = 5
 
+
 def _row_name(index: int, row_id) -> str:
     return f"row {index}" + (f" (id {row_id!r})" if row_id is not None else "")
+
 
 def _value_problem(value, kind: str) -> str | None:
     """What is wrong with one field's value, or None. Kinds: `text` (a problem: non-empty text), `gold` (an answer:
@@ -33,8 +35,15 @@ def _value_problem(value, kind: str) -> str | None:
         return "is empty"
     return None
 
-def check_input_rows(dataset: Dataset, stage: str, fields: dict[str, str], *, skip_invalid_rows: bool = False,
-                     id_column: str = ID_COLUMN) -> tuple[Dataset, dict]:
+
+def check_input_rows(
+    dataset: Dataset,
+    stage: str,
+    fields: dict[str, str],
+    *,
+    skip_invalid_rows: bool = False,
+    id_column: str = ID_COLUMN,
+) -> tuple[Dataset, dict]:
     """Refuse rows whose fields the stage cannot use (`fields`: column -> kind, see `_value_problem`): a None or
     empty problem would be sent to the teacher as "None" or "", a None gold judged wrong without a word. The error
     names each row by index (and id, from `id_column` when the input has it) and the field, before anything is sent
@@ -57,8 +66,9 @@ def check_input_rows(dataset: Dataset, stage: str, fields: dict[str, str], *, sk
         return dataset, ({"invalid_rows_skipped": 0, "invalid_rows_by_column": {}} if skip_invalid_rows else {})
     by_column = dict(collections.Counter(column for _, _, column, _ in bad))
     if not skip_invalid_rows:
-        shown = "; ".join(f"{_row_name(row, row_id)}: `{column}` {problem}" for row, row_id, column, problem
-                          in bad[:_SHOWN_ROWS])
+        shown = "; ".join(
+            f"{_row_name(row, row_id)}: `{column}` {problem}" for row, row_id, column, problem in bad[:_SHOWN_ROWS]
+        )
         more = f" (and {len(bad) - _SHOWN_ROWS} more)" if len(bad) > _SHOWN_ROWS else ""
         raise ValueError(
             f"{stage}: {len(bad_rows)} input row(s) cannot be used: {shown}{more}. Nothing was sent or written. Fix "
@@ -67,16 +77,30 @@ def check_input_rows(dataset: Dataset, stage: str, fields: dict[str, str], *, sk
         )
     if len(bad_rows) == len(dataset):
         raise ValueError(f"{stage}: every input row is invalid ({by_column} by column), so nothing is left to do.")
-    logger.warning("%s: leaving out %d invalid input row(s) (%s by column), first %s.", stage, len(bad_rows),
-                   by_column, "; ".join(f"{_row_name(r, i)}: `{c}` {p}" for r, i, c, p in bad[:_SHOWN_ROWS]))
+    logger.warning(
+        "%s: leaving out %d invalid input row(s) (%s by column), first %s.",
+        stage,
+        len(bad_rows),
+        by_column,
+        "; ".join(f"{_row_name(r, i)}: `{c}` {p}" for r, i, c, p in bad[:_SHOWN_ROWS]),
+    )
     kept = dataset.select([i for i in range(len(dataset)) if i not in bad_rows])
     return kept, {"invalid_rows_skipped": len(bad_rows), "invalid_rows_by_column": by_column}
+
 
 def _text_digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
-def check_problem_set(dataset: Dataset, stage: str, problem_column: str, gold_columns: list[str], *,
-                      traces: bool, id_column: str = ID_COLUMN) -> None:
+
+def check_problem_set(
+    dataset: Dataset,
+    stage: str,
+    problem_column: str,
+    gold_columns: list[str],
+    *,
+    traces: bool,
+    id_column: str = ID_COLUMN,
+) -> None:
     """Data errors across rows, said at the input stage:
 
     - a problem set (`traces=False`, generate's input): an id on two rows; one problem text with two different
@@ -99,12 +123,16 @@ def check_problem_set(dataset: Dataset, stage: str, problem_column: str, gold_co
             if has_ids:
                 first = by_id.setdefault(row_id, (row, text, gold, gold_shown))
                 if first[0] != row and not traces:
-                    raise ValueError(f"{stage}: the id {row_id!r} is on two rows, {first[0]} and {row}: each problem "
-                                     f"needs its own id (column `{id_column}`). Fix the input's ids.")
+                    raise ValueError(
+                        f"{stage}: the id {row_id!r} is on two rows, {first[0]} and {row}: each problem "
+                        f"needs its own id (column `{id_column}`). Fix the input's ids."
+                    )
                 if first[0] != row and (first[1] != text or first[2] != gold):
                     what = "problem texts" if first[1] != text else f"golds ({first[3]} and {gold_shown})"
-                    raise ValueError(f"{stage}: rows {first[0]} and {row} have the same id {row_id!r} but different "
-                                     f"{what}. Fix the input's ids.")
+                    raise ValueError(
+                        f"{stage}: rows {first[0]} and {row} have the same id {row_id!r} but different "
+                        f"{what}. Fix the input's ids."
+                    )
             if not traces or not has_ids:
                 first = by_text.setdefault(text, (row, row_id, gold, gold_shown))
                 if first[2] != gold:
@@ -114,6 +142,7 @@ def check_problem_set(dataset: Dataset, stage: str, problem_column: str, gold_co
                         f"{_shorten(str(batch[problem_column][offset]))}). Fix the golds, or drop one of the rows."
                     )
         index += len(batch[problem_column])
+
 
 def _shorten(text: str, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")

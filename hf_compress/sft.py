@@ -354,9 +354,15 @@ class CompressSFTTrainer(SFTTrainer):
             peft = False
         summary_path = os.path.join(self.args.output_dir, SUMMARY_FILE)
         summary = json.load(open(summary_path)) if os.path.exists(summary_path) else None
-        update_student_card(os.path.join(self.args.output_dir, "README.md"), variant=self.compress_variant or "unknown",
-                            base_model=self.compress_base_model, peft=peft, repo_id=self.hub_model_id,
-                            summary=summary, dataset=dataset_name)
+        update_student_card(
+            os.path.join(self.args.output_dir, "README.md"),
+            variant=self.compress_variant or "unknown",
+            base_model=self.compress_base_model,
+            peft=peft,
+            repo_id=self.hub_model_id,
+            summary=summary,
+            dataset=dataset_name,
+        )
 
 
 def build_sft_trainer(
@@ -426,15 +432,20 @@ def train_student(
     failed push keeps the saved student and says how to upload it."""
     repo_id = None
     if training_args.push_to_hub:  # before loading the model and training: fail now, not after hours of training
-        repo_id = check_push_access(training_args.hub_model_id or os.path.basename(
-            os.path.abspath(training_args.output_dir)), "model", token=training_args.hub_token,
-            private=training_args.hub_private_repo)
+        repo_id = check_push_access(
+            training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir)),
+            "model",
+            token=training_args.hub_token,
+            private=training_args.hub_private_repo,
+        )
         training_args = dataclasses.replace(training_args, hub_model_id=repo_id)
         base_model = hub_base_model(model_args.model_name_or_path)
         if model_args.use_peft and base_model is None:
-            logger.warning("model_name_or_path=%r is not a Hub model: the pushed adapter names a base model that "
-                           "others cannot download. Train from a Hub id to publish a loadable adapter.",
-                           model_args.model_name_or_path)
+            logger.warning(
+                "model_name_or_path=%r is not a Hub model: the pushed adapter names a base model that "
+                "others cannot download. Train from a Hub id to publish a loadable adapter.",
+                model_args.model_name_or_path,
+            )
     trainer, report = build_sft_trainer(
         training_args,
         model_args,
@@ -483,8 +494,14 @@ def push_student(trainer: SFTTrainer, repo_id: str, variant: str) -> None:
         trainer.push_to_hub(commit_message=f"hf-compress sft: {variant} student", tags=["compress-distill", variant])
     except Exception as error:
         folder = trainer.args.output_dir
-        raise push_failed(error, "the student", repo_id, "model", folder,
-                          f"upload it with `hf upload {repo_id} {folder}` (its card is written)") from error
+        raise push_failed(
+            error,
+            "the student",
+            repo_id,
+            "model",
+            folder,
+            f"upload it with `hf upload {repo_id} {folder}` (its card is written)",
+        ) from error
 
 
 def run_sft(script_args: CompressSFTArguments, training_args: SFTConfig, model_args: ModelConfig) -> dict[str, Any]:

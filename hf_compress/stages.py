@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 class StageMismatchError(RuntimeError):
     """The output folder holds results computed from other inputs or arguments."""
 
+
 def dataset_fingerprint(dataset: Dataset, arguments: dict) -> str:
     """A hash of the dataset's content and the stage arguments: the same data built twice hashes the same
     (unlike `Dataset._fingerprint`, which is random for in-memory datasets)."""
@@ -58,6 +59,7 @@ def dataset_fingerprint(dataset: Dataset, arguments: dict) -> str:
         digest.update(json.dumps(batch, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
 
+
 def pipeline_records(dataset: Dataset) -> list[dict]:
     """The stage records of the folders this dataset came from, oldest stage first."""
     records, folder = [], dataset_folder(dataset)
@@ -66,9 +68,11 @@ def pipeline_records(dataset: Dataset) -> list[dict]:
         folder = record.get("input_folder")
     return records
 
+
 def read_stage_record(output_dir: str) -> dict | None:
     """The folder's stage record; None when it has none, or when the file is damaged (see `load_finished_stage`)."""
     return read_json(os.path.join(output_dir, STAGE_FILE))
+
 
 def _clear_result(output_dir: str) -> None:
     """Remove a stage's saved result (record first), keeping its finished shards."""
@@ -79,6 +83,7 @@ def _clear_result(output_dir: str) -> None:
         if name != SHARDS_DIR:
             path = os.path.join(output_dir, name)
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
 
 def load_finished_stage(output_dir: str, stage: str, fingerprint: str, arguments: dict):
     """The saved result of this very run (same stage, input and arguments), or None when there is none or it is
@@ -98,14 +103,19 @@ def load_finished_stage(output_dir: str, stage: str, fingerprint: str, arguments
     _clear_result(output_dir)
     return None
 
+
 def _is_same_run(record: dict, run: dict) -> bool:
     return record.get("stage") == run["stage"] and record.get("fingerprint") == run["fingerprint"]
+
 
 def check_same_run(record: dict, stage: str, fingerprint: str, arguments: dict, output_dir: str) -> None:
     if _is_same_run(record, {"stage": stage, "fingerprint": fingerprint}):
         return
-    changed = sorted(k for k in set(arguments) | set(record.get("arguments", {}))
-                     if arguments.get(k) != record.get("arguments", {}).get(k))
+    changed = sorted(
+        k
+        for k in set(arguments) | set(record.get("arguments", {}))
+        if arguments.get(k) != record.get("arguments", {}).get(k)
+    )
     reason = f"arguments changed: {changed}" if changed else "the input dataset changed"
     if record["stage"] != stage:
         reason = f"it holds the output of stage {record['stage']!r}"
@@ -113,6 +123,7 @@ def check_same_run(record: dict, stage: str, fingerprint: str, arguments: dict, 
         f"{output_dir} holds results of another {stage} run ({reason}). Choose another output folder, "
         "or pass overwrite=True (--overwrite) to discard them."
     )
+
 
 def refuse_foreign_folder(output_dir: str, stage: str) -> bool:
     """Refuse a folder that holds anything but stage results; returns whether it holds any."""
@@ -123,10 +134,12 @@ def refuse_foreign_folder(output_dir: str, stage: str) -> bool:
         raise StageMismatchError(f"{output_dir} exists and is not a {stage} output folder; choose an empty folder.")
     return True
 
+
 def prepare_output_folder(output_dir: str, stage: str, overwrite: bool) -> None:
     """Refuse a folder that holds anything but stage results; with `overwrite`, empty a stage folder."""
     if refuse_foreign_folder(output_dir, stage) and overwrite:
         shutil.rmtree(output_dir)
+
 
 @contextlib.contextmanager
 def quiet_datasets_progress():
@@ -138,6 +151,7 @@ def quiet_datasets_progress():
     finally:
         if not was_disabled:
             datasets.enable_progress_bars()
+
 
 def run_stage(
     dataset: Dataset | None,
@@ -164,8 +178,15 @@ def run_stage(
     """
     finalize = finalize or (lambda result: (result, {}))
     if process_shard is None:
-        return _run_whole_stage(dataset, finalize, stage=stage, arguments=arguments, output_dir=output_dir,
-                                overwrite=overwrite, extra_files=extra_files)
+        return _run_whole_stage(
+            dataset,
+            finalize,
+            stage=stage,
+            arguments=arguments,
+            output_dir=output_dir,
+            overwrite=overwrite,
+            extra_files=extra_files,
+        )
     if shard_size is None or shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}.")
     check_stage_input(dataset, output_dir, stage)
@@ -179,9 +200,17 @@ def run_stage(
 
     with stage_output_lock(dataset, output_dir, stage):  # one run per output folder, for as long as it runs
         fingerprint = dataset_fingerprint(dataset, {"stage": stage, **arguments})
-        return _run_stage_in_folder(dataset, process_shard, stage=stage, arguments=arguments, output_dir=output_dir,
-                                    overwrite=overwrite, fingerprint=fingerprint, shard_ranges=shard_ranges,
-                                    finalize=finalize)
+        return _run_stage_in_folder(
+            dataset,
+            process_shard,
+            stage=stage,
+            arguments=arguments,
+            output_dir=output_dir,
+            overwrite=overwrite,
+            fingerprint=fingerprint,
+            shard_ranges=shard_ranges,
+            finalize=finalize,
+        )
 
 
 def _run_whole_stage(dataset, finalize, *, stage, arguments, output_dir, overwrite, extra_files):
@@ -191,8 +220,11 @@ def _run_whole_stage(dataset, finalize, *, stage, arguments, output_dir, overwri
         with quiet_datasets_progress():
             return finalize(dataset)[0]
     with stage_output_lock(dataset, output_dir, stage):
-        fingerprint = (dataset_fingerprint(dataset, {"stage": stage, **arguments}) if dataset is not None else
-                       hashlib.sha256(json.dumps(arguments, sort_keys=True, default=str).encode()).hexdigest()[:16])
+        fingerprint = (
+            dataset_fingerprint(dataset, {"stage": stage, **arguments})
+            if dataset is not None
+            else hashlib.sha256(json.dumps(arguments, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        )
         prepare_output_folder(output_dir, stage, overwrite)
         finished = load_finished_stage(output_dir, stage, fingerprint, arguments)
         if finished is not None:
@@ -200,13 +232,21 @@ def _run_whole_stage(dataset, finalize, *, stage, arguments, output_dir, overwri
             return finished
         with quiet_datasets_progress():
             result, stats = finalize(dataset)
-        return save_stage(result, output_dir, stage=stage, fingerprint=fingerprint, arguments=arguments, stats=stats,
-                          input_folder=dataset_folder(dataset) if dataset is not None else None,
-                          extra_files=extra_files(result) if extra_files else None)
+        return save_stage(
+            result,
+            output_dir,
+            stage=stage,
+            fingerprint=fingerprint,
+            arguments=arguments,
+            stats=stats,
+            input_folder=dataset_folder(dataset) if dataset is not None else None,
+            extra_files=extra_files(result) if extra_files else None,
+        )
 
 
-def _run_stage_in_folder(dataset, process_shard, *, stage, arguments, output_dir, overwrite, fingerprint,
-                         shard_ranges, finalize) -> Dataset:
+def _run_stage_in_folder(
+    dataset, process_shard, *, stage, arguments, output_dir, overwrite, fingerprint, shard_ranges, finalize
+) -> Dataset:
     num_shards = len(shard_ranges)
     shard_dir = os.path.join(output_dir, SHARDS_DIR)
     prepare_output_folder(output_dir, stage, overwrite)
@@ -232,8 +272,17 @@ def _run_stage_in_folder(dataset, process_shard, *, stage, arguments, output_dir
             save_shard(process_shard(dataset.select(rows), index, progress), path)
 
         result, stats = finalize(concatenate_datasets([load_from_disk(p) for p in shard_paths]))
-    return save_stage(result, output_dir, stage=stage, fingerprint=fingerprint, arguments=arguments, stats=stats,
-                      input_folder=dataset_folder(dataset), cleanup=shard_dir)
+    return save_stage(
+        result,
+        output_dir,
+        stage=stage,
+        fingerprint=fingerprint,
+        arguments=arguments,
+        stats=stats,
+        input_folder=dataset_folder(dataset),
+        cleanup=shard_dir,
+    )
+
 
 def _start_or_resume_shards(shard_dir: str, shard_record: dict, output_dir: str) -> None:
     path = os.path.join(shard_dir, "shards.json")
@@ -246,17 +295,23 @@ def _start_or_resume_shards(shard_dir: str, shard_record: dict, output_dir: str)
         # A run that finished no shard (e.g. it failed before its teacher answered) left nothing to protect: a
         # retry with corrected arguments starts clean instead of refusing them.
         if not _is_same_run(previous, shard_record):
-            logger.info("%s: %s holds no finished shard of an earlier run with other arguments; starting afresh.",
-                        shard_record["stage"], output_dir)
+            logger.info(
+                "%s: %s holds no finished shard of an earlier run with other arguments; starting afresh.",
+                shard_record["stage"],
+                output_dir,
+            )
             previous = None
     if previous is not None:
-        check_same_run(previous, shard_record["stage"], shard_record["fingerprint"], shard_record["arguments"], output_dir)
+        check_same_run(
+            previous, shard_record["stage"], shard_record["fingerprint"], shard_record["arguments"], output_dir
+        )
         logger.info("%s: resuming in %s", shard_record["stage"], output_dir)
     else:
         write_json_atomically(path, shard_record)
     for name in os.listdir(shard_dir):  # half-written shards of a killed process
         if name.startswith("tmp-"):
             shutil.rmtree(os.path.join(shard_dir, name))
+
 
 def save_stage(
     result: Dataset,
@@ -279,14 +334,21 @@ def save_stage(
     for name, text in (extra_files or {}).items():
         with open(os.path.join(output_dir, name), "w") as f:
             f.write(text)
-    record = {"stage": stage, "fingerprint": fingerprint, "arguments": arguments, "stats": stats,
-              "input_folder": input_folder, "files": file_digests(output_dir)}
+    record = {
+        "stage": stage,
+        "fingerprint": fingerprint,
+        "arguments": arguments,
+        "stats": stats,
+        "input_folder": input_folder,
+        "files": file_digests(output_dir),
+    }
     sync_folder(output_dir)
     write_json_atomically(os.path.join(output_dir, STAGE_FILE), record)  # the commit point
     saved = load_from_disk(output_dir)
     if cleanup:
         shutil.rmtree(cleanup)
     return saved
+
 
 @contextlib.contextmanager
 def stage_output_lock(dataset: Dataset | None, output_dir: str | None, stage: str):
@@ -330,8 +392,9 @@ def open_stage(
         raise ValueError(f"{stage} adds the columns {clashing}, which the input already has; rename or drop them.")
     gold_kind = "value" if tuple(golds) == COUNTDOWN_COLUMNS else "gold"  # Countdown: numbers and a target
     kinds = {**fields, **dict.fromkeys(golds, gold_kind)}
-    dataset, skipped = check_input_rows(dataset, stage, kinds, skip_invalid_rows=skip_invalid_rows,
-                                        id_column=id_column)
+    dataset, skipped = check_input_rows(
+        dataset, stage, kinds, skip_invalid_rows=skip_invalid_rows, id_column=id_column
+    )
     if problem_set is not None:
         if problem_set not in ("problems", "traces"):
             raise ValueError(f"problem_set must be 'problems' or 'traces', got {problem_set!r}.")

@@ -74,8 +74,9 @@ def _coerce(value, hint, name: str, choices):
     elif hint is str and not isinstance(value, str):
         value = str(value)
     if choices and value not in choices:
-        raise UsageError(f"argument --{name}: invalid choice: {value!r} (choose from "
-                         f"{', '.join(repr(c) for c in choices)})")
+        raise UsageError(
+            f"argument --{name}: invalid choice: {value!r} (choose from {', '.join(repr(c) for c in choices)})"
+        )
     return value
 
 
@@ -84,8 +85,10 @@ def coerce_values(cls: type, values: dict) -> dict:
     checked for every field before any dataclass checks its ranges, as argparse does."""
     hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    return {key: _coerce(value, hints[key], key, fields[key].metadata.get("choices")) if key in fields else value
-            for key, value in values.items()}
+    return {
+        key: _coerce(value, hints[key], key, fields[key].metadata.get("choices")) if key in fields else value
+        for key, value in values.items()
+    }
 
 
 def check_fields(obj) -> None:

@@ -182,8 +182,12 @@ def check_math(gold: str, text: str, timeout_seconds: float = 5) -> Check:
 # Countdown
 # ----------------------------------------------------------------------------------------------------------
 
-_OPERATORS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
-              ast.Div: lambda a, b: a / b}
+_OPERATORS = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+}
 
 
 def _evaluate(node: ast.AST, used: list[int]) -> Fraction:
@@ -227,8 +231,10 @@ def check_texts(batch: dict, texts: list[str], task: str, answer_column: str, ti
 def judged_finished(checks: list[Check], finish_reasons: list[str]) -> list[Check]:
     """The checks with every trace the token cap cut (`finish_reason == "length"`) judged incorrect, note
     "truncated": its last number is where the cap fell, not an answer (the predicted answer, if any, is kept)."""
-    return [Check(False, c.predicted, "", "truncated") if reason == "length" else c
-            for c, reason in zip(checks, finish_reasons)]
+    return [
+        Check(False, c.predicted, "", "truncated") if reason == "length" else c
+        for c, reason in zip(checks, finish_reasons)
+    ]
 
 
 def problem_key_column(dataset: Dataset, problem_column: str, id_column: str = ID_COLUMN) -> str:
@@ -282,20 +288,54 @@ def verify(
     """
     task = resolve_task(dataset, task)
     if isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, (int, float)) or not timeout_seconds > 0:
-        raise ValueError(f"timeout_seconds must be a number of seconds > 0 (the deadline for checking one trace), "
-                         f"got {timeout_seconds!r}.")
-    with open_stage(dataset, "verify", output_dir=output_dir,
-                    fields={completion_column: "trace", problem_column: "text"}, golds=gold_columns(task, answer_column),
-                    problem_column=problem_column, problem_set="traces", skip_invalid_rows=skip_invalid_rows,
-                    id_column=id_column) as (dataset, skipped):
-        return _verify(dataset, task=task, completion_column=completion_column, answer_column=answer_column,
-                       problem_column=problem_column, keep_only_correct=keep_only_correct,
-                       keep_truncated=keep_truncated, timeout_seconds=timeout_seconds, output_dir=output_dir, shard_size=shard_size,
-                       overwrite=overwrite, skipped=skipped, id_column=id_column)
+        raise ValueError(
+            f"timeout_seconds must be a number of seconds > 0 (the deadline for checking one trace), "
+            f"got {timeout_seconds!r}."
+        )
+    with open_stage(
+        dataset,
+        "verify",
+        output_dir=output_dir,
+        fields={completion_column: "trace", problem_column: "text"},
+        golds=gold_columns(task, answer_column),
+        problem_column=problem_column,
+        problem_set="traces",
+        skip_invalid_rows=skip_invalid_rows,
+        id_column=id_column,
+    ) as (dataset, skipped):
+        return _verify(
+            dataset,
+            task=task,
+            completion_column=completion_column,
+            answer_column=answer_column,
+            problem_column=problem_column,
+            keep_only_correct=keep_only_correct,
+            keep_truncated=keep_truncated,
+            timeout_seconds=timeout_seconds,
+            output_dir=output_dir,
+            shard_size=shard_size,
+            overwrite=overwrite,
+            skipped=skipped,
+            id_column=id_column,
+        )
 
 
-def _verify(dataset, *, task, completion_column, answer_column, problem_column, keep_only_correct, keep_truncated,
-            timeout_seconds, output_dir, shard_size, overwrite, skipped, id_column) -> Dataset:
+def _verify(
+    dataset,
+    *,
+    task,
+    completion_column,
+    answer_column,
+    problem_column,
+    keep_only_correct,
+    keep_truncated,
+    timeout_seconds,
+    output_dir,
+    shard_size,
+    overwrite,
+    skipped,
+    id_column,
+) -> Dataset:
     def check_batch(batch: dict) -> dict:
         checks = check_texts(batch, batch[completion_column], task, answer_column, timeout_seconds)
         if FINISH_COLUMN in batch and not keep_truncated:
@@ -308,21 +348,41 @@ def _verify(dataset, *, task, completion_column, answer_column, problem_column, 
         }
 
     def process_shard(shard: Dataset, shard_index: int, progress) -> Dataset:
-        checked = shard.map(check_batch, batched=True, keep_in_memory=True, load_from_cache_file=False,
-                            new_fingerprint=f"verify-{shard_index}")
+        checked = shard.map(
+            check_batch,
+            batched=True,
+            keep_in_memory=True,
+            load_from_cache_file=False,
+            new_fingerprint=f"verify-{shard_index}",
+        )
         progress.update(len(shard))
         return checked
 
     def finalize(checked: Dataset) -> tuple[Dataset, dict]:
         checked = with_pass_rates(checked, problem_column, id_column)
         stats = {**summarize_verification(checked, problem_column, id_column), **skipped}  # before filtering
-        return (checked.filter(lambda correct: correct, input_columns="correct") if keep_only_correct else checked), stats
+        return (
+            checked.filter(lambda correct: correct, input_columns="correct") if keep_only_correct else checked
+        ), stats
 
-    arguments = {"task": task, "completion_column": completion_column, "answer_column": answer_column,
-                 "problem_column": problem_column, "keep_only_correct": keep_only_correct,
-                 "keep_truncated": keep_truncated}
-    return run_stage(dataset, process_shard, stage="verify", arguments=arguments, output_dir=output_dir,
-                     shard_size=shard_size, finalize=finalize, overwrite=overwrite)
+    arguments = {
+        "task": task,
+        "completion_column": completion_column,
+        "answer_column": answer_column,
+        "problem_column": problem_column,
+        "keep_only_correct": keep_only_correct,
+        "keep_truncated": keep_truncated,
+    }
+    return run_stage(
+        dataset,
+        process_shard,
+        stage="verify",
+        arguments=arguments,
+        output_dir=output_dir,
+        shard_size=shard_size,
+        finalize=finalize,
+        overwrite=overwrite,
+    )
 
 
 def summarize_verification(checked: Dataset, problem_column: str = "problem", id_column: str = ID_COLUMN) -> dict:

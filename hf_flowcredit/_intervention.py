@@ -127,9 +127,9 @@ def tokenized_prompt(tokenizer, prompt, max_length: int | None = None) -> list[i
     if isinstance(prompt, str):
         return tokenizer(prompt, add_special_tokens=False, **limit)["input_ids"]
     return list(
-        tokenizer.apply_chat_template(
-            prompt, add_generation_prompt=True, tokenize=True, return_dict=True, **limit
-        )["input_ids"]
+        tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True, **limit)[
+            "input_ids"
+        ]
     )
 
 

@@ -25,63 +25,63 @@ logger = logging.getLogger(__name__)
 @dataclass
 class FlowGRPOConfig(GRPOConfig):
     r"""
-    Configuration class for the [`FlowGRPOTrainer`].
+        Configuration class for the [`FlowGRPOTrainer`].
 
-    Everything of [`~trl.GRPOConfig`], plus the fields below. After TRL has sampled and scored the completions, a
-    token scorer ranks the completion tokens; the top `top_fraction` of each completion get weight `high_weight`, the
-    others 1.0, and the weights multiply the per-token advantage. With `token_scorer="none"` or `high_weight=1.0`
-    training is exactly TRL's GRPO.
+        Everything of [`~trl.GRPOConfig`], plus the fields below. After TRL has sampled and scored the completions, a
+        token scorer ranks the completion tokens; the top `top_fraction` of each completion get weight `high_weight`, the
+        others 1.0, and the weights multiply the per-token advantage. With `token_scorer="none"` or `high_weight=1.0`
+        training is exactly TRL's GRPO.
 
-    Parameters:
-        token_scorer (`str`, *optional*, defaults to `"flow"`):
-            How completion tokens are ranked: `"none"` (plain GRPO) or a scorer registered in
-            `hf_flowcredit.scoring.SCORERS`:
-{token_scorers}
-        top_fraction (`float`, *optional*, defaults to `0.4`):
-            Fraction of each completion's tokens that get the high weight.
-        high_weight (`float`, *optional*, defaults to `1.5`):
-            Advantage multiplier of the selected tokens; the others keep 1.0.
-        flow_layers (`str`, *optional*, defaults to `"middle"`):
-            Which layers' attention the flow and attention scorers read: `"middle"` (up to 5 evenly spaced layers of
-            the middle third; `"early"` and `"late"` take the first and last third), `"all"`, or a comma-separated
-            list of layer indices such as `"8,10,12"` (negative ones count from the end). Checked against the model
-            when the trainer is built, with one tiny attention capture that proves the model's attention can be read.
-        answer_format (`str`, *optional*, defaults to `"auto"`):
-            How the answer span (the flow sinks) is found in a completion: `"auto"` takes the last of `\boxed{}`,
-            `<answer></answer>`, `#### x` and `The answer is x`; one of `"boxed"`, `"answer_tag"`, `"hash"`,
-            `"answer_is"` restricts the search; `"regex:<pattern>"` uses a regular expression (its first group, else
-            the whole match, is the answer).
-        missing_answer (`str`, *optional*, defaults to `"uniform"`):
-            What a completion with no answer span gets: `"uniform"` (all weights 1.0, i.e. plain GRPO for that
-            row) or `"last_tokens"` (its last `answer_fallback_tokens` tokens are treated as the answer span).
-        answer_fallback_tokens (`int`, *optional*, defaults to `8`):
-            Length of the fallback answer span used by `missing_answer="last_tokens"`.
-        weight_sign (`str`, *optional*, defaults to `"all"`):
-            `"all"` weights tokens of positive and negative advantage completions alike; `"positive"` weights only
-            completions whose advantage is positive (the others keep 1.0).
-        flow_max_length (`int` or `None`, *optional*, defaults to `None`):
-            Completions whose prompt + completion is longer than this many tokens are not scored (weights 1.0) to
-            bound the cost of the extra forward; they are counted in the `flow/too_long_frac` metric. `None`: no
-            limit.
-        flow_recompute_min_length (`int` or `None`, *optional*, defaults to `2048`):
-            Sequences (prompt + completion) at least this long are scored without ever building the `T x T`
-            attention: the scoring forward keeps the selected layers' queries and keys and the flow solver
-            recomputes attention rows from them block by block (O(T * d) memory instead of 4 T^2 bytes per row; same
-            scores; on a CPU as fast as the dense path from about 2K tokens). `None`: always the dense path.
-        normalize_weights (`bool`, *optional*, defaults to `False`):
-            Rescale each completion's token weights so that their mean over its tokens is 1. The paper's rule (top
-            40% x1.5, the rest 1.0) raises the mean weight to 1.2, i.e. a 20% larger effective learning rate; with
-            this option only the relative credit between tokens changes. Default off: the paper's rule.
+        Parameters:
+            token_scorer (`str`, *optional*, defaults to `"flow"`):
+                How completion tokens are ranked: `"none"` (plain GRPO) or a scorer registered in
+                `hf_flowcredit.scoring.SCORERS`:
+    {token_scorers}
+            top_fraction (`float`, *optional*, defaults to `0.4`):
+                Fraction of each completion's tokens that get the high weight.
+            high_weight (`float`, *optional*, defaults to `1.5`):
+                Advantage multiplier of the selected tokens; the others keep 1.0.
+            flow_layers (`str`, *optional*, defaults to `"middle"`):
+                Which layers' attention the flow and attention scorers read: `"middle"` (up to 5 evenly spaced layers of
+                the middle third; `"early"` and `"late"` take the first and last third), `"all"`, or a comma-separated
+                list of layer indices such as `"8,10,12"` (negative ones count from the end). Checked against the model
+                when the trainer is built, with one tiny attention capture that proves the model's attention can be read.
+            answer_format (`str`, *optional*, defaults to `"auto"`):
+                How the answer span (the flow sinks) is found in a completion: `"auto"` takes the last of `\boxed{}`,
+                `<answer></answer>`, `#### x` and `The answer is x`; one of `"boxed"`, `"answer_tag"`, `"hash"`,
+                `"answer_is"` restricts the search; `"regex:<pattern>"` uses a regular expression (its first group, else
+                the whole match, is the answer).
+            missing_answer (`str`, *optional*, defaults to `"uniform"`):
+                What a completion with no answer span gets: `"uniform"` (all weights 1.0, i.e. plain GRPO for that
+                row) or `"last_tokens"` (its last `answer_fallback_tokens` tokens are treated as the answer span).
+            answer_fallback_tokens (`int`, *optional*, defaults to `8`):
+                Length of the fallback answer span used by `missing_answer="last_tokens"`.
+            weight_sign (`str`, *optional*, defaults to `"all"`):
+                `"all"` weights tokens of positive and negative advantage completions alike; `"positive"` weights only
+                completions whose advantage is positive (the others keep 1.0).
+            flow_max_length (`int` or `None`, *optional*, defaults to `None`):
+                Completions whose prompt + completion is longer than this many tokens are not scored (weights 1.0) to
+                bound the cost of the extra forward; they are counted in the `flow/too_long_frac` metric. `None`: no
+                limit.
+            flow_recompute_min_length (`int` or `None`, *optional*, defaults to `2048`):
+                Sequences (prompt + completion) at least this long are scored without ever building the `T x T`
+                attention: the scoring forward keeps the selected layers' queries and keys and the flow solver
+                recomputes attention rows from them block by block (O(T * d) memory instead of 4 T^2 bytes per row; same
+                scores; on a CPU as fast as the dense path from about 2K tokens). `None`: always the dense path.
+            normalize_weights (`bool`, *optional*, defaults to `False`):
+                Rescale each completion's token weights so that their mean over its tokens is 1. The paper's rule (top
+                40% x1.5, the rest 1.0) raises the mean weight to 1.2, i.e. a 20% larger effective learning rate; with
+                this option only the relative credit between tokens changes. Default off: the paper's rule.
 
-    Defaults that follow the device (TRL's are for GPUs):
-        bf16 (`bool`, *optional*):
-            Not set: `True` (TRL's default) on a machine with an accelerator; `False` when training runs on the CPU
-            (`use_cpu=True`, or no accelerator found), where bf16 autocast makes every step several times slower. A
-            value given explicitly is kept.
-        gradient_checkpointing (`bool`, *optional*):
-            Not set: `True` (TRL's default) with an accelerator, `False` on the CPU, where memory is rarely the limit
-            and recomputing activations costs time. Sets `activation_checkpointing`, the transformers 5 name, unless
-            that is given. A value given explicitly (either name) is kept.
+        Defaults that follow the device (TRL's are for GPUs):
+            bf16 (`bool`, *optional*):
+                Not set: `True` (TRL's default) on a machine with an accelerator; `False` when training runs on the CPU
+                (`use_cpu=True`, or no accelerator found), where bf16 autocast makes every step several times slower. A
+                value given explicitly is kept.
+            gradient_checkpointing (`bool`, *optional*):
+                Not set: `True` (TRL's default) with an accelerator, `False` on the CPU, where memory is rarely the limit
+                and recomputing activations costs time. Sets `activation_checkpointing`, the transformers 5 name, unless
+                that is given. A value given explicitly (either name) is kept.
     """
 
     # TRL's bf16 and gradient_checkpointing, unset by default here: resolved for the device in `__post_init__`.
@@ -222,14 +222,12 @@ class FlowGRPOConfig(GRPOConfig):
         if self.flow_max_length is not None and self.flow_max_length < 2:
             raise ValueError(f"flow_max_length must be None or >= 2, got {self.flow_max_length}.")
         if self.flow_recompute_min_length is not None and self.flow_recompute_min_length < 1:
-            raise ValueError(
-                f"flow_recompute_min_length must be None or >= 1, got {self.flow_recompute_min_length}."
-            )
+            raise ValueError(f"flow_recompute_min_length must be None or >= 1, got {self.flow_recompute_min_length}.")
 
 
 FlowGRPOConfig.__doc__ = FlowGRPOConfig.__doc__.replace(
     "{token_scorers}",
-    "\n".join(f"            - `\"{name}\"`: {scorer.summary}." for name, scorer in SCORERS.items()),
+    "\n".join(f'            - `"{name}"`: {scorer.summary}.' for name, scorer in SCORERS.items()),
 )
 
 

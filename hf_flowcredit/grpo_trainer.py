@@ -293,7 +293,9 @@ def check_hub_access(token: str | None) -> None:
         ) from None
     role = ((info.get("auth") or {}).get("accessToken") or {}).get("role")
     if role == "read":
-        raise RuntimeError(f"push_to_hub: the Hugging Face token of {info.get('name')!r} is read-only; use a write token.")
+        raise RuntimeError(
+            f"push_to_hub: the Hugging Face token of {info.get('name')!r} is read-only; use a write token."
+        )
 
 
 def _first_line(error: BaseException) -> str:
@@ -304,7 +306,9 @@ def _with_flowgrpo_settings(text: str, args: FlowGRPOConfig) -> str:
     """The card's text with a "FlowGRPO settings" section (every FlowGRPOConfig field GRPOConfig lacks) before
     TRL's "Framework versions"."""
     grpo_fields = {f.name for f in dataclasses.fields(GRPOConfig)}
-    rows = [f"| `{f.name}` | `{getattr(args, f.name)!r}` |" for f in dataclasses.fields(args) if f.name not in grpo_fields]
+    rows = [
+        f"| `{f.name}` | `{getattr(args, f.name)!r}` |" for f in dataclasses.fields(args) if f.name not in grpo_fields
+    ]
     section = "\n".join([
         "### FlowGRPO settings",
         "",

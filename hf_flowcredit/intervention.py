@@ -111,7 +111,9 @@ class ArgumentParser(argparse.ArgumentParser):
         """`(dataclass instance, the other options)`; unknown arguments are an error, with a "did you mean"."""
         argv = sys.argv[1:] if argv is None else list(argv)
         known = [name for action in self._actions for name in action.option_strings if name.startswith("--")]
-        for item in argv:  # before argparse's own checks, so that `--model_name x` is not "--model_name_or_path missing"
+        for (
+            item
+        ) in argv:  # before argparse's own checks, so that `--model_name x` is not "--model_name_or_path missing"
             option = item.split("=", 1)[0]
             if option.startswith("--") and option not in known:
                 close = difflib.get_close_matches(option, known, n=1, cutoff=0.6)
@@ -185,7 +187,7 @@ def check_prompt(where: str, row, column: str):
                 and isinstance(message.get("content"), (str, list))
             ):
                 raise ValueError(
-                    f"{where}: field {column!r}, message {index}: expected a {{\"role\": ..., \"content\": ...}} object, "
+                    f'{where}: field {column!r}, message {index}: expected a {{"role": ..., "content": ...}} object, '
                     f"got {_describe(message)}"
                 )
         return prompt

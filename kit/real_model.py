@@ -148,11 +148,15 @@ def _step(rng: random.Random, value: int, name: str, item: str) -> tuple[str, st
     kind = rng.choice(["add", "add", "sub", "sub", "mul", "div"])
     if kind == "add":
         n = rng.randint(2, 20)
-        text = rng.choice([f"{name} finds {n} more.", f"{name} buys {n} more {item}.", f"A friend gives {name} {n} more."])
+        text = rng.choice(
+            [f"{name} finds {n} more.", f"{name} buys {n} more {item}.", f"A friend gives {name} {n} more."]
+        )
         return text, f"{value} + {n} = {value + n}.", value + n
     if kind == "sub" and value > 2:
         n = rng.randint(1, value - 1)
-        text = rng.choice([f"{name} gives {n} to a friend.", f"{name} loses {n} of them.", f"{name} uses {n} of them."])
+        text = rng.choice(
+            [f"{name} gives {n} to a friend.", f"{name} loses {n} of them.", f"{name} uses {n} of them."]
+        )
         return text, f"{value} - {n} = {value - n}.", value - n
     if kind == "mul" and value <= 40:
         k = rng.choice([2, 3])

@@ -55,7 +55,9 @@ def train_tiny_sft(output_dir: str, task: str = "arithmetic", seed: int = 0, **o
         return model_dir
 
     tokenizer = build_tokenizer()
-    train = make_task_dataset(settings.task, n=settings.n_train, seed=settings.seed, split="train", max_ops=settings.max_ops)
+    train = make_task_dataset(
+        settings.task, n=settings.n_train, seed=settings.seed, split="train", max_ops=settings.max_ops
+    )
     model = tiny_causal_lm(
         "qwen3", tokenizer, hidden_size=settings.hidden_size, num_layers=settings.num_layers, seed=settings.seed
     )
@@ -79,7 +81,10 @@ def train_tiny_sft(output_dir: str, task: str = "arithmetic", seed: int = 0, **o
         disable_tqdm=False,
     )
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=train.select_columns(["prompt", "completion"]), processing_class=tokenizer
+        model=model,
+        args=args,
+        train_dataset=train.select_columns(["prompt", "completion"]),
+        processing_class=tokenizer,
     )
     trainer.train()
     trainer.save_model(model_dir)
@@ -107,7 +112,9 @@ def sample_completions(
     tokenizer.padding_side = "left"
     model.eval()
     prompts_per_batch = max(1, batch_size // num_samples)
-    sampling = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0} if num_samples > 1 else {"do_sample": False}
+    sampling = (
+        {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0} if num_samples > 1 else {"do_sample": False}
+    )
     out = []
     for start in tqdm(range(0, len(prompts), prompts_per_batch), desc=desc, leave=False):
         batch = tokenizer.apply_chat_template(

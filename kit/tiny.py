@@ -93,7 +93,9 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     The result is the same on every call and every machine (the corpus is seeded, BPE training is deterministic).
     """
     if vocab_size < 300:
-        raise ValueError(f"vocab_size={vocab_size} is too small: the byte alphabet alone needs 256 + 4 special tokens.")
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small: the byte alphabet alone needs 256 + 4 special tokens."
+        )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(_tokenizer_json(vocab_size)),
         pad_token="<|pad|>",
@@ -240,7 +242,9 @@ def _generate_rows(task: str, n: int, seed: int, split: str | None, max_ops: int
     while len(seen) < n:
         attempts += 1
         if attempts > 50 * n + 1000:
-            raise ValueError(f"Could not draw {n} distinct {task} problems for split={split!r}; lower n or raise max_ops.")
+            raise ValueError(
+                f"Could not draw {n} distinct {task} problems for split={split!r}; lower n or raise max_ops."
+            )
         row = make_row(rng, max_ops, answer_format)
         if row["problem"] in seen or not _in_split(row["problem"], split):
             continue

@@ -28,4 +28,5 @@ def trained_teacher() -> str:
 
     return train_tiny_sft(os.path.join(REPO_ROOT, "runs", "sft"))
 
+
 from tests.hub_fixtures import hub_env, hub_server  # noqa: E402,F401  (local Hub fixtures, see tests/hub_fixtures.py)

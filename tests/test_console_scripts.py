@@ -32,8 +32,9 @@ def console_script(name: str) -> str:
 def run_script(name: str, *args: str, cwd, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)  # as a user's shell: nothing but the installed package is importable
-    return subprocess.run([console_script(name), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [console_script(name), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def error_line(result: subprocess.CompletedProcess, prefix: str) -> str:
@@ -83,15 +84,20 @@ def parse_dla_recipe(path: str):
 
     from examples.repro.dla_mqar import RetrievalTaskArguments, TinyDLAArguments, check_settings
 
-    task_args, model_args, _ = TrlParser((RetrievalTaskArguments, TinyDLAArguments, TrainingArguments)
-                                         ).parse_args_and_config(["--config", path])
+    task_args, model_args, _ = TrlParser(
+        (RetrievalTaskArguments, TinyDLAArguments, TrainingArguments)
+    ).parse_args_and_config(["--config", path])
     check_settings(task_args, model_args)
     return task_args.task, model_args.max_states
 
 
 # Which script reads a recipe, told by the command its header comment gives (every shipped recipe names one).
-PARSERS = {"hf-compress run": parse_compress_recipe, "hf-compress sft": parse_sft_recipe,
-           "examples.scripts.flowcredit_grpo": parse_grpo_recipe, "examples.repro.dla_mqar": parse_dla_recipe}
+PARSERS = {
+    "hf-compress run": parse_compress_recipe,
+    "hf-compress sft": parse_sft_recipe,
+    "examples.scripts.flowcredit_grpo": parse_grpo_recipe,
+    "examples.repro.dla_mqar": parse_dla_recipe,
+}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[os.path.basename(r) for r in RECIPES])
@@ -99,15 +105,21 @@ def test_every_shipped_recipe_parses(recipe):
     text = Path(recipe).read_text()
     header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
     commands = [command for command in PARSERS if command in header]
-    assert len(commands) == 1, f"{recipe}: its header comment must name the one command that reads it, of {list(PARSERS)}"
+    assert len(commands) == 1, (
+        f"{recipe}: its header comment must name the one command that reads it, of {list(PARSERS)}"
+    )
     settings = yaml.safe_load(text)
     assert isinstance(settings, dict)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert PARSERS[commands[0]](recipe)
     # A key the installed libraries call deprecated (e.g. transformers 5's `gradient_checkpointing`) warns every user.
-    deprecated = [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))
-                  and any(f"`{key}`" in str(w.message) for key in settings)]
+    deprecated = [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, (FutureWarning, DeprecationWarning))
+        and any(f"`{key}`" in str(w.message) for key in settings)
+    ]
     assert not deprecated, f"{recipe} sets a deprecated field: {deprecated}"
 
 
@@ -133,8 +145,13 @@ def test_readme_recipe_resolves_from_the_repository_root_and_from_elsewhere(tmp_
     at_root = run_script("hf-compress", "run", "examples/recipes/compress_arithmetic.yaml", "--dry_run", cwd=REPO_ROOT)
     assert at_root.returncode == 0, at_root.stderr[-3000:]
     builder_file = str(REPO_ROOT / "kit" / "tiny.py")
-    assert [line.split(":")[0] for line in at_root.stdout.splitlines()] == ["input", "generate", "verify", "compress",
-                                                                            "build"]
+    assert [line.split(":")[0] for line in at_root.stdout.splitlines()] == [
+        "input",
+        "generate",
+        "verify",
+        "compress",
+        "build",
+    ]
     assert builder_file in at_root.stdout
     # From another directory `kit` is not importable (no search of the recipe's folders): a one-line error.
     elsewhere = run_script("hf-compress", "run", str(COMPRESS_RECIPE), "--dry_run", cwd=tmp_path)
@@ -152,9 +169,12 @@ def test_hf_compress_typos_get_a_suggestion_from_another_folder(tmp_path):
     bad = run_script("hf-compress", "run", str(COMPRESS_RECIPE), "--dryrun", cwd=tmp_path)
     assert bad.returncode == 2
     assert error_line(bad, "hf-compress run").endswith("unrecognized arguments: --dryrun (did you mean --dry_run?)")
-    bad = run_script("hf-compress", "generate", "--input", "x", "--output", "y", "--problems_per_call", "0", cwd=tmp_path)
+    bad = run_script(
+        "hf-compress", "generate", "--input", "x", "--output", "y", "--problems_per_call", "0", cwd=tmp_path
+    )
     assert bad.returncode == 2 and "--problems_per_call must be an integer >= 1, got 0" in error_line(
-        bad, "hf-compress generate")
+        bad, "hf-compress generate"
+    )
 
 
 # What each command line imports, in a fresh interpreter: `main(argv)` for each argv, then the heavy modules loaded.
@@ -173,8 +193,14 @@ print(json.dumps(sorted(name for name in ("torch", "transformers", "trl", "datas
 def modules_loaded_by(*argvs, cwd) -> list[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)
-    result = subprocess.run([sys.executable, "-c", IMPORTS, json.dumps(argvs)], cwd=cwd, env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORTS, json.dumps(argvs)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.splitlines()[-1])
 
@@ -182,21 +208,35 @@ def modules_loaded_by(*argvs, cwd) -> list[str]:
 def test_hf_compress_report_imports_no_torch_transformers_or_trl(tmp_path):
     for variant, train_tokens in (("raw", 1000), ("compressed", 400)):
         (tmp_path / variant).mkdir()
-        (tmp_path / variant / "compress_sft.json").write_text(json.dumps(
-            {"variant": variant, "train_tokens": train_tokens, "loss_tokens": 300, "train_seconds": 10.0}))
-        (tmp_path / variant / "eval.json").write_text(json.dumps(
-            {"n": 10, "accuracy": 0.5, "accuracy_stderr": 0.16, "output_tokens_mean": 20.0, "output_tokens_p90": 30,
-             "hit_cap_rate": 0.0}))
-    loaded = modules_loaded_by(["report", "raw", "compressed", "--output", "report"], ["report", "--help"],
-                               cwd=tmp_path)
+        (tmp_path / variant / "compress_sft.json").write_text(
+            json.dumps({"variant": variant, "train_tokens": train_tokens, "loss_tokens": 300, "train_seconds": 10.0})
+        )
+        (tmp_path / variant / "eval.json").write_text(
+            json.dumps(
+                {
+                    "n": 10,
+                    "accuracy": 0.5,
+                    "accuracy_stderr": 0.16,
+                    "output_tokens_mean": 20.0,
+                    "output_tokens_p90": 30,
+                    "hit_cap_rate": 0.0,
+                }
+            )
+        )
+    loaded = modules_loaded_by(
+        ["report", "raw", "compressed", "--output", "report"], ["report", "--help"], cwd=tmp_path
+    )
     assert (tmp_path / "report" / "comparison.json").exists()
     assert not {"torch", "transformers", "trl"} & set(loaded), loaded
 
 
 def test_help_of_every_subcommand_imports_neither_torch_nor_transformers(tmp_path):
     recipe = str(REPO_ROOT / "examples" / "recipes" / "sft_tiny_student.yaml")
-    argvs = [["--help"], *([command, "--help"] for command in
-                           ("run", "generate", "verify", "compress", "build", "eval", "report")), ["sft", recipe, "--help"]]
+    argvs = [
+        ["--help"],
+        *([command, "--help"] for command in ("run", "generate", "verify", "compress", "build", "eval", "report")),
+        ["sft", recipe, "--help"],
+    ]
     loaded = modules_loaded_by(*argvs, cwd=tmp_path)
     assert not {"torch", "transformers"} & set(loaded), loaded  # TRL's parser alone (its package is lazy) is light
 
@@ -238,9 +278,16 @@ def test_readme_pipeline_runs_end_to_end_from_the_repository_root(teacher_server
     from kit.tiny import build_tokenizer
 
     build_tokenizer().save_pretrained(str(tokenizer))
-    overrides = [f"output_dir={tmp_path / 'pipeline'}", "input_builder_kwargs.n=8", "generate.backend=openai",
-                 "generate.model=teacher", f"generate.base_url={teacher_server.base_url}", "generate.n=2",
-                 f"compress.tokenizer={tokenizer}", f"build.tokenizer={tokenizer}"]
+    overrides = [
+        f"output_dir={tmp_path / 'pipeline'}",
+        "input_builder_kwargs.n=8",
+        "generate.backend=openai",
+        "generate.model=teacher",
+        f"generate.base_url={teacher_server.base_url}",
+        "generate.n=2",
+        f"compress.tokenizer={tokenizer}",
+        f"build.tokenizer={tokenizer}",
+    ]
     result = run_script("hf-compress", "run", "examples/recipes/compress_arithmetic.yaml", *overrides, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| compressed |" in result.stdout
@@ -249,8 +296,9 @@ def test_readme_pipeline_runs_end_to_end_from_the_repository_root(teacher_server
     built = load_variants(str(tmp_path / "pipeline" / "build"))
     assert set(built) == {"raw", "compressed", "answer_only", "truncated"} and len(built["raw"]) > 0
 
-    changed = run_script("hf-compress", "run", str(COMPRESS_RECIPE), *overrides, "input_builder_kwargs.n=10",
-                         cwd=REPO_ROOT)
+    changed = run_script(
+        "hf-compress", "run", str(COMPRESS_RECIPE), *overrides, "input_builder_kwargs.n=10", cwd=REPO_ROOT
+    )
     assert changed.returncode == 2 and "the input dataset changed" in error_line(changed, "hf-compress run")
 
 
@@ -266,9 +314,22 @@ def test_tiny_sft_recipe_trains_a_few_steps_from_another_directory(tmp_path):
     rows = make_task_dataset("arithmetic", 24, seed=0)
     rows = rows.map(lambda row: {"messages": row["prompt"] + row["completion"], "variant": "raw"})
     DatasetDict({"raw": rows}).save_to_disk(str(tmp_path / "built"))
-    result = run_script("hf-compress", "sft", str(REPO_ROOT / "examples" / "recipes" / "sft_tiny_student.yaml"),
-                        "--model_name_or_path", str(tmp_path / "student"), "--dataset_path", str(tmp_path / "built"),
-                        "--variant", "raw", "--output_dir", str(tmp_path / "out"), "--max_steps", "2", cwd=tmp_path)
+    result = run_script(
+        "hf-compress",
+        "sft",
+        str(REPO_ROOT / "examples" / "recipes" / "sft_tiny_student.yaml"),
+        "--model_name_or_path",
+        str(tmp_path / "student"),
+        "--dataset_path",
+        str(tmp_path / "built"),
+        "--variant",
+        "raw",
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "2",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "compress_sft.json").read_text())
     assert summary["variant"] == "raw" and summary["loss_tokens"] > 0

@@ -38,8 +38,16 @@ def documented_command_lines() -> list[tuple[str, list[str]]]:
 
 
 def test_docs_show_hf_compress_commands():
-    assert {argv[0] for _, argv in documented_command_lines()} >= {"run", "generate", "verify", "compress", "build",
-                                                                   "sft", "eval", "report"}
+    assert {argv[0] for _, argv in documented_command_lines()} >= {
+        "run",
+        "generate",
+        "verify",
+        "compress",
+        "build",
+        "sft",
+        "eval",
+        "report",
+    }
 
 
 @pytest.mark.parametrize(("doc", "argv"), documented_command_lines(), ids=lambda x: x if isinstance(x, str) else "")
@@ -79,7 +87,9 @@ def test_help_gives_defaults_but_not_unset_ones(capsys):
 def test_every_subcommand_prints_its_help(command, capsys):
     from hf_compress.cli import main
 
-    argv = [command, str(REPO_ROOT / "examples" / "recipes" / "sft_tiny_student.yaml")] if command == "sft" else [command]
+    argv = (
+        [command, str(REPO_ROOT / "examples" / "recipes" / "sft_tiny_student.yaml")] if command == "sft" else [command]
+    )
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--help"])  # sft: TRL's parser prints every recipe field
     out = capsys.readouterr().out
@@ -95,7 +105,9 @@ def documented_default(value) -> str:
 def test_flowgrpo_config_options_table_lists_every_field_with_its_default():
     docs = (REPO_ROOT / "docs" / "hf_flowcredit.md").read_text()
     rows = dict(re.findall(r"^\| `(\w+)` \| (`[^|]*`) \|", docs, re.M))
-    own = [f for f in dataclasses.fields(FlowGRPOConfig) if f.name not in {g.name for g in dataclasses.fields(GRPOConfig)}]
+    own = [
+        f for f in dataclasses.fields(FlowGRPOConfig) if f.name not in {g.name for g in dataclasses.fields(GRPOConfig)}
+    ]
     assert own, "FlowGRPOConfig adds no field to GRPOConfig?"
     for f in own:
         assert f.name in rows, f"FlowGRPOConfig.{f.name} is missing from the options table of docs/hf_flowcredit.md"

@@ -143,9 +143,10 @@ def test_lfs_upload_with_wrong_bytes_is_rejected(hub_server, hub_env):
     href = json.loads(body)["objects"][0]["actions"]["upload"]["href"]
     status, _, body = http("PUT", href, b"hello")  # sha256("hello") is not "000..."
     assert status == 400 and b"mismatch" in body
-    commit = b'{"key": "header", "value": {"summary": "s"}}\n' + json.dumps(
-        {"key": "lfsFile", "value": {"path": "x.bin", "algo": "sha256", "oid": oid, "size": 5}}
-    ).encode()
+    commit = (
+        b'{"key": "header", "value": {"summary": "s"}}\n'
+        + json.dumps({"key": "lfsFile", "value": {"path": "x.bin", "algo": "sha256", "oid": oid, "size": 5}}).encode()
+    )
     status, _, body = http("POST", f"{hub_server.endpoint}/api/models/user/lfs-check/commit/main", commit, auth)
     assert status == 400 and b"never uploaded" in body
 

@@ -23,9 +23,12 @@ def imports(path: Path):
 @pytest.mark.parametrize("package", PACKAGES)
 def test_packages_import_no_examples_no_kit_and_no_other_package(package):
     others = {"examples", "kit", *(p for p in PACKAGES if p != package)}
-    found = [f"{path.relative_to(REPO_ROOT)}:{line} imports {module}"
-             for path in sorted((REPO_ROOT / package).rglob("*.py"))
-             for module, _, line in imports(path) if module.split(".")[0] in others]
+    found = [
+        f"{path.relative_to(REPO_ROOT)}:{line} imports {module}"
+        for path in sorted((REPO_ROOT / package).rglob("*.py"))
+        for module, _, line in imports(path)
+        if module.split(".")[0] in others
+    ]
     assert not found, found
 
 

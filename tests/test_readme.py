@@ -49,8 +49,12 @@ def test_readme_blocks_run_as_written_in_order(trained_teacher, hub_server, hub_
     for name in ("examples", "kit"):
         (workspace / name).symlink_to(REPO_ROOT / name)
     (workspace / "runs" / "sft" / "model").symlink_to(trained_teacher)
-    env = {**hub_env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1", "HF_DATASETS_OFFLINE": "0"}
+    env = {
+        **hub_env,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+        "HF_DATASETS_OFFLINE": "0",
+    }
     for number, (language, code, why) in enumerate(readme_blocks()):
         if why is not None:
             continue

@@ -16,8 +16,25 @@ LOOKS_LOCAL = {
     "hf_flowcredit": flowcredit_intervention._looks_local,
 }
 
-LOCAL_PATHS = ["/a", "./a", "../a", "~/a", "~", ".", "..", "runs/sft/model", "a/b/c", "x/", "org/name/", "a--b",
-               "m..x", ".hidden", "with space", "org/with space", "a/b c"]
+LOCAL_PATHS = [
+    "/a",
+    "./a",
+    "../a",
+    "~/a",
+    "~",
+    ".",
+    "..",
+    "runs/sft/model",
+    "a/b/c",
+    "x/",
+    "org/name/",
+    "a--b",
+    "m..x",
+    ".hidden",
+    "with space",
+    "org/with space",
+    "a/b c",
+]
 HUB_IDS = ["Qwen/Qwen3-4B", "gpt2", "runs", "org/name.v2", "a-b/c_d", "HuggingFaceTB/SmolLM2-135M-Instruct", "x.y"]
 
 

@@ -173,7 +173,9 @@ def write_demo_report(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="runs/compress")
-    parser.add_argument("--teacher_dir", default="runs/sft", help="examples.repro.demo_sft output (trained if absent).")
+    parser.add_argument(
+        "--teacher_dir", default="runs/sft", help="examples.repro.demo_sft output (trained if absent)."
+    )
     parser.add_argument("--inits", nargs="+", default=list(INITS), choices=INITS)
     for name, value in asdict(DemoSettings()).items():
         choices = TRACE_SOURCES if name == "traces" else None

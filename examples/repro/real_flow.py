@@ -76,7 +76,12 @@ def train_split(setting: str, n: int):
 def generate(model, tokenizer, prompts, *, max_new_tokens: int, num_samples: int = 1, batch_size: int = 64, desc=""):
     """Greedy (`num_samples == 1`) or sampled completions, one list per prompt (`demo_sft.sample_completions`)."""
     return sample_completions(
-        model, tokenizer, prompts, num_samples=num_samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        model,
+        tokenizer,
+        prompts,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
         desc=desc,
     )
 

@@ -126,8 +126,9 @@ def word_problems(settings: ReproSettings, split: str):
 
 def with_instruction(problems, instruction: str):
     """The problems as the teacher saw them: a `prompt` column of one user turn, problem then instruction."""
-    return problems.map(lambda row: {"prompt": [{"role": "user", "content": f"{row['problem']} {instruction}"}]},
-                        keep_in_memory=True)
+    return problems.map(
+        lambda row: {"prompt": [{"role": "user", "content": f"{row['problem']} {instruction}"}]}, keep_in_memory=True
+    )
 
 
 def keep_first_traces(dataset, k: int):
@@ -143,18 +144,31 @@ def keep_first_traces(dataset, k: int):
     return dataset.select(keep)
 
 
-def run_pipeline(settings: ReproSettings, model_path: str, fast_path: str, data_dir: str,
-                 teacher: TeacherBackend | None = None) -> dict:
+def run_pipeline(
+    settings: ReproSettings, model_path: str, fast_path: str, data_dir: str, teacher: TeacherBackend | None = None
+) -> dict:
     """generate -> verify -> compress (extractive and LLM) -> build; returns every stage's statistics plus the
     trace-length figures. `teacher` replaces the real-model backend (tests)."""
-    folder = {name: os.path.join(data_dir, name)
-              for name in ("generate", "verify", "compress_extractive", "compress_llm", "build")}
+    folder = {
+        name: os.path.join(data_dir, name)
+        for name in ("generate", "verify", "compress_extractive", "compress_llm", "build")
+    }
     backend = teacher or BackendConfig(backend="transformers", model=fast_path, batch_size=settings.teacher_batch_size)
-    sampling = SamplingConfig(n=settings.n_samples, temperature=settings.temperature,
-                              max_new_tokens=settings.teacher_max_new_tokens, seed=settings.data_seed)
-    traces = generate(word_problems(settings, "train"), backend, sampling, output_dir=folder["generate"],
-                      prompt_template="{problem} " + settings.instruction.replace("{", "{{").replace("}", "}}"),
-                      shard_size=settings.shard_size, problems_per_call=settings.teacher_batch_size)
+    sampling = SamplingConfig(
+        n=settings.n_samples,
+        temperature=settings.temperature,
+        max_new_tokens=settings.teacher_max_new_tokens,
+        seed=settings.data_seed,
+    )
+    traces = generate(
+        word_problems(settings, "train"),
+        backend,
+        sampling,
+        output_dir=folder["generate"],
+        prompt_template="{problem} " + settings.instruction.replace("{", "{{").replace("}", "}}"),
+        shard_size=settings.shard_size,
+        problems_per_call=settings.teacher_batch_size,
+    )
     correct = verify(traces, keep_only_correct=True, output_dir=folder["verify"])
     n_correct = len(correct)
     if settings.require_stop:
@@ -176,7 +190,10 @@ def run_pipeline(settings: ReproSettings, model_path: str, fast_path: str, data_
     rows = keep_first_traces(compressed[settings.compressed_from], settings.max_traces_per_problem)
     build(rows, tokenizer, output_dir=folder["build"])
     stats = {name: read_stage_record(path)["stats"] for name, path in folder.items()}
-    stats["correct_traces"] = {**trace_lengths(compressed["extractive"]), "cut_by_cap_dropped": n_correct - len(correct)}
+    stats["correct_traces"] = {
+        **trace_lengths(compressed["extractive"]),
+        "cut_by_cap_dropped": n_correct - len(correct),
+    }
     return stats
 
 
@@ -211,20 +228,40 @@ def evaluate_into(folder: str, model_or_path, test, settings: ReproSettings, tok
             return json.load(f)
     if isinstance(model_or_path, str) and tokenizer is None:
         model_or_path, tokenizer = load_student_for_eval(model_or_path)  # LoRA merged into the base model
-    summary, table = evaluate_student(fast_model(model_or_path, settings.fast_dtype), test, tokenizer=tokenizer,
-                                      max_new_tokens=settings.eval_max_new_tokens,
-                                      batch_size=settings.eval_batch_size)
+    summary, table = evaluate_student(
+        fast_model(model_or_path, settings.fast_dtype),
+        test,
+        tokenizer=tokenizer,
+        max_new_tokens=settings.eval_max_new_tokens,
+        batch_size=settings.eval_batch_size,
+    )
     save_evaluation(summary, table, folder)
     return summary
 
 
-def train_and_evaluate(variant: str, seed: int, model_path: str, build_dir: str, folder: str, test,
-                       settings: ReproSettings, recipe: str = RECIPE) -> None:
+def train_and_evaluate(
+    variant: str,
+    seed: int,
+    model_path: str,
+    build_dir: str,
+    folder: str,
+    test,
+    settings: ReproSettings,
+    recipe: str = RECIPE,
+) -> None:
     """One student (variant x seed): trained unless `compress_sft.json` is there, evaluated unless `eval.json` is."""
     if not os.path.exists(os.path.join(folder, SUMMARY_FILE)):
         print(f"[repro_compress] training {variant} seed {seed} -> {folder}", flush=True)
-        run_sft(*parse_recipe(recipe, model_name_or_path=model_path, dataset_path=build_dir, variant=variant,
-                              seed=seed, output_dir=folder))
+        run_sft(
+            *parse_recipe(
+                recipe,
+                model_name_or_path=model_path,
+                dataset_path=build_dir,
+                variant=variant,
+                seed=seed,
+                output_dir=folder,
+            )
+        )
     print(f"[repro_compress] evaluating {variant} seed {seed}", flush=True)
     evaluate_into(folder, folder, test, settings)
 
@@ -238,20 +275,22 @@ def aggregate(rows_by_seed: dict[int, list[dict]]) -> list[dict]:
         if not runs:
             continue
         stderr = math.sqrt(sum(r["accuracy_stderr"] ** 2 for r in runs)) / len(runs)
-        table.append({
-            "variant": variant,
-            "seeds": len(runs),
-            "accuracy": statistics.mean(r["accuracy"] for r in runs),
-            "accuracy_stderr": stderr,
-            "seed_accuracies": [round(r["accuracy"], 3) for r in runs],
-            "n": runs[0]["n"],
-            "train_tokens": statistics.mean(r["train_tokens"] for r in runs),
-            "loss_tokens": statistics.mean(r["loss_tokens"] for r in runs),
-            "hit_cap_rate": statistics.mean(r["hit_cap_rate"] for r in runs),
-            "train_seconds": statistics.mean(r["train_seconds"] for r in runs),
-            "output_tokens_mean": statistics.mean(r["output_tokens_mean"] for r in runs),
-            "output_tokens_p90": statistics.mean(r["output_tokens_p90"] for r in runs),
-        })
+        table.append(
+            {
+                "variant": variant,
+                "seeds": len(runs),
+                "accuracy": statistics.mean(r["accuracy"] for r in runs),
+                "accuracy_stderr": stderr,
+                "seed_accuracies": [round(r["accuracy"], 3) for r in runs],
+                "n": runs[0]["n"],
+                "train_tokens": statistics.mean(r["train_tokens"] for r in runs),
+                "loss_tokens": statistics.mean(r["loss_tokens"] for r in runs),
+                "hit_cap_rate": statistics.mean(r["hit_cap_rate"] for r in runs),
+                "train_seconds": statistics.mean(r["train_seconds"] for r in runs),
+                "output_tokens_mean": statistics.mean(r["output_tokens_mean"] for r in runs),
+                "output_tokens_p90": statistics.mean(r["output_tokens_p90"] for r in runs),
+            }
+        )
     return table
 
 
@@ -304,51 +343,78 @@ def pipeline_summary(stats: dict) -> str:
     ]
     for name in COMPRESSORS:
         s = stats[f"compress_{name}"]
-        lines.append(f"- compressor {name}: " + ", ".join(
-            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items() if not isinstance(v, dict)
-        ))
+        lines.append(
+            f"- compressor {name}: "
+            + ", ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in s.items() if not isinstance(v, dict)
+            )
+        )
     built = stats["build"]
     lines.append("- variants (build): " + json.dumps(built, default=str))
     return "\n".join(lines)
 
 
-def write_repro_report(output_dir: str, settings: ReproSettings, stats: dict, table: list[dict], base: dict | None,
-                       seeds: list[int], seconds: float) -> str:
-    text = "\n".join([
-        "# Compress-Distill with a real teacher (SmolLM2-135M-Instruct)",
-        "",
-        "## Pipeline",
-        "",
-        pipeline_summary(stats),
-        "",
-        f"## Students (LoRA, `{os.path.relpath(RECIPE)}`), seeds {seeds}, greedy on {settings.n_test} held-out "
-        "problems",
-        "",
-        "Ratios in parentheses are to the `raw` student; ± is the binomial standard error pooled over the seeds.",
-        "",
-        student_table(table, base),
-        "",
-        f"![accuracy against training tokens, seeds {seeds}]({PLOT_FILE})",
-        "",
-        "Per seed: " + ", ".join(f"`seed{s}/accuracy_vs_training_tokens.png`" for s in seeds),
-        "",
-        f"Settings: `{json.dumps(asdict(settings))}`. This run's wall time (this invocation only): {seconds:.0f} s.",
-        "",
-    ])
+def write_repro_report(
+    output_dir: str,
+    settings: ReproSettings,
+    stats: dict,
+    table: list[dict],
+    base: dict | None,
+    seeds: list[int],
+    seconds: float,
+) -> str:
+    text = "\n".join(
+        [
+            "# Compress-Distill with a real teacher (SmolLM2-135M-Instruct)",
+            "",
+            "## Pipeline",
+            "",
+            pipeline_summary(stats),
+            "",
+            f"## Students (LoRA, `{os.path.relpath(RECIPE)}`), seeds {seeds}, greedy on {settings.n_test} held-out "
+            "problems",
+            "",
+            "Ratios in parentheses are to the `raw` student; ± is the binomial standard error pooled over the seeds.",
+            "",
+            student_table(table, base),
+            "",
+            f"![accuracy against training tokens, seeds {seeds}]({PLOT_FILE})",
+            "",
+            "Per seed: " + ", ".join(f"`seed{s}/accuracy_vs_training_tokens.png`" for s in seeds),
+            "",
+            f"Settings: `{json.dumps(asdict(settings))}`. This run's wall time (this invocation only): {seconds:.0f} s.",
+            "",
+        ]
+    )
     if table:
-        plot_accuracy_vs_tokens(table, os.path.join(output_dir, PLOT_FILE),
-                                title=f"Real-teacher students, mean of seeds {seeds}",
-                                references={name: summary["accuracy"] for name, summary in (base or {}).items()})
+        plot_accuracy_vs_tokens(
+            table,
+            os.path.join(output_dir, PLOT_FILE),
+            title=f"Real-teacher students, mean of seeds {seeds}",
+            references={name: summary["accuracy"] for name, summary in (base or {}).items()},
+        )
     with open(os.path.join(output_dir, "report.md"), "w") as f:
         f.write(text)
     with open(os.path.join(output_dir, "summary.json"), "w") as f:
-        json.dump({"settings": asdict(settings), "pipeline": stats, "students": table, "base": base}, f, indent=2,
-                  default=str)
+        json.dump(
+            {"settings": asdict(settings), "pipeline": stats, "students": table, "base": base},
+            f,
+            indent=2,
+            default=str,
+        )
     return text
 
 
-def run(settings: ReproSettings, output_dir: str, seeds: list[int], *, model_path: str | None = None,
-        teacher: TeacherBackend | None = None, recipe: str = RECIPE, recipe_overrides: dict | None = None) -> str:
+def run(
+    settings: ReproSettings,
+    output_dir: str,
+    seeds: list[int],
+    *,
+    model_path: str | None = None,
+    teacher: TeacherBackend | None = None,
+    recipe: str = RECIPE,
+    recipe_overrides: dict | None = None,
+) -> str:
     """The whole reproduction; every finished part is cached under `output_dir` and skipped by a rerun."""
     start = time.time()
     model_path = model_path or default_model_path()
@@ -364,21 +430,35 @@ def run(settings: ReproSettings, output_dir: str, seeds: list[int], *, model_pat
     base_model = AutoModelForCausalLM.from_pretrained(model_path)
     # Two references: the base model on the students' prompt (the bare problem), and on the teacher's prompt.
     base = {
-        "base model (no fine-tuning)": evaluate_into(os.path.join(output_dir, "base"), base_model, test, settings,
-                                                     tokenizer=base_tokenizer),
-        "base model, teacher's prompt": evaluate_into(os.path.join(output_dir, "base_teacher_prompt"), base_model,
-                                                      with_instruction(test, settings.instruction), settings,
-                                                      tokenizer=base_tokenizer),
+        "base model (no fine-tuning)": evaluate_into(
+            os.path.join(output_dir, "base"), base_model, test, settings, tokenizer=base_tokenizer
+        ),
+        "base model, teacher's prompt": evaluate_into(
+            os.path.join(output_dir, "base_teacher_prompt"),
+            base_model,
+            with_instruction(test, settings.instruction),
+            settings,
+            tokenizer=base_tokenizer,
+        ),
     }
     rows_by_seed = {}
     for seed in seeds:
         folders = [os.path.join(output_dir, "students", f"seed{seed}", variant) for variant in VARIANTS]
         for variant, folder in zip(VARIANTS, folders):
-            train_and_evaluate(variant, seed, model_path, os.path.join(data_dir, "build"), folder, test, settings,
-                               recipe=_with_overrides(recipe, recipe_overrides, output_dir))
+            train_and_evaluate(
+                variant,
+                seed,
+                model_path,
+                os.path.join(data_dir, "build"),
+                folder,
+                test,
+                settings,
+                recipe=_with_overrides(recipe, recipe_overrides, output_dir),
+            )
         rows_by_seed[seed] = load_runs(folders)
-        write_report(rows_by_seed[seed], os.path.join(output_dir, f"seed{seed}"),
-                     title=f"Real-teacher students, seed {seed}")
+        write_report(
+            rows_by_seed[seed], os.path.join(output_dir, f"seed{seed}"), title=f"Real-teacher students, seed {seed}"
+        )
     table = aggregate(rows_by_seed)
     return write_repro_report(output_dir, settings, stats, table, base, seeds, time.time() - start)
 
@@ -409,8 +489,13 @@ def progress(output_dir: str) -> str:
         traces = concatenate_datasets([load_from_disk(os.path.join(shards_dir, name)) for name in shards])
         checked = verify(traces)
         stats = read_stage_record(os.path.join(output_dir, "data", "generate")) or {}
-        correct = checked.filter(lambda ok, reason: ok and reason == "stop", input_columns=["correct", "finish_reason"])
-        tokens, chars = np.array(correct["num_tokens"] or [0]), np.array([len(t) for t in correct["generation"]] or [0])
+        correct = checked.filter(
+            lambda ok, reason: ok and reason == "stop", input_columns=["correct", "finish_reason"]
+        )
+        tokens, chars = (
+            np.array(correct["num_tokens"] or [0]),
+            np.array([len(t) for t in correct["generation"]] or [0]),
+        )
         lines += [
             f"traces {len(traces):,} on {len(set(traces['problem'])):,} problems, mean {np.mean(traces['num_tokens']):.1f} "
             f"tokens, {np.mean([r == 'length' for r in traces['finish_reason']]):.1%} cut by the cap"
@@ -422,8 +507,10 @@ def progress(output_dir: str) -> str:
         ]
     students = os.path.join(output_dir, "students")
     for seed in sorted(os.listdir(students)) if os.path.isdir(students) else []:
-        done = {v: [f for f in (SUMMARY_FILE, EVAL_FILE) if os.path.exists(os.path.join(students, seed, v, f))]
-                for v in VARIANTS}
+        done = {
+            v: [f for f in (SUMMARY_FILE, EVAL_FILE) if os.path.exists(os.path.join(students, seed, v, f))]
+            for v in VARIANTS
+        }
         lines.append(f"students {seed}: " + ", ".join(f"{v} {'+'.join(f) or '-'}" for v, f in done.items()))
     return "\n".join(lines)
 
@@ -450,8 +537,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     if args.pipeline_only:
         model_path = default_model_path()
-        fast_path = fast_copy(model_path, os.path.join(args.output_dir, f"model-{settings.fast_dtype}"),
-                              settings.fast_dtype)
+        fast_path = fast_copy(
+            model_path, os.path.join(args.output_dir, f"model-{settings.fast_dtype}"), settings.fast_dtype
+        )
         print(pipeline_summary(run_pipeline(settings, model_path, fast_path, os.path.join(args.output_dir, "data"))))
         return
     print(run(settings, args.output_dir, args.seeds))

@@ -28,8 +28,11 @@ def main(argv: list[str] | None = None) -> None:
         if not os.path.isfile(os.path.join(student, "eval.json")):
             parser.error(f"{student} has no eval.json: finish it with `make repro-compress` first")
         summary = evaluate_into(os.path.join(student, f"eval_cap{args.cap}"), student, test, settings)
-        print(f"{student}: cap {args.cap}: accuracy {summary['accuracy']:.3f} ± {summary['accuracy_stderr']:.3f}, "
-              f"output tokens {summary['output_tokens_mean']:.1f}, hit cap {summary['hit_cap_rate']:.1%}", flush=True)
+        print(
+            f"{student}: cap {args.cap}: accuracy {summary['accuracy']:.3f} ± {summary['accuracy_stderr']:.3f}, "
+            f"output tokens {summary['output_tokens_mean']:.1f}, hit cap {summary['hit_cap_rate']:.1%}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

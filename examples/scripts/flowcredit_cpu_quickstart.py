@@ -23,7 +23,5 @@ args = FlowGRPOConfig(
     save_strategy="no",
     report_to="none",
 )
-trainer = FlowGRPOTrainer(
-    model=real_model_path(), reward_funcs=word_problem_reward, args=args, train_dataset=dataset
-)
+trainer = FlowGRPOTrainer(model=real_model_path(), reward_funcs=word_problem_reward, args=args, train_dataset=dataset)
 trainer.train()

@@ -29,7 +29,9 @@ class TeacherBackend(ABC):
     model_name: str
 
     @abstractmethod
-    def generate(self, conversations: list[Conversation], sampling: SamplingConfig, seed: int) -> list[list[Generation]]:
+    def generate(
+        self, conversations: list[Conversation], sampling: SamplingConfig, seed: int
+    ) -> list[list[Generation]]:
         """`sampling.n` generations for each conversation, in order. `seed` makes the call reproducible:
         conversation i is sampled as if it were the first of a call seeded with `seed + i` where the backend
         allows it (servers), or the call is seeded with `seed` (batched local generation)."""

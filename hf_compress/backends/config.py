@@ -19,8 +19,10 @@ class SamplingConfig:
     n: int = field(default=1, metadata={"help": "Number of samples per problem."})
     temperature: float = field(default=0.0, metadata={"help": "Sampling temperature; 0 decodes greedily."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling probability mass."})
-    top_k: int | None = field(default=None, metadata={"help": "Top-k sampling; 0 turns it off, None keeps the "
-                                                               "model's default (Qwen3 ships top_k=20)."})
+    top_k: int | None = field(
+        default=None,
+        metadata={"help": "Top-k sampling; 0 turns it off, None keeps the model's default (Qwen3 ships top_k=20)."},
+    )
     max_new_tokens: int = field(default=1024, metadata={"help": "Per-request cap on generated tokens."})
     seed: int = field(default=0, metadata={"help": "Base seed; each shard and sample derives its own from it."})
 
@@ -30,8 +32,12 @@ class SamplingConfig:
         require(self.temperature >= 0, "temperature", "a number >= 0", self.temperature)
         require(0 < self.top_p <= 1, "top_p", "in (0, 1]", self.top_p)
         if self.top_k is not None:
-            require(self.top_k >= 0, "top_k", "an integer >= 0 (0 turns it off; leave it unset for the model's "
-                    "default)", self.top_k)
+            require(
+                self.top_k >= 0,
+                "top_k",
+                "an integer >= 0 (0 turns it off; leave it unset for the model's default)",
+                self.top_k,
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,34 +53,54 @@ class BackendConfig:
     tokenizer: str | None = field(default=None, metadata={"help": "transformers: tokenizer path (default: model)."})
     batch_size: int = field(default=16, metadata={"help": "transformers: prompts per generate call."})
     device: str | None = field(default=None, metadata={"help": "transformers: device (default: cuda if available)."})
-    base_url: list[str] | None = field(default=None, metadata={
-        "help": "openai: server URL, e.g. http://localhost:8000/v1; several servers space- or comma-separated (a "
-                "list in a recipe): requests go to the least-loaded one, and a failed request is retried on another."})
+    base_url: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "openai: server URL, e.g. http://localhost:8000/v1; several servers space- or comma-separated (a "
+            "list in a recipe): requests go to the least-loaded one, and a failed request is retried on another."
+        },
+    )
     api_key: str | None = field(default=None, metadata={"help": "openai: API key (default: $OPENAI_API_KEY)."})
     max_concurrency: int = field(default=16, metadata={"help": "openai: requests in flight at once, per server."})
     max_retries: int = field(default=5, metadata={"help": "openai: retries of a failed request."})
     backoff_seconds: float = field(default=1.0, metadata={"help": "openai: first retry delay, doubled each time."})
-    request_timeout: float = field(default=600.0, metadata={
-        "help": "openai: when no answer has started (the server's queue, the prompt), seconds before a request "
-                "times out."})
-    stall_timeout_seconds: float = field(default=120.0, metadata={
-        "help": "openai: once an answer has started (it is streamed), seconds of silence after which the server is "
-                "taken to have stopped and the request is retried; a long answer that keeps coming is never cut."})
-    stream: bool | None = field(default=None, metadata={
-        "help": "openai: stream the answers (what stall detection reads). Unset: stream, and switch to plain "
-                "requests for the rest of the run, said once in the log, when the server's streams have no token "
-                "counts or are cut by the next request (llama-cpp-python's server); true: always; false: never."})
+    request_timeout: float = field(
+        default=600.0,
+        metadata={
+            "help": "openai: when no answer has started (the server's queue, the prompt), seconds before a request "
+            "times out."
+        },
+    )
+    stall_timeout_seconds: float = field(
+        default=120.0,
+        metadata={
+            "help": "openai: once an answer has started (it is streamed), seconds of silence after which the server is "
+            "taken to have stopped and the request is retried; a long answer that keeps coming is never cut."
+        },
+    )
+    stream: bool | None = field(
+        default=None,
+        metadata={
+            "help": "openai: stream the answers (what stall detection reads). Unset: stream, and switch to plain "
+            "requests for the rest of the run, said once in the log, when the server's streams have no token "
+            "counts or are cut by the next request (llama-cpp-python's server); true: always; false: never."
+        },
+    )
     tensor_parallel_size: int = field(default=1, metadata={"help": "vllm: GPUs each model replica is split over."})
-    data_parallel_size: int = field(default=1, metadata={"help": "vllm: model replicas, each answering a share of "
-                                                                   "the prompts (GPUs used: tensor x data)."})
+    data_parallel_size: int = field(
+        default=1,
+        metadata={"help": "vllm: model replicas, each answering a share of the prompts (GPUs used: tensor x data)."},
+    )
 
     def __post_init__(self):
         self.check(model_required=False)
 
     def check(self, model_required: bool = True) -> None:
         if self.backend not in BACKEND_REGISTRY:
-            raise UsageError(f"Unknown backend {self.backend!r}; choose one of {tuple(BACKENDS)} (--backend), or "
-                             "register yours with hf_compress.backends.register_backend.")
+            raise UsageError(
+                f"Unknown backend {self.backend!r}; choose one of {tuple(BACKENDS)} (--backend), or "
+                "register yours with hf_compress.backends.register_backend."
+            )
         check_fields(self)
         if model_required and not self.model:
             raise UsageError(f"The {self.backend} backend needs a model (--model).")
@@ -123,7 +149,11 @@ class EvalBackendConfig(BackendConfig):
     """`BackendConfig` for `hf-compress eval`: the same backends, options and server pool as `generate`, with the
     student as `--model` and eval's own default batch."""
 
-    model: str | None = field(default=None, metadata={
-        "help": "The student: a trained folder (full weights or LoRA adapter) for transformers, a model path for "
-                "vllm, the served model name for openai."})
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "The student: a trained folder (full weights or LoRA adapter) for transformers, a model path for "
+            "vllm, the served model name for openai."
+        },
+    )
     batch_size: int = field(default=32, metadata={"help": "transformers: prompts per generate call."})

@@ -57,7 +57,9 @@ def _generation(content, reasoning, num_tokens, finish_reason) -> Generation:
     text = content
     if reasoning:
         text = f"<think>\n{reasoning}" + ("" if content is None else f"\n</think>\n\n{content}")
-    return Generation(text, num_tokens, finish_reason if isinstance(finish_reason, str) and finish_reason else "unknown")
+    return Generation(
+        text, num_tokens, finish_reason if isinstance(finish_reason, str) and finish_reason else "unknown"
+    )
 
 
 def parse_chat_completion(body: str) -> Generation:
@@ -75,8 +77,12 @@ def parse_chat_completion(body: str) -> Generation:
     if not isinstance(message, dict):
         raise MalformedAnswerError("no `choices[0].message`")
     usage = data.get("usage")
-    return _generation(message.get("content"), message.get("reasoning_content") or message.get("reasoning"),
-                       usage.get("completion_tokens") if isinstance(usage, dict) else None, choice.get("finish_reason"))
+    return _generation(
+        message.get("content"),
+        message.get("reasoning_content") or message.get("reasoning"),
+        usage.get("completion_tokens") if isinstance(usage, dict) else None,
+        choice.get("finish_reason"),
+    )
 
 
 def parse_chat_stream(lines, on_line=lambda: None) -> Generation:
@@ -115,8 +121,10 @@ def parse_chat_stream(lines, on_line=lambda: None) -> Generation:
         got = f"{len(content or '') + len(reasoning)} characters" if content or reasoning else "no content"
         raise StreamProblem("interrupted", f"a stream that ended with no finish reason ({got}): it was cut")
     if not isinstance(num_tokens, int):
-        raise StreamProblem("no_usage", "no `usage.completion_tokens` in the stream (the server ignores "
-                                        "`stream_options.include_usage`)")
+        raise StreamProblem(
+            "no_usage",
+            "no `usage.completion_tokens` in the stream (the server ignores `stream_options.include_usage`)",
+        )
     return _generation(content, reasoning or None, num_tokens, finish_reason)
 
 
@@ -181,13 +189,16 @@ class OpenAIBackend(TeacherBackend):
         try:
             import openai
         except ImportError as error:
-            raise ImportError("The openai backend needs the `openai` client: "
-                              "`pip install 'hf-efficient-reasoning[openai]'`.") from error
+            raise ImportError(
+                "The openai backend needs the `openai` client: `pip install 'hf-efficient-reasoning[openai]'`."
+            ) from error
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}.")
         if max_retries < 0 or backoff_seconds < 0 or request_timeout <= 0 or stall_timeout_seconds <= 0:
-            raise ValueError("max_retries and backoff_seconds must be >= 0, request_timeout and stall_timeout_seconds "
-                             f"> 0, got {max_retries}, {backoff_seconds}, {request_timeout}, {stall_timeout_seconds}.")
+            raise ValueError(
+                "max_retries and backoff_seconds must be >= 0, request_timeout and stall_timeout_seconds "
+                f"> 0, got {max_retries}, {backoff_seconds}, {request_timeout}, {stall_timeout_seconds}."
+            )
         self._openai = openai
         self.model_name = model
         self.base_urls = parse_base_urls(base_url)
@@ -201,8 +212,9 @@ class OpenAIBackend(TeacherBackend):
             PooledServer(url, openai.OpenAI(base_url=url, api_key=api_key or "EMPTY", max_retries=0, timeout=timeout))
             for url in self.base_urls
         ]
-        self.pool = ServerPool(servers, max_concurrency=max_concurrency, max_retries=max_retries,
-                               backoff_seconds=backoff_seconds)
+        self.pool = ServerPool(
+            servers, max_concurrency=max_concurrency, max_retries=max_retries, backoff_seconds=backoff_seconds
+        )
         self.extra_body = extra_body or {}
         self.stream = stream
         self._streaming = stream is not False  # turned off once, under the lock, when stream=None
@@ -236,21 +248,34 @@ class OpenAIBackend(TeacherBackend):
         flat = self.pool.run_all(jobs, lambda server, job, stop: self._request(server, *job, sampling, stop))
         return [flat[i * sampling.n : (i + 1) * sampling.n] for i in range(len(conversations))]
 
-    def _request(self, server: PooledServer, conversation, seed: int, sampling, stop: threading.Event,
-                 stream: bool | None = None) -> Generation:
+    def _request(
+        self,
+        server: PooledServer,
+        conversation,
+        seed: int,
+        sampling,
+        stop: threading.Event,
+        stream: bool | None = None,
+    ) -> Generation:
         """One attempt, read by a helper thread while this one watches the deadlines; `ServerFailure` when another
         attempt may succeed. A stalled or cancelled request is abandoned: its thread ends with the client's timeout."""
         stream = self.streaming if stream is None else stream
         exchange = _Exchange()
-        threading.Thread(target=self._read, args=(server, conversation, seed, sampling, exchange, stream),
-                         daemon=True, name="teacher-answer").start()
+        threading.Thread(
+            target=self._read,
+            args=(server, conversation, seed, sampling, exchange, stream),
+            daemon=True,
+            name="teacher-answer",
+        ).start()
         while not exchange.done.wait(timeout=0.1):  # 0.1 s: `stop` (Ctrl-C, a failure elsewhere) is seen soon
             if stop.is_set():
                 raise RequestsCancelled
             silent = time.monotonic() - exchange.last_seen
             if exchange.started and silent > self.stall_timeout_seconds:
-                raise ServerFailure(f"the answer stalled: nothing for {silent:.0f} s (stall_timeout_seconds="
-                                    f"{self.stall_timeout_seconds:g}) after it had started")
+                raise ServerFailure(
+                    f"the answer stalled: nothing for {silent:.0f} s (stall_timeout_seconds="
+                    f"{self.stall_timeout_seconds:g}) after it had started"
+                )
             if not exchange.started and silent > self.request_timeout:
                 raise ServerFailure(f"no answer within request_timeout={self.request_timeout:g} s")
         if isinstance(exchange.error, StreamProblem):
@@ -261,12 +286,14 @@ class OpenAIBackend(TeacherBackend):
             try:
                 exchange.result = parse_chat_completion(exchange.body)
             except MalformedAnswerError as error:
-                raise ServerFailure(f"a malformed answer ({error}; content-type {exchange.content_type}): "
-                                    f"{snippet(exchange.body)}") from None
+                raise ServerFailure(
+                    f"a malformed answer ({error}; content-type {exchange.content_type}): {snippet(exchange.body)}"
+                ) from None
         return exchange.result
 
-    def _after_stream_problem(self, server: PooledServer, conversation, seed: int, sampling, stop: threading.Event,
-                              problem: StreamProblem) -> Generation:
+    def _after_stream_problem(
+        self, server: PooledServer, conversation, seed: int, sampling, stop: threading.Event, problem: StreamProblem
+    ) -> Generation:
         """A streamed answer that cannot be used as it is: asked again without streaming where that can work."""
         if problem.kind == "empty":  # its error (a prompt over the context?) is said only to a plain request
             return self._request(server, conversation, seed, sampling, stop, stream=False)
@@ -289,21 +316,30 @@ class OpenAIBackend(TeacherBackend):
                 server.max_in_flight = 1
             if self._streaming:
                 self._streaming = False
-                cause = ("it cuts a streamed answer when another request arrives (llama-cpp-python's "
-                         "--interrupt_requests)" if problem.kind == "interrupted" else "it sends no token counts in "
-                         "streams (llama-cpp-python ignores stream_options.include_usage)")
+                cause = (
+                    "it cuts a streamed answer when another request arrives (llama-cpp-python's --interrupt_requests)"
+                    if problem.kind == "interrupted"
+                    else "it sends no token counts in streams (llama-cpp-python ignores stream_options.include_usage)"
+                )
                 logger.warning(
                     "The teacher at %s sent %s: %s. Requests are no longer streamed%s (pass --stream false to start "
                     "so): stall detection is off and request_timeout=%g s bounds each whole answer.",
-                    server.name, problem, cause, ", and go to it one at a time" if one_at_a_time else "",
+                    server.name,
+                    problem,
+                    cause,
+                    ", and go to it one at a time" if one_at_a_time else "",
                     self.request_timeout,
                 )
             elif one_at_a_time:
-                logger.warning("The teacher at %s cuts streamed answers when another request arrives: requests go to "
-                               "it one at a time.", server.name)
+                logger.warning(
+                    "The teacher at %s cuts streamed answers when another request arrives: requests go to "
+                    "it one at a time.",
+                    server.name,
+                )
 
-    def _read(self, server: PooledServer, conversation, seed: int, sampling, exchange: _Exchange,
-              stream: bool = True) -> None:
+    def _read(
+        self, server: PooledServer, conversation, seed: int, sampling, exchange: _Exchange, stream: bool = True
+    ) -> None:
         # stream_options asks for the token count of each trace; top_k is not an OpenAI parameter: vLLM, SGLang,
         # TGI and llama.cpp read it from the body.
         streamed = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}

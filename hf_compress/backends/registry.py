@@ -47,4 +47,3 @@ def register_backend(name: str, *, loads_local_files: bool = True, cache_fields:
         return from_config
 
     return decorator
-

@@ -77,8 +77,9 @@ def is_context_overflow(message: str) -> bool:
     return bool(CONTEXT_OVERFLOW.search(message))
 
 
-def context_overflow_error(server_name: str, conversation: Conversation, max_new_tokens: int,
-                           server_message: str) -> TeacherRequestError:
+def context_overflow_error(
+    server_name: str, conversation: Conversation, max_new_tokens: int, server_message: str
+) -> TeacherRequestError:
     characters = sum(len(str(m.get("content") or "")) for m in conversation)
     return TeacherRequestError(
         f"The prompt is longer than the teacher's context at {server_name}: {characters:,} characters in "

@@ -150,8 +150,12 @@ class ServerPool:
                 if stop.is_set():
                     raise RequestsCancelled
                 now = time.monotonic()
-                ready = [s for s in self.servers if s.in_flight < min(self.max_concurrency, s.max_in_flight or
-                                                                       self.max_concurrency) and s.available_at <= now]
+                ready = [
+                    s
+                    for s in self.servers
+                    if s.in_flight < min(self.max_concurrency, s.max_in_flight or self.max_concurrency)
+                    and s.available_at <= now
+                ]
                 if ready:
                     server = min(ready, key=lambda s: (s.in_flight, s.last_dispatch))
                     self._tickets += 1
@@ -169,10 +173,13 @@ class ServerPool:
                 server.failures += 1
                 server.epoch += 1
                 server.last_error = failed
-                delay = self.backoff_seconds * 2 ** min(server.failures - 1, self.max_retries) * (0.5 + random.random())
+                delay = (
+                    self.backoff_seconds * 2 ** min(server.failures - 1, self.max_retries) * (0.5 + random.random())
+                )
                 server.available_at = time.monotonic() + delay
-                logger.warning("Teacher server %s failed (%s); no request goes there for %.2f s.", server.name,
-                               failed, delay)
+                logger.warning(
+                    "Teacher server %s failed (%s); no request goes there for %.2f s.", server.name, failed, delay
+                )
             self._dispatch.notify_all()
 
     def exhausted_message(self, failures: list[str], advice: str = "") -> str:

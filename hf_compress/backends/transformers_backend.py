@@ -55,7 +55,9 @@ class TransformersBackend(TeacherBackend):
     def _generate_batch(self, conversations, sampling):
         import torch
 
-        texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+        texts = [
+            self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations
+        ]
         padding_side = self.tokenizer.padding_side
         self.tokenizer.padding_side = "left"  # decoder-only models continue from the last position
         try:

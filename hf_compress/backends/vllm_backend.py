@@ -35,8 +35,10 @@ class VLLMBackend(TeacherBackend):
             self.llm, self.replicas = vllm.LLM(model=model, **llm_kwargs), []
         else:
             self.llm = None
-            self.replicas = [VLLMReplica(model, llm_kwargs, devices)
-                             for devices in replica_devices(data_parallel_size, tensor_parallel_size)]
+            self.replicas = [
+                VLLMReplica(model, llm_kwargs, devices)
+                for devices in replica_devices(data_parallel_size, tensor_parallel_size)
+            ]
             for replica in self.replicas:
                 replica.wait_ready()
 
@@ -65,5 +67,6 @@ class VLLMBackend(TeacherBackend):
 @register_backend("vllm")
 def vllm_from_config(config) -> VLLMBackend:
     """`--backend vllm`: vLLM's offline engine, `tensor_parallel_size` x `data_parallel_size` GPUs."""
-    return VLLMBackend(config.model, tensor_parallel_size=config.tensor_parallel_size,
-                       data_parallel_size=config.data_parallel_size)
+    return VLLMBackend(
+        config.model, tensor_parallel_size=config.tensor_parallel_size, data_parallel_size=config.data_parallel_size
+    )

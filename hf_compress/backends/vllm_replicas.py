@@ -14,7 +14,9 @@ from .base import Generation
 
 def chat_generations(llm, vllm, conversations, params: dict) -> list[list[Generation]]:
     outputs = llm.chat(conversations, vllm.SamplingParams(**params), use_tqdm=False)
-    return [[Generation(o.text, len(o.token_ids), o.finish_reason or "unknown") for o in out.outputs] for out in outputs]
+    return [
+        [Generation(o.text, len(o.token_ids), o.finish_reason or "unknown") for o in out.outputs] for out in outputs
+    ]
 
 
 def split_evenly(items: list, parts: int) -> list[list]:
@@ -40,7 +42,9 @@ def replica_devices(data_parallel_size: int, tensor_parallel_size: int) -> list[
             f"data_parallel_size={data_parallel_size} x tensor_parallel_size={tensor_parallel_size} needs {needed} "
             f"GPUs, but this process sees {len(devices)} ({devices}); lower one of them or set CUDA_VISIBLE_DEVICES."
         )
-    return [",".join(devices[r * tensor_parallel_size : (r + 1) * tensor_parallel_size]) for r in range(data_parallel_size)]
+    return [
+        ",".join(devices[r * tensor_parallel_size : (r + 1) * tensor_parallel_size]) for r in range(data_parallel_size)
+    ]
 
 
 def serve_replica(model: str, llm_kwargs: dict, devices: str, connection) -> None:
@@ -70,8 +74,9 @@ class VLLMReplica:
         self.devices = devices
         self.connection, child_end = context.Pipe()
         # Not a daemon: vLLM starts processes of its own, which a daemon process may not.
-        self.process = context.Process(target=serve_replica, args=(model, llm_kwargs, devices, child_end),
-                                       name=f"vllm-replica-{devices}")
+        self.process = context.Process(
+            target=serve_replica, args=(model, llm_kwargs, devices, child_end), name=f"vllm-replica-{devices}"
+        )
         self.process.start()
         child_end.close()
         self._finalizer = weakref.finalize(self, VLLMReplica._stop, self.process, self.connection)
@@ -91,8 +96,10 @@ class VLLMReplica:
         try:
             status, payload = self.connection.recv()
         except EOFError:
-            raise RuntimeError(f"The vLLM replica on GPUs {self.devices} exited (exit code "
-                               f"{self.process.exitcode}); see its log above.") from None
+            raise RuntimeError(
+                f"The vLLM replica on GPUs {self.devices} exited (exit code "
+                f"{self.process.exitcode}); see its log above."
+            ) from None
         if status == "error":
             raise RuntimeError(f"The vLLM replica on GPUs {self.devices} failed:\n{payload}")
         return payload

@@ -26,6 +26,12 @@ def _run_build(args: CommandArguments):
     return built
 
 
-register("build", "Write the SFT variants (raw, compressed, answer_only, truncated) in messages form.", _run_build,
-         arguments=(StageIO, BuildArguments, TraceColumns), paths=lambda args: [("--tokenizer", args.tokenizer)],
-         position=40, pipeline=True)
+register(
+    "build",
+    "Write the SFT variants (raw, compressed, answer_only, truncated) in messages form.",
+    _run_build,
+    arguments=(StageIO, BuildArguments, TraceColumns),
+    paths=lambda args: [("--tokenizer", args.tokenizer)],
+    position=40,
+    pipeline=True,
+)

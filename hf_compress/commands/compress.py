@@ -22,8 +22,10 @@ def _check_compress(args: CommandArguments) -> None:
         from ..compress import COMPRESSION_PROMPTS
 
         if options.prompt_version not in COMPRESSION_PROMPTS:
-            raise UsageError(f"argument --prompt_version: invalid choice: {options.prompt_version!r} (choose from "
-                             f"{', '.join(repr(v) for v in sorted(COMPRESSION_PROMPTS))})")
+            raise UsageError(
+                f"argument --prompt_version: invalid choice: {options.prompt_version!r} (choose from "
+                f"{', '.join(repr(v) for v in sorted(COMPRESSION_PROMPTS))})"
+            )
 
 
 def _run_compress(args: CommandArguments):
@@ -57,6 +59,13 @@ def _compress_paths(args: CommandArguments) -> list[tuple[str, str | None]]:
     return [_compress_tokenizer(args), *(args[BackendConfig].local_paths() if llm else [])]
 
 
-register("compress", "Rewrite traces shorter (LLM or extractive) and check that the answer survived.", _run_compress,
-         arguments=(StageIO, CompressArguments, BackendConfig, TaskArguments, TraceColumns),
-         check=_check_compress, paths=_compress_paths, position=30, pipeline=True)
+register(
+    "compress",
+    "Rewrite traces shorter (LLM or extractive) and check that the answer survived.",
+    _run_compress,
+    arguments=(StageIO, CompressArguments, BackendConfig, TaskArguments, TraceColumns),
+    check=_check_compress,
+    paths=_compress_paths,
+    position=30,
+    pipeline=True,
+)

@@ -20,8 +20,10 @@ def _output_folder(args: CommandArguments) -> str:
     if options.output:
         return options.output
     if not BACKEND_REGISTRY[backend.backend].loads_local_files:
-        raise UsageError(f"--output is needed with --backend {backend.backend}: --model is a served model name, not a "
-                         "folder to write the evaluation into.")
+        raise UsageError(
+            f"--output is needed with --backend {backend.backend}: --model is a served model name, not a "
+            "folder to write the evaluation into."
+        )
     return backend.model
 
 
@@ -58,6 +60,12 @@ def _run_eval(args: CommandArguments):
     return summary
 
 
-register("eval", "Greedy accuracy and output length of a trained student (token cap, batched; here or on servers).",
-         _run_eval, arguments=(EvalArguments, EvalBackendConfig, TaskArguments), check=_check_eval,
-         paths=lambda args: args[EvalBackendConfig].local_paths(), position=70)
+register(
+    "eval",
+    "Greedy accuracy and output length of a trained student (token cap, batched; here or on servers).",
+    _run_eval,
+    arguments=(EvalArguments, EvalBackendConfig, TaskArguments),
+    check=_check_eval,
+    paths=lambda args: args[EvalBackendConfig].local_paths(),
+    position=70,
+)

@@ -24,6 +24,13 @@ def _run_generate(args: CommandArguments):
         **args.options(GenerateArguments),
     )
 
-register("generate", "Sample teacher traces (n per problem), resumably.", _run_generate,
-         arguments=(StageIO, BackendConfig, SamplingConfig, GenerateArguments), position=10, pipeline=True,
-         paths=lambda args: args[BackendConfig].local_paths())
+
+register(
+    "generate",
+    "Sample teacher traces (n per problem), resumably.",
+    _run_generate,
+    arguments=(StageIO, BackendConfig, SamplingConfig, GenerateArguments),
+    position=10,
+    pipeline=True,
+    paths=lambda args: args[BackendConfig].local_paths(),
+)

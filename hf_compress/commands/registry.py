@@ -42,8 +42,11 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
     def _format_action_invocation(self, action: argparse.Action) -> str:
         # HfArgumentParser adds `--a-b` next to each `--a_b`: show one spelling (both are accepted).
         names = set(action.option_strings)
-        shown = [o for o in action.option_strings if not (o.startswith("--") and "--" + o[2:].replace("-", "_") in
-                                                          names and "-" in o[2:])]
+        shown = [
+            o
+            for o in action.option_strings
+            if not (o.startswith("--") and "--" + o[2:].replace("-", "_") in names and "-" in o[2:])
+        ]
         if shown != action.option_strings:
             action = copy.copy(action)
             action.option_strings = shown
@@ -191,8 +194,9 @@ def command_parser(name: str) -> argparse.ArgumentParser:
     if command.add_arguments:
         command.add_arguments(parser)
     if name != "sft":  # sft passes every option after the recipe to TRL (SFTConfig has a `debug` field)
-        parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                            help="Show the full traceback of an error.")
+        parser.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="Show the full traceback of an error."
+        )
     return parser
 
 
@@ -222,8 +226,12 @@ def command_from_dict(name: str, values: dict) -> CommandArguments:
     """The arguments of `hf-compress <name>` from a mapping of option: value (a recipe section), built by the same
     parser's `parse_dict` into the same dataclasses, which read and check the values as the command line would."""
     command = SUBCOMMANDS[name]
-    required = [f.name for cls in command.arguments for f in dataclasses.fields(cls)
-                if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    required = [
+        f.name
+        for cls in command.arguments
+        for f in dataclasses.fields(cls)
+        if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     missing = [key for key in required if key not in values]
     if missing:
         raise UsageError(f"the following arguments are required: {', '.join('--' + key for key in missing)}")

@@ -24,5 +24,11 @@ def _run_report(args: CommandArguments):
     return table
 
 
-register("report", "Compare students across variants: accuracy and costs as ratios to raw, plus a plot.", _run_report,
-         add_arguments=_add_report, plain=True, position=80)
+register(
+    "report",
+    "Compare students across variants: accuracy and costs as ratios to raw, plus a plot.",
+    _run_report,
+    add_arguments=_add_report,
+    plain=True,
+    position=80,
+)

@@ -9,10 +9,17 @@ from .registry import CommandArguments, register
 
 def _add_run(parser):
     parser.add_argument("recipe", help="YAML recipe: `output_dir`, an input, and one section per stage to run.")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="Recipe values to override, dotted for stage sections: `generate.n=1 output_dir=runs/x`.")
-    parser.add_argument("--dry_run", action="store_true",
-                        help="Check the recipe and print each stage's arguments; runs and imports none of its code.")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="Recipe values to override, dotted for stage sections: `generate.n=1 output_dir=runs/x`.",
+    )
+    parser.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="Check the recipe and print each stage's arguments; runs and imports none of its code.",
+    )
 
 
 def _run_recipe(args: CommandArguments):

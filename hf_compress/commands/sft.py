@@ -11,10 +11,16 @@ from .registry import SUBCOMMANDS, CommandArguments, DefaultsHelpFormatter, comm
 
 
 def _add_sft(parser):
-    parser.add_argument("recipe", metavar="RECIPE",
-                        help="YAML recipe of trl.SFTConfig + trl.ModelConfig + CompressSFTArguments fields.")
-    parser.add_argument("overrides", nargs=argparse.REMAINDER,
-                        help="Any recipe field as `--name value` (`hf-compress sft RECIPE --help` lists them).")
+    parser.add_argument(
+        "recipe",
+        metavar="RECIPE",
+        help="YAML recipe of trl.SFTConfig + trl.ModelConfig + CompressSFTArguments fields.",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs=argparse.REMAINDER,
+        help="Any recipe field as `--name value` (`hf-compress sft RECIPE --help` lists them).",
+    )
 
 
 class _HelpWithEpilog(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter):
@@ -44,18 +50,31 @@ def sft_help(recipe: str | None = None, full: bool = False) -> str:
                     lines.append(f"  --{key} {shown}")
         except (OSError, yaml.YAMLError) as error:
             lines.append(f"  (cannot read it: {error})")
-    epilog = (f"set by {recipe} (override any of them with --name value):\n" + "\n".join(lines) + "\n\n"
-              if recipe is not None else "")
+    epilog = (
+        f"set by {recipe} (override any of them with --name value):\n" + "\n".join(lines) + "\n\n"
+        if recipe is not None
+        else ""
+    )
     if not full:
-        epilog += ("Every trl.SFTConfig field (output_dir, learning_rate, num_train_epochs, max_length, packing, seed, "
-                   "...) is\nan option too: `hf-compress sft RECIPE --help_all` lists them all (slower: it imports "
-                   "TRL's trainer).\n")
+        epilog += (
+            "Every trl.SFTConfig field (output_dir, learning_rate, num_train_epochs, max_length, packing, seed, "
+            "...) is\nan option too: `hf-compress sft RECIPE --help_all` lists them all (slower: it imports "
+            "TRL's trainer).\n"
+        )
     parser = dataclass_parser(
-        types, prog="hf-compress sft", usage="hf-compress sft RECIPE [--name value ...]",
+        types,
+        prog="hf-compress sft",
+        usage="hf-compress sft RECIPE [--name value ...]",
         description=SUBCOMMANDS["sft"].help + " Relative paths, in the recipe too, are relative to the working "
-        "directory.", epilog=epilog, formatter_class=_HelpWithEpilog)
-    parser.add_argument("recipe", metavar="RECIPE", help="YAML recipe of trl.SFTConfig, trl.ModelConfig and "
-                        "hf_compress.sft.CompressSFTArguments fields.")
+        "directory.",
+        epilog=epilog,
+        formatter_class=_HelpWithEpilog,
+    )
+    parser.add_argument(
+        "recipe",
+        metavar="RECIPE",
+        help="YAML recipe of trl.SFTConfig, trl.ModelConfig and hf_compress.sft.CompressSFTArguments fields.",
+    )
     if not full:
         parser.add_argument("--help_all", action="store_true", help="List every option, trl.SFTConfig's too.")
     return parser.format_help()
@@ -87,5 +106,12 @@ def _run_sft(args: CommandArguments):
     return summary
 
 
-register("sft", "Train a student on one variant with TRL's SFTTrainer (checked assistant masks, packing).", _run_sft,
-         add_arguments=_add_sft, plain=True, parse=_parse_sft, position=60)
+register(
+    "sft",
+    "Train a student on one variant with TRL's SFTTrainer (checked assistant masks, packing).",
+    _run_sft,
+    add_arguments=_add_sft,
+    plain=True,
+    parse=_parse_sft,
+    position=60,
+)

@@ -20,5 +20,12 @@ def _run_verify(args: CommandArguments):
         **args.options(TaskArguments, TraceColumns, VerifyArguments),
     )
 
-register("verify", "Mark correct traces (math-verify, exact, numeric, Countdown) and per-problem pass rates.",
-         _run_verify, arguments=(StageIO, TaskArguments, TraceColumns, VerifyArguments), position=20, pipeline=True)
+
+register(
+    "verify",
+    "Mark correct traces (math-verify, exact, numeric, Countdown) and per-problem pass rates.",
+    _run_verify,
+    arguments=(StageIO, TaskArguments, TraceColumns, VerifyArguments),
+    position=20,
+    pipeline=True,
+)

@@ -63,8 +63,9 @@ class ServerBehaviour:
         self.__init__()
 
 
-def behave_like_llama_cpp(behaviour: ServerBehaviour, model: str = "SmolLM2-135M-Instruct.Q4_1.gguf",
-                          context_chars: int = 2000) -> ServerBehaviour:
+def behave_like_llama_cpp(
+    behaviour: ServerBehaviour, model: str = "SmolLM2-135M-Instruct.Q4_1.gguf", context_chars: int = 2000
+) -> ServerBehaviour:
     """What llama-cpp-python's server (0.3) does with its defaults: no usage in streams, the stream in flight cut
     when another request arrives (`--interrupt_requests`), a prompt over `--n_ctx` answered 200 with an empty body
     when streamed (a 400 otherwise), its one model listed by its path, and any model name answered."""
@@ -103,16 +104,28 @@ def compressed_solution(prompt: str) -> str:
 def context_overflow(behaviour: ServerBehaviour, body: dict, prompt_chars: int):
     """llama-cpp-python's answers to a prompt over its context: streamed, a 200 with an empty body; else a 400."""
     if body.get("stream"):
+
         async def nothing():
             return
             yield
 
         return StreamingResponse(nothing(), media_type="text/event-stream")
-    message = (f"This model's maximum context length is {behaviour.context_chars} tokens. However, you requested "
-               f"{prompt_chars} tokens ({prompt_chars} in the messages, 0 in the completion). Please reduce the length "
-               "of the messages or completion.")
-    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": "messages",
-                                   "code": "context_length_exceeded"}}, status_code=400)
+    message = (
+        f"This model's maximum context length is {behaviour.context_chars} tokens. However, you requested "
+        f"{prompt_chars} tokens ({prompt_chars} in the messages, 0 in the completion). Please reduce the length "
+        "of the messages or completion."
+    )
+    return JSONResponse(
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": "context_length_exceeded",
+            }
+        },
+        status_code=400,
+    )
 
 
 def streamed_answer(behaviour: ServerBehaviour, body: dict, words: list[str], finish_reason: str):
@@ -144,7 +157,9 @@ def streamed_answer(behaviour: ServerBehaviour, body: dict, words: list[str], fi
                 yield event({"content": word if i == 0 else " " + word})
             yield event({}, finish=finish_reason)
             if with_usage:
-                yield event(usage={"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)})
+                yield event(
+                    usage={"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)}
+                )
             yield "data: [DONE]\n\n"
         finally:
             behaviour.in_flight -= 1
@@ -186,10 +201,16 @@ def make_app(behaviour: ServerBehaviour) -> FastAPI:
         behaviour.served += 1
         if behaviour.answer is not None:
             text, tokens, finish_reason = behaviour.answer(body)
-            return {"id": f"chatcmpl-{behaviour.requests}", "object": "chat.completion", "created": 0,
-                    "model": body["model"], "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                                         "finish_reason": finish_reason}],
-                    "usage": {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens}}
+            return {
+                "id": f"chatcmpl-{behaviour.requests}",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
+                ],
+                "usage": {"prompt_tokens": 0, "completion_tokens": tokens, "total_tokens": tokens},
+            }
         if behaviour.empty_answers:
             text = ""
         elif prompt.startswith("Rewrite the solution"):
@@ -206,9 +227,14 @@ def make_app(behaviour: ServerBehaviour) -> FastAPI:
             "object": "chat.completion",
             "created": 0,
             "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
-            "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
-                      "total_tokens": len(prompt.split()) + len(text.split())},
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
+            ],
+            "usage": {
+                "prompt_tokens": len(prompt.split()),
+                "completion_tokens": len(text.split()),
+                "total_tokens": len(prompt.split()) + len(text.split()),
+            },
         }
 
     return app
@@ -242,8 +268,9 @@ def unreachable_url():
 def start_server() -> TeacherServer:
     behaviour = ServerBehaviour()
     port = free_port()
-    config = uvicorn.Config(make_app(behaviour), host="127.0.0.1", port=port, log_level="error",
-                            timeout_graceful_shutdown=1)
+    config = uvicorn.Config(
+        make_app(behaviour), host="127.0.0.1", port=port, log_level="error", timeout_graceful_shutdown=1
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -304,8 +331,12 @@ def compressed_folder(teacher_server, tokenizer, tmp_path):
     from kit.tiny import make_task_dataset
 
     problems = make_task_dataset("arithmetic", 6, seed=0).select_columns(["problem", "answer"])
-    traces = generate(problems, OpenAIBackend("teacher", base_url=teacher_server.base_url), SamplingConfig(n=2),
-                      output_dir=str(tmp_path / "generate"))
+    traces = generate(
+        problems,
+        OpenAIBackend("teacher", base_url=teacher_server.base_url),
+        SamplingConfig(n=2),
+        output_dir=str(tmp_path / "generate"),
+    )
     checked = verify(traces, output_dir=str(tmp_path / "verify"))
     compress(checked, ExtractiveCompressor(), tokenizer, output_dir=str(tmp_path / "compress"))
     tokenizer.save_pretrained(str(tmp_path / "tokenizer"))

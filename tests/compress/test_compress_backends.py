@@ -25,7 +25,11 @@ from hf_compress.backends.openai_backend import parse_chat_stream
 from hf_compress.backends.server_checks import StreamProblem
 from kit.tiny import build_tokenizer, tiny_causal_lm
 
-PROBLEMS = ["Compute 3 + 4 from left to right.", "Compute 12 - 5 * 2 from left to right.", "Compute 7 from left to right."]
+PROBLEMS = [
+    "Compute 3 + 4 from left to right.",
+    "Compute 12 - 5 * 2 from left to right.",
+    "Compute 7 from left to right.",
+]
 
 
 def conversations(problems=PROBLEMS):
@@ -147,8 +151,13 @@ def test_backend_config_rejects_bad_settings():
         TransformersBackend(tiny_causal_lm("qwen3", build_tokenizer(), hidden_size=32, num_layers=1), tokenizer)
 
 
-ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "teacher",
-          "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+ANSWER = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 0,
+    "model": "teacher",
+    "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+}
 
 
 def answer(message: dict, finish_reason="stop") -> tuple[int, str, str]:
@@ -169,8 +178,9 @@ GARBAGE = {
 
 @pytest.mark.parametrize("kind", list(GARBAGE))
 def test_openai_backend_retries_garbage_then_names_the_server_and_what_it_sent(teacher_server, kind):
-    backend = OpenAIBackend("teacher", base_url=teacher_server.base_url, max_concurrency=1, max_retries=2,
-                            backoff_seconds=0.01)
+    backend = OpenAIBackend(
+        "teacher", base_url=teacher_server.base_url, max_concurrency=1, max_retries=2, backoff_seconds=0.01
+    )
     teacher_server.behaviour.scripted = [GARBAGE[kind]] * 2  # retried like a 5xx: the third answer is good
     (generations,) = backend.generate(conversations(PROBLEMS[:1]), SamplingConfig(), seed=0)
     assert "\\boxed{7}" in generations[0].text and teacher_server.behaviour.requests == 3
@@ -204,8 +214,15 @@ def test_openai_backend_records_other_finish_reasons_and_separated_reasoning(tea
 
 
 def test_openai_backend_does_not_retry_a_rejected_request(teacher_server):
-    teacher_server.behaviour.scripted = [(400, "application/json", json.dumps(
-        {"error": {"message": "top_k must be -1 (disable), or at least 1, got 0.", "type": "BadRequestError"}}))]
+    teacher_server.behaviour.scripted = [
+        (
+            400,
+            "application/json",
+            json.dumps(
+                {"error": {"message": "top_k must be -1 (disable), or at least 1, got 0.", "type": "BadRequestError"}}
+            ),
+        )
+    ]
     backend = OpenAIBackend("teacher", base_url=teacher_server.base_url, max_retries=3, backoff_seconds=0.01)
     with pytest.raises(TeacherRequestError, match=r"rejected.*400.*top_k must be") as error:
         backend.generate(conversations(PROBLEMS[:1]), SamplingConfig(), seed=0)
@@ -282,7 +299,9 @@ def fake_vllm_package(tmp_path, monkeypatch):
 @pytest.mark.slow  # two spawned processes importing hf_compress: about 15 s on 2 cores
 def test_vllm_data_parallel_replicas_each_answer_a_share_on_their_own_gpus(fake_vllm_package, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7,8")
-    backend = BackendConfig(backend="vllm", model="Qwen/Qwen3-8B", tensor_parallel_size=2, data_parallel_size=2).build()
+    backend = BackendConfig(
+        backend="vllm", model="Qwen/Qwen3-8B", tensor_parallel_size=2, data_parallel_size=2
+    ).build()
     try:
         results = backend.generate(conversations(), SamplingConfig(n=2), seed=0)
     finally:
@@ -291,8 +310,10 @@ def test_vllm_data_parallel_replicas_each_answer_a_share_on_their_own_gpus(fake_
     assert [[g.text for g in r] for r in results] == [[f"{p} @ {g}"] * 2 for p, g in zip(PROBLEMS, gpus)]
     engines = sorted(json.loads(line)["gpus"] for line in fake_vllm_package.read_text().splitlines())
     assert engines == ["4,5", "6,7"]  # one engine per replica, none in this process
-    assert all('"tensor_parallel_size": 2' in line and "data_parallel" not in line
-               for line in fake_vllm_package.read_text().splitlines())
+    assert all(
+        '"tensor_parallel_size": 2' in line and "data_parallel" not in line
+        for line in fake_vllm_package.read_text().splitlines()
+    )
     assert not any(replica.process.is_alive() for replica in backend.replicas)
     with pytest.raises(ValueError, match=r"needs 6 GPUs, but this process sees 5"):
         BackendConfig(backend="vllm", model="m", tensor_parallel_size=2, data_parallel_size=3).build()
@@ -303,11 +324,13 @@ def sse(*chunks) -> list[str]:
 
 
 def test_a_streamed_answer_is_put_together_like_a_complete_one():
-    lines = sse({"choices": [{"index": 0, "delta": {"role": "assistant", "reasoning_content": "3 + 4"}}]},
-                {"choices": [{"index": 0, "delta": {"reasoning_content": " = 7."}}]},
-                {"choices": [{"index": 0, "delta": {"content": "The answer"}}]},
-                {"choices": [{"index": 0, "delta": {"content": " is 7."}, "finish_reason": "stop"}]},
-                {"choices": [], "usage": {"completion_tokens": 9}})
+    lines = sse(
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "reasoning_content": "3 + 4"}}]},
+        {"choices": [{"index": 0, "delta": {"reasoning_content": " = 7."}}]},
+        {"choices": [{"index": 0, "delta": {"content": "The answer"}}]},
+        {"choices": [{"index": 0, "delta": {"content": " is 7."}, "finish_reason": "stop"}]},
+        {"choices": [], "usage": {"completion_tokens": 9}},
+    )
     seen = []
     generation = parse_chat_stream([": keep-alive", *lines], on_line=lambda: seen.append(1))
     assert generation == Generation("<think>\n3 + 4 = 7.\n</think>\n\nThe answer is 7.", 9, "stop")
@@ -334,20 +357,27 @@ def test_config_values_are_read_like_the_command_line_and_checked():
     assert (sampling.n, sampling.temperature, sampling.top_k) == (2, 0.7, 20)
     config = BackendConfig(backend="openai", model="m", base_url="http://a:1/v1, http://b:1/v1", max_retries="0")
     assert config.base_urls == ["http://a:1/v1", "http://b:1/v1"] and config.max_retries == 0
-    for kwargs, message in [({"top_k": -5}, r"--top_k must be an integer >= 0"), ({"n": 2.5}, r"invalid int value"),
-                            ({"max_new_tokens": 0}, r"--max_new_tokens must be an integer >= 1, got 0")]:
+    for kwargs, message in [
+        ({"top_k": -5}, r"--top_k must be an integer >= 0"),
+        ({"n": 2.5}, r"invalid int value"),
+        ({"max_new_tokens": 0}, r"--max_new_tokens must be an integer >= 1, got 0"),
+    ]:
         with pytest.raises(ValueError, match=message):
             SamplingConfig(**kwargs)
-    for kwargs, message in [({"request_timeout": 0}, "--request_timeout must be a number > 0"),
-                            ({"batch_size": 0}, "--batch_size must be an integer >= 1"),
-                            ({"backoff_seconds": -1}, "--backoff_seconds must be a number >= 0")]:
+    for kwargs, message in [
+        ({"request_timeout": 0}, "--request_timeout must be a number > 0"),
+        ({"batch_size": 0}, "--batch_size must be an integer >= 1"),
+        ({"backoff_seconds": -1}, "--backoff_seconds must be a number >= 0"),
+    ]:
         with pytest.raises(ValueError, match=message):
             BackendConfig(backend="openai", model="m", **kwargs)
 
 
 def test_a_missing_local_model_is_not_sent_to_the_hub(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match=rf"--model: no such folder: runs/sft/model \(relative to {tmp_path}\)"):
+    with pytest.raises(
+        FileNotFoundError, match=rf"--model: no such folder: runs/sft/model \(relative to {tmp_path}\)"
+    ):
         BackendConfig(model="runs/sft/model").build()
 
 
@@ -377,10 +407,12 @@ def test_a_user_backend_plugs_in_by_name(tmp_path):
         config = BackendConfig(backend="echo", model="served-name")
         assert config.local_paths() == [] and config.describe() == {"backend": "echo", "model": "served-name"}
         problems = Dataset.from_dict({"problem": ["Say 4", "Say 7"], "answer": ["4", "7"]})
-        traces = generate(problems, config, SamplingConfig(n=2), output_dir=str(tmp_path / "generate"),
-                          prompt_template="{problem}")  # the echo reads the problem's last word
+        traces = generate(
+            problems, config, SamplingConfig(n=2), output_dir=str(tmp_path / "generate"), prompt_template="{problem}"
+        )  # the echo reads the problem's last word
         assert traces["generation"] == ["\\boxed{4}"] * 2 + ["\\boxed{7}"] * 2 and set(traces["teacher"]) == {
-            "served-name"}
+            "served-name"
+        }
         with pytest.raises(ValueError, match="'echo' is registered already"):
             register_backend("echo")(lambda config: EchoBackend(config.model))
     finally:

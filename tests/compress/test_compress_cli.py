@@ -64,12 +64,49 @@ def test_run_chains_the_stages_and_skips_finished_ones(teacher_server, workspace
 
 def test_subcommands_read_and_write_folders(teacher_server, workspace):
     out = workspace / "steps"
-    main(["generate", "--input", str(workspace / "problems"), "--output", str(out / "g"), "--backend", "openai",
-          "--model", "teacher", "--base_url", teacher_server.base_url, "--n", "1"])
+    main(
+        [
+            "generate",
+            "--input",
+            str(workspace / "problems"),
+            "--output",
+            str(out / "g"),
+            "--backend",
+            "openai",
+            "--model",
+            "teacher",
+            "--base_url",
+            teacher_server.base_url,
+            "--n",
+            "1",
+        ]
+    )
     main(["verify", "--input", str(out / "g"), "--output", str(out / "v"), "--keep_only_correct"])
-    main(["compress", "--input", str(out / "v"), "--output", str(out / "c"), "--tokenizer", str(workspace / "tokenizer")])
-    main(["build", "--input", str(out / "c"), "--output", str(out / "b"), "--tokenizer", str(workspace / "tokenizer"),
-          "--variants", "raw", "compressed"])
+    main(
+        [
+            "compress",
+            "--input",
+            str(out / "v"),
+            "--output",
+            str(out / "c"),
+            "--tokenizer",
+            str(workspace / "tokenizer"),
+        ]
+    )
+    main(
+        [
+            "build",
+            "--input",
+            str(out / "c"),
+            "--output",
+            str(out / "b"),
+            "--tokenizer",
+            str(workspace / "tokenizer"),
+            "--variants",
+            "raw",
+            "compressed",
+        ]
+    )
     assert all(load_from_disk(str(out / "v"))["correct"])
     assert list(load_variants(str(out / "b"))) == ["raw", "compressed"]
 
@@ -85,7 +122,10 @@ def test_recipe_errors_name_the_problem_in_one_line(teacher_server, workspace, c
     cases = [
         ({"generate": {"temprature": 0.5}}, r"Unknown key\(s\) \['temprature'\] in .*recipe.yaml: section `generate`"),
         ({"evaluate_me": {}}, r"Unknown top-level key\(s\) \['evaluate_me'\]"),
-        ({"generate": {"temperature": "hot"}}, r"section `generate`: argument --temperature: invalid float value: 'hot'"),
+        (
+            {"generate": {"temperature": "hot"}},
+            r"section `generate`: argument --temperature: invalid float value: 'hot'",
+        ),
         ({"generate": {"n": 2.5}}, r"argument --n: invalid int value: '2.5'"),
         ({"verify": {"keep_only_correct": "maybe"}}, r"`keep_only_correct`: expected true or false, got 'maybe'"),
         ({"verify": {"task": "algebra"}}, r"argument --task: invalid choice: 'algebra'"),
@@ -104,8 +144,9 @@ def test_recipe_values_are_parsed_like_the_command_line():
     verify = stage_arguments("verify", {"keep_only_correct": "false", "timeout_seconds": "7"}, "in", "out")
     assert verify.keep_only_correct is False and verify.timeout_seconds == 7
     assert stage_arguments("verify", {"keep_only_correct": "yes"}, "in", "out").keep_only_correct is True
-    generate = stage_arguments("generate", {"temperature": "0.7", "top_k": None, "system_prompt": "- be brief"},
-                               "in", "out")
+    generate = stage_arguments(
+        "generate", {"temperature": "0.7", "top_k": None, "system_prompt": "- be brief"}, "in", "out"
+    )
     assert generate.temperature == 0.7 and generate.top_k is None and generate.system_prompt == "- be brief"
     build = stage_arguments("build", {"tokenizer": "tok", "variants": ["raw", "compressed"]}, "in", "out")
     assert build.variants == ["raw", "compressed"]
@@ -135,7 +176,11 @@ def test_stages_refuse_an_output_that_is_or_holds_or_lies_inside_the_input(tmp_p
     traces = traces_folder(tmp_path / "traces")
     before = sorted(os.listdir(traces))
     for output in [traces, os.path.join(traces, "verified"), str(tmp_path)]:
-        for stage in (["verify"], ["compress", "--tokenizer", "unused"], ["build", "--tokenizer", "unused", "--variants", "raw"]):
+        for stage in (
+            ["verify"],
+            ["compress", "--tokenizer", "unused"],
+            ["build", "--tokenizer", "unused", "--variants", "raw"],
+        ):
             code, err = cli_error([*stage, "--input", traces, "--output", output, "--overwrite"], capsys)
             assert code == 2 and "writing there would destroy the input" in err, (stage, output, err)
     assert sorted(os.listdir(traces)) == before and len(load_from_disk(traces)) == 4
@@ -150,8 +195,11 @@ def test_empty_input_is_refused_before_anything_is_written(tmp_path, capsys):
     assert len(load_from_disk(str(tmp_path / "v"))) == 0  # kept no trace, and the folder still loads
     tokenizer = str(tmp_path / "tok")
     build_tokenizer().save_pretrained(tokenizer)
-    for stage in (["compress", "--tokenizer", tokenizer], ["build", "--tokenizer", tokenizer, "--variants", "raw"],
-                  ["verify"]):
+    for stage in (
+        ["compress", "--tokenizer", tokenizer],
+        ["build", "--tokenizer", tokenizer, "--variants", "raw"],
+        ["verify"],
+    ):
         code, err = cli_error([*stage, "--input", str(tmp_path / "v"), "--output", str(tmp_path / "next")], capsys)
         assert code == 2 and "has no rows" in err and not (tmp_path / "next").exists(), err
     traces.select([]).save_to_disk(str(tmp_path / "empty"))  # datasets writes no data file for 0 rows
@@ -173,8 +221,12 @@ def traces(n):
 def builder_recipe(folder, module, n):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{module}.py").write_text(BUILDER)
-    recipe = {"output_dir": str(folder / "pipeline"), "input_builder": f"{module}:traces",
-              "input_builder_kwargs": {"n": n}, "verify": {"keep_only_correct": True}}
+    recipe = {
+        "output_dir": str(folder / "pipeline"),
+        "input_builder": f"{module}:traces",
+        "input_builder_kwargs": {"n": n},
+        "verify": {"keep_only_correct": True},
+    }
     (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     return str(folder / "recipe.yaml")
 
@@ -204,8 +256,11 @@ def test_cli_errors_are_one_line_with_exit_codes_and_debug_shows_the_traceback(t
     monkeypatch.setitem(SUBCOMMANDS, "verify", dataclasses.replace(SUBCOMMANDS["verify"], help="fails", run=fail))
     argv = ["verify", "--input", "in", "--output", "out"]
     code, err = cli_error(argv, capsys)
-    assert code == 1 and err == "hf-compress verify: error: RuntimeError: the teacher went away mid-run " \
-        "(--debug shows the traceback)\n"
+    assert (
+        code == 1
+        and err
+        == "hf-compress verify: error: RuntimeError: the teacher went away mid-run (--debug shows the traceback)\n"
+    )
     with pytest.raises(RuntimeError, match="the teacher went away"):
         main([*argv, "--debug"])
     with pytest.raises(RuntimeError, match="the teacher went away"):
@@ -235,15 +290,25 @@ def test_parser_lists_every_registered_subcommand():
 
 
 def generate_argv(workspace, url, **options):
-    options = {"input": str(workspace / "problems"), "output": str(workspace / "g"), "backend": "openai",
-               "model": "teacher", "base_url": url, **options}
+    options = {
+        "input": str(workspace / "problems"),
+        "output": str(workspace / "g"),
+        "backend": "openai",
+        "model": "teacher",
+        "base_url": url,
+        **options,
+    }
     return ["generate", *[item for key, value in options.items() for item in (f"--{key}", str(value))]]
 
 
 BAD_VALUES = [
     ("problems_per_call", "0", r"--problems_per_call must be an integer >= 1, got 0\."),
     ("top_k", "-5", r"--top_k must be an integer >= 0 \(0 turns it off.*\), got -5\."),
-    ("prompt_template", "{problem} {foo}", r"--prompt_template may use only the placeholder \{problem\}.* with \{foo\}"),
+    (
+        "prompt_template",
+        "{problem} {foo}",
+        r"--prompt_template may use only the placeholder \{problem\}.* with \{foo\}",
+    ),
     ("prompt_template", "Solve: {problm}", r"--prompt_template must be a template containing \{problem\}"),
     ("temperature", "-0.5", r"--temperature must be a number >= 0, got -0.5\."),
     ("top_p", "1.5", r"--top_p must be in \(0, 1\], got 1.5\."),
@@ -278,25 +343,33 @@ def test_typos_are_refused_with_a_suggestion_never_taken_for_another_option(teac
     code, err = cli_error(["rn", recipe], capsys)
     assert code == 2 and err.startswith("hf-compress: error: argument command: invalid choice: 'rn'")
     assert err.endswith("(did you mean 'run'?)\n") and err.count("\n") == 1
-    code, err = cli_error(["run", write_recipe(workspace, teacher_server.base_url, generate={"temprature": 0.5})],
-                          capsys)
+    code, err = cli_error(
+        ["run", write_recipe(workspace, teacher_server.base_url, generate={"temprature": 0.5})], capsys
+    )
     assert code == 2 and "['temprature'] in " in err and "(did you mean 'temperature'?)" in err
     assert teacher_server.behaviour.requests == 0
 
 
-def test_a_local_path_that_does_not_exist_is_named_with_the_folder_it_was_looked_for_in(workspace, monkeypatch,
-                                                                                       capsys):
+def test_a_local_path_that_does_not_exist_is_named_with_the_folder_it_was_looked_for_in(
+    workspace, monkeypatch, capsys
+):
     elsewhere = workspace / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     cases = [
         (["verify", "--input", "test_set/", "--output", "out"], f"--input: no such folder: test_set/ ({elsewhere})"),
-        (["generate", "--input", str(workspace / "problems"), "--output", "g", "--model", "runs/sft/model"],
-         "--model: no such folder: runs/sft/model"),
-        (["build", "--input", str(workspace / "problems"), "--output", "b", "--tokenizer", "runs/sft/model"],
-         "--tokenizer: no such folder: runs/sft/model"),
-        (["eval", "--model", "students/raw/", "--input", str(workspace / "problems")],
-         "--model: no such folder: students/raw/"),
+        (
+            ["generate", "--input", str(workspace / "problems"), "--output", "g", "--model", "runs/sft/model"],
+            "--model: no such folder: runs/sft/model",
+        ),
+        (
+            ["build", "--input", str(workspace / "problems"), "--output", "b", "--tokenizer", "runs/sft/model"],
+            "--tokenizer: no such folder: runs/sft/model",
+        ),
+        (
+            ["eval", "--model", "students/raw/", "--input", str(workspace / "problems")],
+            "--model: no such folder: students/raw/",
+        ),
     ]
     for argv, message in cases:
         code, err = cli_error(argv, capsys)
@@ -333,8 +406,16 @@ def test_a_dry_run_imports_and_calls_none_of_the_recipes_code(tmp_path, monkeypa
 
     def recipe(builder, **kwargs):
         path = tmp_path / "recipe.yaml"
-        path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "input_builder": builder,
-                                        "input_builder_kwargs": kwargs, "verify": {}}))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "output_dir": str(tmp_path / "out"),
+                    "input_builder": builder,
+                    "input_builder_kwargs": kwargs,
+                    "verify": {},
+                }
+            )
+        )
         return str(path)
 
     main(["run", recipe(f"{package}.sub:build"), "--dry_run"])

@@ -24,10 +24,15 @@ def verified_traces(server, n=4, samples=4):
 @pytest.mark.parametrize(
     "trace, expected",
     [
-        ("Let me think step by step. 3 + 4 = 7. Then 7 * 2 = 14, which is even. The answer is \\boxed{14}.",
-         "3 + 4 = 7. 7 * 2 = 14. \\boxed{14}"),
+        (
+            "Let me think step by step. 3 + 4 = 7. Then 7 * 2 = 14, which is even. The answer is \\boxed{14}.",
+            "3 + 4 = 7. 7 * 2 = 14. \\boxed{14}",
+        ),
         ("(3 * 4) + 5 = 17. <answer>(3 * 4) + 5</answer>", "(3 * 4) + 5 = 17. <answer>(3 * 4) + 5</answer>"),
-        ("First x = 2\nso y = x + 1 = 3\nFinally \\boxed{\\frac{3}{2}}", "x = 2. y = x + 1 = 3. \\boxed{\\frac{3}{2}}"),
+        (
+            "First x = 2\nso y = x + 1 = 3\nFinally \\boxed{\\frac{3}{2}}",
+            "x = 2. y = x + 1 = 3. \\boxed{\\frac{3}{2}}",
+        ),
         ("Adding gives 7 and that is all.", ""),  # nothing to keep: flagged empty by the stage
     ],
 )
@@ -61,8 +66,9 @@ def test_llm_compressor_through_a_server(teacher_server, tokenizer):
 def test_empty_compressions_are_flagged_not_dropped(teacher_server, tokenizer):
     checked = verified_traces(teacher_server, n=2, samples=1)
     teacher_server.behaviour.empty_answers = True
-    compressed = compress(checked, LLMCompressor(OpenAIBackend("compressor", base_url=teacher_server.base_url)),
-                          tokenizer)
+    compressed = compress(
+        checked, LLMCompressor(OpenAIBackend("compressor", base_url=teacher_server.base_url)), tokenizer
+    )
     assert len(compressed) == len(checked)
     assert set(compressed["compress_flag"]) == {"empty"} and not any(compressed["compressed_correct"])
     assert set(compressed["token_ratio"]) == {0.0}
@@ -113,7 +119,10 @@ def test_llm_compressor_drops_its_own_thinking(rewrite, expected):
         kind, model_name = "scripted", "thinker"
 
         def generate(self, conversations, sampling, seed):
-            return [[Generation(text=rewrite, num_tokens=len(rewrite.split()), finish_reason="stop")] for _ in conversations]
+            return [
+                [Generation(text=rewrite, num_tokens=len(rewrite.split()), finish_reason="stop")]
+                for _ in conversations
+            ]
 
     compressor = LLMCompressor(ThinkingBackend())
     assert compressor.compress(["What is 3 + 4?"], ["3 + 4 = 7. So the answer is \\boxed{7}."]) == [expected]

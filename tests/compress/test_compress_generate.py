@@ -42,11 +42,19 @@ def as_rows(traces):
 
 def test_generate_rows_columns_and_statistics(teacher_server, tmp_path):
     backend = OpenAIBackend("teacher", base_url=teacher_server.base_url)
-    traces = generate(problems(4), backend, SamplingConfig(n=2, max_new_tokens=64), output_dir=str(tmp_path / "g"),
-                      shard_size=3)
+    traces = generate(
+        problems(4), backend, SamplingConfig(n=2, max_new_tokens=64), output_dir=str(tmp_path / "g"), shard_size=3
+    )
     assert len(traces) == 8
-    assert traces.column_names == ["problem", "answer", "sample_index", "generation", "num_tokens",
-                                   "finish_reason", "teacher"]
+    assert traces.column_names == [
+        "problem",
+        "answer",
+        "sample_index",
+        "generation",
+        "num_tokens",
+        "finish_reason",
+        "teacher",
+    ]
     assert list(traces["sample_index"]) == [0, 1] * 4
     assert set(traces["teacher"]) == {"teacher"} and set(traces["finish_reason"]) == {"stop"}
     assert all(t == len(g.split()) for g, t in zip(traces["generation"], traces["num_tokens"]))
@@ -78,8 +86,9 @@ def test_failing_server_keeps_finished_shards_and_resume_skips_them(teacher_serv
     teacher_server.behaviour.fail_after = 4  # two shards of two problems, then the server goes down
     # One request at a time: a failed call abandons the requests it has in flight, which would reach the server
     # after the reset below and blur the count of what the resume asks for.
-    backend = OpenAIBackend("teacher", base_url=teacher_server.base_url, max_retries=1, backoff_seconds=0.01,
-                            max_concurrency=1)
+    backend = OpenAIBackend(
+        "teacher", base_url=teacher_server.base_url, max_retries=1, backoff_seconds=0.01, max_concurrency=1
+    )
     output = str(tmp_path / "g")
     with pytest.raises(TeacherUnavailableError, match="rerun the same command to resume"):
         generate(problems(8), backend, SamplingConfig(), output_dir=output, shard_size=2, problems_per_call=2)
@@ -114,8 +123,12 @@ def test_killed_run_resumes_with_nothing_lost_or_duplicated(teacher_server, tmp_
     output = str(tmp_path / "g")
     teacher_server.behaviour.delay_seconds = 0.15  # ~0.15 s per problem: the run lasts about 2 s
     env = {**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, str(script), str(tmp_path / "problems"), teacher_server.base_url,
-                                output], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "problems"), teacher_server.base_url, output],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 120
     while len(finished_shards(output)) < 2:
         assert process.poll() is None, process.stderr.read().decode()[-2000:]
@@ -128,24 +141,38 @@ def test_killed_run_resumes_with_nothing_lost_or_duplicated(teacher_server, tmp_
     done = finished_shards(output)
     assert 2 <= len(done) < 6 and not os.path.exists(os.path.join(output, STAGE_FILE))
     teacher_server.behaviour.reset()
-    resumed = generate(data, OpenAIBackend("teacher", base_url=teacher_server.base_url, max_concurrency=2),
-                       SamplingConfig(n=2, temperature=0.7, seed=11), output_dir=output, shard_size=2, batch_size=1)
+    resumed = generate(
+        data,
+        OpenAIBackend("teacher", base_url=teacher_server.base_url, max_concurrency=2),
+        SamplingConfig(n=2, temperature=0.7, seed=11),
+        output_dir=output,
+        shard_size=2,
+        batch_size=1,
+    )
     assert teacher_server.behaviour.requests == 2 * 2 * (6 - len(done))  # finished shards were not redone
 
     keys = list(zip(resumed["problem"], resumed["sample_index"]))
     assert len(keys) == 24 and len(set(keys)) == 24  # nothing lost, nothing duplicated
-    straight = generate(data, OpenAIBackend("teacher", base_url=teacher_server.base_url),
-                        SamplingConfig(n=2, temperature=0.7, seed=11), shard_size=2, batch_size=1)
+    straight = generate(
+        data,
+        OpenAIBackend("teacher", base_url=teacher_server.base_url),
+        SamplingConfig(n=2, temperature=0.7, seed=11),
+        shard_size=2,
+        batch_size=1,
+    )
     assert as_rows(resumed) == as_rows(straight)  # the resumed run equals an uninterrupted one
 
 
 def test_transformers_teacher_resumed_output_equals_in_memory_run(tmp_path):
     tokenizer = build_tokenizer()
-    backend = TransformersBackend(tiny_causal_lm("qwen3", tokenizer, hidden_size=32, num_layers=1), tokenizer,
-                                  batch_size=4)
+    backend = TransformersBackend(
+        tiny_causal_lm("qwen3", tokenizer, hidden_size=32, num_layers=1), tokenizer, batch_size=4
+    )
     sampling = SamplingConfig(n=2, temperature=1.0, max_new_tokens=6, seed=3)
     in_memory = generate(problems(6), backend, sampling, shard_size=4, problems_per_call=2)
-    on_disk = generate(problems(6), backend, sampling, output_dir=str(tmp_path / "g"), shard_size=4, problems_per_call=2)
+    on_disk = generate(
+        problems(6), backend, sampling, output_dir=str(tmp_path / "g"), shard_size=4, problems_per_call=2
+    )
     assert as_rows(on_disk) == as_rows(in_memory)
     assert all(1 <= t <= 6 for t in on_disk["num_tokens"])
 
@@ -174,10 +201,16 @@ def test_a_finished_stage_never_loads_the_teacher(tmp_path):
 
 
 def test_other_finish_reasons_are_kept_counted_and_reported(teacher_server, tmp_path, caplog):
-    filtered = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "teacher",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Let me"},
-                             "finish_reason": "content_filter"}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+    filtered = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "teacher",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "Let me"}, "finish_reason": "content_filter"}
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
     teacher_server.behaviour.scripted = [(200, "application/json", json.dumps(filtered))]
     backend = OpenAIBackend("teacher", base_url=teacher_server.base_url, max_concurrency=1)
     output = str(tmp_path / "g")

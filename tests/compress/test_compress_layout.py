@@ -63,8 +63,14 @@ GRAPH = {module: {target for target, _ in imports_of(module) if target in MODULE
 
 
 def test_every_module_is_parsed():
-    assert {"hf_compress.cli", "hf_compress.commands.registry", "hf_compress.stages", "hf_compress.evaluation",
-            "hf_compress.backends.config", "hf_compress.hardware"} <= set(MODULES)
+    assert {
+        "hf_compress.cli",
+        "hf_compress.commands.registry",
+        "hf_compress.stages",
+        "hf_compress.evaluation",
+        "hf_compress.backends.config",
+        "hf_compress.hardware",
+    } <= set(MODULES)
 
 
 def test_imports_between_hf_compress_modules_form_no_cycle():
@@ -95,14 +101,27 @@ def test_the_registry_imports_no_command_and_no_stage():
     assert GRAPH["hf_compress.commands.registry"] <= below, GRAPH["hf_compress.commands.registry"]
 
 
-@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("hf_compress.commands")
-                                          or m in ("hf_compress.cli", "hf_compress.arguments",
-                                                   "hf_compress.validation", "hf_compress.constants")))
+@pytest.mark.parametrize(
+    "module",
+    sorted(
+        m
+        for m in MODULES
+        if m.startswith("hf_compress.commands")
+        or m in ("hf_compress.cli", "hf_compress.arguments", "hf_compress.validation", "hf_compress.constants")
+    ),
+)
 def test_the_command_layer_imports_nothing_heavy_when_loaded(module):
     """`hf-compress --help` and `report` start at once: a command imports what it runs only when it runs."""
-    heavy = sorted({(target, line) for target, line in imports_of(module, top_level_only=True)
-                    if target.split(".")[0] in HEAVY or target in MODULES and target.split(".")[1:2] not in
-                    (["commands"], ["arguments"], ["validation"], ["constants"], ["backends"])})
+    heavy = sorted(
+        {
+            (target, line)
+            for target, line in imports_of(module, top_level_only=True)
+            if target.split(".")[0] in HEAVY
+            or target in MODULES
+            and target.split(".")[1:2]
+            not in (["commands"], ["arguments"], ["validation"], ["constants"], ["backends"])
+        }
+    )
     assert not heavy, f"{module} imports at load time {heavy}"
 
 
@@ -118,6 +137,9 @@ def reachable(module: str) -> set[str]:
 
 def test_evaluation_imports_no_trl():
     """Evaluating a student needs the hardware helpers, not TRL's trainer (`hf_compress.hardware`)."""
-    users = sorted(module for module in reachable("hf_compress.evaluation")
-                   if any(target.split(".")[0] == "trl" for target, _ in imports_of(module)))
+    users = sorted(
+        module
+        for module in reachable("hf_compress.evaluation")
+        if any(target.split(".")[0] == "trl" for target, _ in imports_of(module))
+    )
     assert not users, f"hf_compress.evaluation reaches TRL through {users}"

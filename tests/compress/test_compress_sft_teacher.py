@@ -26,8 +26,14 @@ def test_pipeline_on_traces_of_a_trained_teacher(trained_teacher, tmp_path):
     problems = make_task_dataset("arithmetic", 32, seed=5, split="test").select_columns(["problem", "answer"])
     backend = TransformersBackend(trained_teacher, batch_size=16)
     # The problem alone, as the tiny teacher was trained (the default template asks for \boxed{} in words).
-    traces = generate(problems, backend, SamplingConfig(n=2, temperature=0.7, max_new_tokens=64),
-                      output_dir=str(tmp_path / "generate"), shard_size=16, prompt_template="{problem}")
+    traces = generate(
+        problems,
+        backend,
+        SamplingConfig(n=2, temperature=0.7, max_new_tokens=64),
+        output_dir=str(tmp_path / "generate"),
+        shard_size=16,
+        prompt_template="{problem}",
+    )
     assert all("\\boxed{" in g for g in traces["generation"])  # the teacher learned the format
     assert set(traces["finish_reason"]) == {"stop"}
 

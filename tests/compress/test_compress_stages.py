@@ -32,8 +32,9 @@ def numbers(n: int = 10) -> Dataset:
 
 
 def run(output_dir, shard_function, data=None):
-    return run_stage(data or numbers(), shard_function, stage="double", arguments={"factor": 2}, output_dir=output_dir,
-                     shard_size=3)
+    return run_stage(
+        data or numbers(), shard_function, stage="double", arguments={"factor": 2}, output_dir=output_dir, shard_size=3
+    )
 
 
 def truncate(path: str) -> None:
@@ -64,7 +65,9 @@ def test_a_truncated_shard_is_detected_and_redone(tmp_path):
         run(output, Doubler(crash_on=2))  # shards 0 and 1 are saved, then the process "dies"
     shard_dir = os.path.join(output, SHARDS_DIR)
     assert sorted(n for n in os.listdir(shard_dir) if n.startswith("shard-")) == [
-        "shard-00000-of-00004", "shard-00001-of-00004"]
+        "shard-00000-of-00004",
+        "shard-00001-of-00004",
+    ]
     truncate(glob.glob(os.path.join(shard_dir, "shard-00000-of-00004", "*.arrow"))[0])  # e.g. power loss
 
     resumed = Doubler()

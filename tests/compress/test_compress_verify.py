@@ -101,10 +101,14 @@ def test_helper_process_enforces_the_deadline_and_recovers():
 
 def test_a_truncated_trace_is_not_correct_unless_keep_truncated():
     # The token cap fell after the last step: the last number is the gold, but no answer was given.
-    rows = Dataset.from_dict({"problem": ["Compute 10 - 20 + 4 from left to right.", "Compute 1 + 1."],
-                              "answer": ["-6", "2"],
-                              "generation": ["10 - 20 = -10. -10 + 4 = -6. So the", "1 + 1 = 2. \\boxed{2}"],
-                              "finish_reason": ["length", "stop"]})
+    rows = Dataset.from_dict(
+        {
+            "problem": ["Compute 10 - 20 + 4 from left to right.", "Compute 1 + 1."],
+            "answer": ["-6", "2"],
+            "generation": ["10 - 20 = -10. -10 + 4 = -6. So the", "1 + 1 = 2. \\boxed{2}"],
+            "finish_reason": ["length", "stop"],
+        }
+    )
     checked = verify(rows)
     assert checked["correct"] == [False, True] and checked["verify_note"] == ["truncated", ""]
     assert verify(rows, keep_truncated=True)["correct"] == [True, True]  # judged by the text: the old behaviour

@@ -105,8 +105,9 @@ def serve_greedily(folder: str):
 
     def answer(body: dict) -> tuple[str, int, str]:
         assert body["temperature"] == 0  # eval asks for greedy decoding
-        texts, counts, capped = greedy_generate(model, tokenizer, [body["messages"]], max_new_tokens=body["max_tokens"],
-                                                batch_size=1)
+        texts, counts, capped = greedy_generate(
+            model, tokenizer, [body["messages"]], max_new_tokens=body["max_tokens"], batch_size=1
+        )
         return texts[0], counts[0], "length" if capped[0] else "stop"
 
     return answer
@@ -125,8 +126,22 @@ def test_eval_through_a_local_server_matches_the_transformers_path(student_folde
     main(["eval", "--model", student_folder, "--output", str(tmp_path / "here"), *common])
     teacher_server.behaviour.answer = serve_greedily(student_folder)
     teacher_server.behaviour.fail_after = 6  # the server goes down in the second shard
-    served = ["eval", "--backend", "openai", "--model", "student", "--base_url", teacher_server.base_url,
-              "--max_concurrency", "1", "--max_retries", "0", "--output", str(tmp_path / "served"), *common]
+    served = [
+        "eval",
+        "--backend",
+        "openai",
+        "--model",
+        "student",
+        "--base_url",
+        teacher_server.base_url,
+        "--max_concurrency",
+        "1",
+        "--max_retries",
+        "0",
+        "--output",
+        str(tmp_path / "served"),
+        *common,
+    ]
     with pytest.raises(SystemExit):
         main(served)
     teacher_server.behaviour.fail_after, teacher_server.behaviour.requests = None, 0

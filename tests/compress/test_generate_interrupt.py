@@ -35,15 +35,40 @@ def test_one_ctrl_c_stops_a_run_against_a_hanging_server_and_the_rerun_resumes(t
     problems.save_to_disk(str(tmp_path / "problems"))
     output = str(tmp_path / "g")
     # The defaults a real run has (600 s timeout, 5 retries): Ctrl-C must not wait for them.
-    command = [*hf_compress_command(), "generate", "--input", str(tmp_path / "problems"), "--output", output,
-               "--backend", "openai", "--model", "teacher", "--base_url", teacher_server.base_url, "--n", "2",
-               "--shard_size", "2", "--problems_per_call", "2", "--max_concurrency", "2"]
+    command = [
+        *hf_compress_command(),
+        "generate",
+        "--input",
+        str(tmp_path / "problems"),
+        "--output",
+        output,
+        "--backend",
+        "openai",
+        "--model",
+        "teacher",
+        "--base_url",
+        teacher_server.base_url,
+        "--n",
+        "2",
+        "--shard_size",
+        "2",
+        "--problems_per_call",
+        "2",
+        "--max_concurrency",
+        "2",
+    ]
     teacher_server.behaviour.hang_after = 8  # two shards (2 problems x 2 samples each), then no more answers
     env = {**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1"}
     # As from a terminal: Ctrl-C's default action. A test run started as a background job (`cmd &` in a
     # non-interactive shell) ignores SIGINT, and a child inherits that, so Python would never see the signal.
-    process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        command,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.time() + 120
         while len(finished_shards(output)) < 2 or teacher_server.behaviour.requests < 10:
@@ -69,8 +94,9 @@ def test_one_ctrl_c_stops_a_run_against_a_hanging_server_and_the_rerun_resumes(t
     assert len(kept) == 2 and sum(len(load_from_disk(path)) for path in kept) == 8  # finished shards intact
 
     teacher_server.behaviour.reset()  # the server answers again: the same command resumes
-    subprocess.run(command, env=env, cwd=tmp_path, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                   timeout=120)
+    subprocess.run(
+        command, env=env, cwd=tmp_path, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120
+    )
     assert teacher_server.behaviour.served == 8  # only the two unfinished shards were asked for
     traces = load_from_disk(output)
     keys = list(zip(traces["problem"], traces["sample_index"]))

@@ -60,8 +60,9 @@ def test_requests_are_spread_over_the_servers(start_teacher_server):
     spread = generate(problems(8), backend, SAMPLING, shard_size=4, problems_per_call=4)
     assert first.behaviour.served + second.behaviour.served == 16
     assert min(first.behaviour.served, second.behaviour.served) >= 4  # least-loaded: both take a fair share
-    alone = generate(problems(8), OpenAIBackend("teacher", base_url=first.base_url), SAMPLING, shard_size=4,
-                     problems_per_call=4)
+    alone = generate(
+        problems(8), OpenAIBackend("teacher", base_url=first.base_url), SAMPLING, shard_size=4, problems_per_call=4
+    )
     assert as_rows(spread) == as_rows(alone)  # per-sample seeds: which server answers does not matter
 
 
@@ -72,25 +73,32 @@ def test_a_server_that_stops_answering_has_its_requests_retried_on_the_others(st
         server.behaviour.delay_seconds = 0.03
     second.behaviour.hang_seconds = 5
     watcher = stop_when_served(second, 4, how)
-    backend = OpenAIBackend("teacher", base_url=[first.base_url, second.base_url], max_concurrency=2,
-                            backoff_seconds=0.05, request_timeout=0.5)
-    traces = generate(problems(12), backend, SAMPLING, output_dir=str(tmp_path / "g"), shard_size=4, problems_per_call=2)
+    backend = OpenAIBackend(
+        "teacher",
+        base_url=[first.base_url, second.base_url],
+        max_concurrency=2,
+        backoff_seconds=0.05,
+        request_timeout=0.5,
+    )
+    traces = generate(
+        problems(12), backend, SAMPLING, output_dir=str(tmp_path / "g"), shard_size=4, problems_per_call=2
+    )
     watcher.join(timeout=10)
 
     keys = list(zip(traces["problem"], traces["sample_index"]))
     assert len(keys) == 24 and len(set(keys)) == 24  # nothing lost, nothing duplicated
     assert 4 <= second.behaviour.served < 24 and first.behaviour.served + second.behaviour.served >= 24
     assert backend.servers[1].last_error  # requests really failed on the second server
-    alone = generate(problems(12), OpenAIBackend("teacher", base_url=first.base_url), SAMPLING, shard_size=4,
-                     problems_per_call=2)
+    alone = generate(
+        problems(12), OpenAIBackend("teacher", base_url=first.base_url), SAMPLING, shard_size=4, problems_per_call=2
+    )
     assert as_rows(traces) == as_rows(alone)
 
 
 def test_every_server_down_names_each_of_them(unreachable_url, start_teacher_server):
     other = start_teacher_server()
     other.stop()
-    backend = OpenAIBackend("teacher", base_url=[unreachable_url, other.base_url], max_retries=2,
-                            backoff_seconds=0.01)
+    backend = OpenAIBackend("teacher", base_url=[unreachable_url, other.base_url], max_retries=2, backoff_seconds=0.01)
     with pytest.raises(TeacherUnavailableError, match="failed 3 times") as error:
         backend.generate([[{"role": "user", "content": "Compute 1 + 1 from left to right."}]], SAMPLING, seed=0)
     assert unreachable_url in str(error.value) and other.base_url in str(error.value)
@@ -100,16 +108,32 @@ def test_several_servers_from_the_command_line_and_from_a_recipe(start_teacher_s
     first, second = start_teacher_server(), start_teacher_server()
     problems(4).save_to_disk(str(tmp_path / "problems"))
     common = ["--backend", "openai", "--model", "teacher", "--n", "2", "--max_concurrency", "1"]
-    main(["generate", "--input", str(tmp_path / "problems"), "--output", str(tmp_path / "cli"), *common,
-          "--base_url", first.base_url, second.base_url])
+    main(
+        [
+            "generate",
+            "--input",
+            str(tmp_path / "problems"),
+            "--output",
+            str(tmp_path / "cli"),
+            *common,
+            "--base_url",
+            first.base_url,
+            second.base_url,
+        ]
+    )
     assert len(load_from_disk(str(tmp_path / "cli"))) == 8
     assert first.behaviour.served > 0 and second.behaviour.served > 0
 
-    for name, base_url in [("list", [first.base_url, second.base_url]), ("string", f"{first.base_url},{second.base_url}")]:
+    for name, base_url in [
+        ("list", [first.base_url, second.base_url]),
+        ("string", f"{first.base_url},{second.base_url}"),
+    ]:
         first.behaviour.reset(), second.behaviour.reset()
-        recipe = {"output_dir": str(tmp_path / name), "input": str(tmp_path / "problems"),
-                  "generate": {"backend": "openai", "model": "teacher", "base_url": base_url, "n": 2,
-                               "max_concurrency": 1}}
+        recipe = {
+            "output_dir": str(tmp_path / name),
+            "input": str(tmp_path / "problems"),
+            "generate": {"backend": "openai", "model": "teacher", "base_url": base_url, "n": 2, "max_concurrency": 1},
+        }
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
         main(["run", str(tmp_path / f"{name}.yaml")])
         assert len(load_from_disk(str(tmp_path / name / "generate"))) == 8
@@ -145,8 +169,9 @@ def test_a_streamed_answer_reads_as_one_answer(streaming_server):
 def test_an_answer_that_stops_mid_stream_is_retried_after_the_stall_timeout(streaming_server):
     url, behaviour = streaming_server
     behaviour.stall_after_chunks, behaviour.stall_requests = 3, 1  # 3 words, then silence (30 s at most)
-    backend = OpenAIBackend("teacher", base_url=url, request_timeout=30, stall_timeout_seconds=1.0, max_retries=2,
-                            backoff_seconds=0.01)
+    backend = OpenAIBackend(
+        "teacher", base_url=url, request_timeout=30, stall_timeout_seconds=1.0, max_retries=2, backoff_seconds=0.01
+    )
     start = time.monotonic()
     (generations,) = backend.generate(ONE_PROBLEM, SamplingConfig(), seed=0)
     elapsed = time.monotonic() - start
@@ -174,8 +199,25 @@ def test_stall_timeout_is_an_option_of_the_command_line_and_of_a_recipe(streamin
     url, behaviour = streaming_server
     behaviour.stall_after_chunks, behaviour.stall_requests = 2, 1
     problems(1).save_to_disk(str(tmp_path / "problems"))
-    main(["generate", "--input", str(tmp_path / "problems"), "--output", str(tmp_path / "cli"), "--backend", "openai",
-          "--model", "teacher", "--base_url", url, "--stall_timeout_seconds", "0.5", "--backoff_seconds", "0.01"])
+    main(
+        [
+            "generate",
+            "--input",
+            str(tmp_path / "problems"),
+            "--output",
+            str(tmp_path / "cli"),
+            "--backend",
+            "openai",
+            "--model",
+            "teacher",
+            "--base_url",
+            url,
+            "--stall_timeout_seconds",
+            "0.5",
+            "--backoff_seconds",
+            "0.01",
+        ]
+    )
     assert behaviour.requests == 2 and len(load_from_disk(str(tmp_path / "cli"))) == 1
     with pytest.raises(ValueError, match=r"--stall_timeout_seconds must be a number > 0, got 0.0"):
         BackendConfig(backend="openai", model="teacher", stall_timeout_seconds=0)

@@ -51,10 +51,13 @@ def test_metric_judges_as_the_pipeline_verifier_with_the_token_cost_beside():
     assert 0 < sum(flags) < len(flags)  # a set with both outcomes
     tokens = list(range(10, 10 + len(MATH)))
     scores = evaluate.load(ANSWER_ACCURACY, keep_in_memory=True).compute(
-        predictions=[x for _, x in MATH], references=[g for g, _ in MATH], output_tokens=tokens, return_correct=True)
+        predictions=[x for _, x in MATH], references=[g for g, _ in MATH], output_tokens=tokens, return_correct=True
+    )
     assert scores["correct"] == flags
     assert scores["accuracy"] == sum(flags) / len(flags) and scores["n"] == len(MATH)
-    assert scores["accuracy_stderr"] == pytest.approx((scores["accuracy"] * (1 - scores["accuracy"]) / len(MATH)) ** .5)
+    assert scores["accuracy_stderr"] == pytest.approx(
+        (scores["accuracy"] * (1 - scores["accuracy"]) / len(MATH)) ** 0.5
+    )
     assert scores["output_tokens_mean"] == sum(tokens) / len(tokens)
     assert scores["output_tokens_per_correct"] == sum(tokens) / sum(flags)
 
@@ -79,24 +82,50 @@ print(json.dumps(scores))
 
 
 def test_evaluate_load_works_offline_in_a_fresh_process(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "HF_HOME": str(tmp_path / "hf_home"), "HF_ENDPOINT": "http://127.0.0.1:9"}  # nothing listens there
-    result = subprocess.run([sys.executable, "-c", OFFLINE_LOAD, json.dumps([x for _, x in MATH]),
-                             json.dumps([g for g, _ in MATH]), json.dumps([5] * len(MATH))],
-                            env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_EVALUATE_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+    }  # nothing listens there
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            OFFLINE_LOAD,
+            json.dumps([x for _, x in MATH]),
+            json.dumps([g for g, _ in MATH]),
+            json.dumps([5] * len(MATH)),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     scores = json.loads(result.stdout.splitlines()[-1])
     flags = pipeline_flags("math")
-    assert scores == {"accuracy": sum(flags) / len(flags), "accuracy_stderr": pytest.approx(scores["accuracy_stderr"]),
-                      "n": len(MATH), "output_tokens_mean": 5.0, "output_tokens_total": 5 * len(MATH),
-                      "output_tokens_per_correct": 5 * len(MATH) / sum(flags)}
+    assert scores == {
+        "accuracy": sum(flags) / len(flags),
+        "accuracy_stderr": pytest.approx(scores["accuracy_stderr"]),
+        "n": len(MATH),
+        "output_tokens_mean": 5.0,
+        "output_tokens_total": 5 * len(MATH),
+        "output_tokens_per_correct": 5 * len(MATH) / sum(flags),
+    }
 
 
 @pytest.mark.parametrize("task", ["math", "countdown"])
 def test_eval_scores_through_the_metric_with_the_numbers_of_the_pipeline_verifier(task, monkeypatch):
     if task == "countdown":
-        rows = {"numbers": [n for n, _, _ in COUNTDOWN], "target": [t for _, t, _ in COUNTDOWN],
-                "problem": ["p"] * len(COUNTDOWN)}
+        rows = {
+            "numbers": [n for n, _, _ in COUNTDOWN],
+            "target": [t for _, t, _ in COUNTDOWN],
+            "problem": ["p"] * len(COUNTDOWN),
+        }
         texts = [x for _, _, x in COUNTDOWN]
     else:
         rows = {"answer": [g for g, _ in MATH], "problem": ["p"] * len(MATH)}
@@ -110,8 +139,9 @@ def test_eval_scores_through_the_metric_with_the_numbers_of_the_pipeline_verifie
     dataset = Dataset.from_dict(rows)
     summary, table = evaluation.evaluate_student(_Named(), dataset, tokenizer=object(), max_new_tokens=16)
     assert loaded == [task]
-    before, before_table = evaluation.evaluate_student(_Named(), dataset, tokenizer=object(), max_new_tokens=16,
-                                                       verifier=evaluation.pipeline_verifier(task))
+    before, before_table = evaluation.evaluate_student(
+        _Named(), dataset, tokenizer=object(), max_new_tokens=16, verifier=evaluation.pipeline_verifier(task)
+    )
     assert list(table["correct"]) == list(before_table["correct"]) == pipeline_flags(task)
     same = ("n", "accuracy", "accuracy_stderr", "output_tokens_mean", "output_tokens_per_correct", "task")
     assert {k: summary[k] for k in same} == {k: before[k] for k in same}

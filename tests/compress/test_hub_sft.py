@@ -37,10 +37,28 @@ def built_variant(folder, variant: str) -> str:
 
 
 def sft_command(tmp_path, base: str, *extra: str) -> list[str]:
-    return [HF_COMPRESS, "sft", RECIPE, "--model_name_or_path", base, "--dataset_path",
-            built_variant(tmp_path / "built", "compressed"), "--variant", "compressed", "--output_dir",
-            str(tmp_path / "student"), "--max_steps", "2", "--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8",
-            *extra]
+    return [
+        HF_COMPRESS,
+        "sft",
+        RECIPE,
+        "--model_name_or_path",
+        base,
+        "--dataset_path",
+        built_variant(tmp_path / "built", "compressed"),
+        "--variant",
+        "compressed",
+        "--output_dir",
+        str(tmp_path / "student"),
+        "--max_steps",
+        "2",
+        "--use_peft",
+        "true",
+        "--lora_r",
+        "4",
+        "--lora_alpha",
+        "8",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -52,27 +70,45 @@ def test_sft_pushes_a_lora_student_that_peft_loads_back_with_the_same_logits(hub
     base.push_to_hub("user/tiny-base")
     tokenizer.push_to_hub("user/tiny-base")
 
-    result = subprocess.run(sft_command(tmp_path, "user/tiny-base", "--push_to_hub", "true", "--hub_model_id",
-                                        "user/student-compressed"),
-                            env=hub_env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    result = subprocess.run(
+        sft_command(tmp_path, "user/tiny-base", "--push_to_hub", "true", "--hub_model_id", "user/student-compressed"),
+        env=hub_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     local = tmp_path / "student"
     summary = json.loads((local / "compress_sft.json").read_text())
     assert summary["hub_model_id"] == "user/student-compressed" and summary["variant"] == "compressed"
 
     files = set(HfApi().list_repo_files("user/student-compressed"))
-    assert {"adapter_config.json", "adapter_model.safetensors", "compress_sft.json", "README.md",
-            "tokenizer.json"} <= files
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "compress_sft.json",
+        "README.md",
+        "tokenizer.json",
+    } <= files
     assert len(hub_server.meta("user/student-compressed")["commits"]) == 2  # the repo's creation, then one push
     card = ModelCard.load("user/student-compressed")
     assert card.data.base_model == "user/tiny-base" and card.data.library_name == "peft"
     assert {"compress-distill", "compressed", "lora", "sft", "trl"} <= set(card.data.tags)
     assert "**compressed** variant" in card.text and "AutoPeftModelForCausalLM" in card.text
-    assert (local / "README.md").read_text() == (hub_server.repo_dir("user/student-compressed") / "README.md").read_text()
+    assert (local / "README.md").read_text() == (
+        hub_server.repo_dir("user/student-compressed") / "README.md"
+    ).read_text()
 
     # Another user, in a fresh process with an empty cache: the adapter and, through its config, the base model.
-    reload = subprocess.run([sys.executable, "-c", RELOAD, "user/student-compressed", json.dumps(INPUT_IDS)],
-                            env=hub_env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    reload = subprocess.run(
+        [sys.executable, "-c", RELOAD, "user/student-compressed", json.dumps(INPUT_IDS)],
+        env=hub_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert reload.returncode == 0, reload.stderr[-3000:]
     loaded = json.loads(reload.stdout.splitlines()[-1])
     assert loaded["base"] == "user/tiny-base"
@@ -87,10 +123,14 @@ def test_sft_pushes_a_lora_student_that_peft_loads_back_with_the_same_logits(hub
 @pytest.mark.slow
 def test_sft_with_a_wrong_token_stops_before_loading_the_model(hub_server, hub_env, tmp_path):
     # "user/no-such-model" is on no Hub: loading it would fail, so the check must come first
-    result = subprocess.run(sft_command(tmp_path, "user/no-such-model", "--push_to_hub", "true", "--hub_model_id",
-                                        "user/never-pushed"),
-                            env={**hub_env, "HF_TOKEN": "hf_wrong"}, capture_output=True, text=True, timeout=300,
-                            cwd=tmp_path)
+    result = subprocess.run(
+        sft_command(tmp_path, "user/no-such-model", "--push_to_hub", "true", "--hub_model_id", "user/never-pushed"),
+        env={**hub_env, "HF_TOKEN": "hf_wrong"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "user/never-pushed" in lines[0] and hub_server.endpoint in lines[0], lines
@@ -105,8 +145,9 @@ def test_train_student_checks_the_repo_before_loading_the_model(hub_server, hub_
     from hf_compress.sft import train_student
 
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
-    args = SFTConfig(output_dir=str(tmp_path / "student"), push_to_hub=True, use_cpu=True, bf16=False,
-                     report_to="none")  # no hub_model_id: the output folder's name
+    args = SFTConfig(
+        output_dir=str(tmp_path / "student"), push_to_hub=True, use_cpu=True, bf16=False, report_to="none"
+    )  # no hub_model_id: the output folder's name
     rows = DatasetDict.load_from_disk(built_variant(tmp_path / "built", "raw"))["raw"]
     with pytest.raises(HubAccessError) as refused:  # "user/no-such-model" would fail to load: the check came first
         train_student(args, ModelConfig(model_name_or_path="user/no-such-model"), rows, variant="raw")

@@ -164,14 +164,28 @@ def test_hf_compress_verify_keeps_to_its_timeout_on_adversarial_traces(tmp_path)
         "\\boxed{9^{9^{9^{9}}}}",  # math-verify would not finish
         "3 + 4 = 7. \\boxed{7}",
     ]
-    Dataset.from_dict({"problem": [f"p{i}" for i in range(4)], "answer": ["7", "1/2", "2", "7"],
-                       "generation": generations}).save_to_disk(str(tmp_path / "traces"))
+    Dataset.from_dict(
+        {"problem": [f"p{i}" for i in range(4)], "answer": ["7", "1/2", "2", "7"], "generation": generations}
+    ).save_to_disk(str(tmp_path / "traces"))
     env = {**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1"}
     # 5 s: the linear parse of a million characters takes under 0.5 s on an idle core, several times that on a
     # loaded machine, and must still finish inside the deadline; the third trace never does.
-    done = subprocess.run([*hf_compress_command(), "verify", "--input", str(tmp_path / "traces"), "--output",
-                           str(tmp_path / "verified"), "--timeout_seconds", "5"], env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [
+            *hf_compress_command(),
+            "verify",
+            "--input",
+            str(tmp_path / "traces"),
+            "--output",
+            str(tmp_path / "verified"),
+            "--timeout_seconds",
+            "5",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     verified = load_from_disk(str(tmp_path / "verified"))
     assert list(verified["correct"]) == [True, False, False, True]
@@ -196,30 +210,36 @@ def test_every_answer_format_goes_through_verify_compress_and_build(tokenizer):
     from hf_compress.compress import compress
     from hf_compress.verify import verify
 
-    rows = Dataset.from_dict({
-        "problem": [f"Compute 3 * 4 ({kind})." for kind in FORMS],
-        "answer": ["12"] * len(FORMS),
-        "generation": [f"Let me see. We need 3 * 4 = 12 here.\n{last}" for last in FORMS.values()],
-    })
+    rows = Dataset.from_dict(
+        {
+            "problem": [f"Compute 3 * 4 ({kind})." for kind in FORMS],
+            "answer": ["12"] * len(FORMS),
+            "generation": [f"Let me see. We need 3 * 4 = 12 here.\n{last}" for last in FORMS.values()],
+        }
+    )
     checked = verify(rows)
     assert checked["correct"] == [True] * 4 and checked["predicted_answer"] == ["12"] * 4
     compressed = compress(checked, ExtractiveCompressor(), tokenizer)
     assert compressed["compressed_correct"] == [True] * 4  # no answer_lost: the answer is kept as it was written
-    assert compressed["compressed"] == [f"3 * 4 = 12. {last.removeprefix('So the total is ').rstrip('.')}"
-                                        for last in FORMS.values()]
+    assert compressed["compressed"] == [
+        f"3 * 4 = 12. {last.removeprefix('So the total is ').rstrip('.')}" for last in FORMS.values()
+    ]
     built = build(compressed, tokenizer, variants=["answer_only"])
     targets = [m[-1]["content"] for m in built["answer_only"]["messages"]]
     assert targets == ["\\boxed{12}", "<answer>12</answer>", "#### 12", "The answer is 12"]
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("\\boxed{7}. Let me check: the answer is clear.", "7"),  # a marker wins over a later statement
-    ("The answer is 5.\n#### 6", "6"),  # statements: the last one
-    ("The final answer is: $\\frac{1}{2}$.", "$\\frac{1}{2}$"),
-    ("#### 1,234\n", "1,234"),
-    ("so the answer is 42", "42"),
-    ("no statement of 42 here", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("\\boxed{7}. Let me check: the answer is clear.", "7"),  # a marker wins over a later statement
+        ("The answer is 5.\n#### 6", "6"),  # statements: the last one
+        ("The final answer is: $\\frac{1}{2}$.", "$\\frac{1}{2}$"),
+        ("#### 1,234\n", "1,234"),
+        ("so the answer is 42", "42"),
+        ("no statement of 42 here", None),
+    ],
+)
 def test_answer_precedence_and_statements(text, expected):
     assert extract_answer(text) == expected
     if expected is not None:

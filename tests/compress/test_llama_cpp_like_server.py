@@ -48,14 +48,30 @@ def server(llama_like):
 def folders(tmp_path_factory):
     """Six arithmetic problems and the tiny tokenizer, saved once for the module."""
     root = tmp_path_factory.mktemp("llama_like")
-    make_task_dataset("arithmetic", 6, seed=0).select_columns(["problem", "answer"]).save_to_disk(str(root / "problems"))
+    make_task_dataset("arithmetic", 6, seed=0).select_columns(["problem", "answer"]).save_to_disk(
+        str(root / "problems")
+    )
     build_tokenizer().save_pretrained(str(root / "tokenizer"))
     return root
 
 
 def generate_args(folders, server, output, *extra):
-    return ["generate", "--input", str(folders / "problems"), "--output", str(folders / output), "--backend", "openai",
-            "--model", MODEL, "--base_url", server.base_url, "--backoff_seconds", "0.01", *extra]
+    return [
+        "generate",
+        "--input",
+        str(folders / "problems"),
+        "--output",
+        str(folders / output),
+        "--backend",
+        "openai",
+        "--model",
+        MODEL,
+        "--base_url",
+        server.base_url,
+        "--backoff_seconds",
+        "0.01",
+        *extra,
+    ]
 
 
 @pytest.mark.slow  # one `hf-compress run` of four stages: about 15 s on 2 cores
@@ -68,8 +84,13 @@ def test_the_readme_chain_runs_with_default_options(server, folders):
         "input": str(folders / "problems"),
         "generate": {"backend": "openai", "model": MODEL, "base_url": url, "n": 2, "max_new_tokens": 22},
         "verify": {},
-        "compress": {"compressor": "llm", "backend": "openai", "model": MODEL, "base_url": url,
-                     "tokenizer": tokenizer},
+        "compress": {
+            "compressor": "llm",
+            "backend": "openai",
+            "model": MODEL,
+            "base_url": url,
+            "tokenizer": tokenizer,
+        },
         "build": {"tokenizer": tokenizer},
     }
     (folders / "chain.yaml").write_text(yaml.safe_dump(recipe))
@@ -94,8 +115,9 @@ def test_the_readme_chain_runs_with_default_options(server, folders):
 def test_streams_cut_by_concurrent_requests_name_the_server_setting(server, folders):
     server.behaviour.stream_usage = True  # so that the cut streams are the only problem
     server.behaviour.first_chunk_seconds = 0.3  # every request is in flight when the first words go out
-    result = hf_compress(*generate_args(folders, server, "cut", "--n", "2", "--stream", "true", "--max_retries", "1"),
-                         cwd=folders)
+    result = hf_compress(
+        *generate_args(folders, server, "cut", "--n", "2", "--stream", "true", "--max_retries", "1"), cwd=folders
+    )
     assert result.returncode == 1
     error = result.stderr.strip().splitlines()[-1]
     assert "TeacherUnavailableError" in error and "ended with no finish reason" in error
@@ -133,8 +155,9 @@ def test_the_same_overflow_without_streaming_and_no_usage_with_streaming_forced(
     assert server.behaviour.requests == 1
 
     server.behaviour.context_chars = None
-    backend = OpenAIBackend(MODEL, base_url=server.base_url, stream=True, max_concurrency=1, max_retries=3,
-                            backoff_seconds=0.01)
+    backend = OpenAIBackend(
+        MODEL, base_url=server.base_url, stream=True, max_concurrency=1, max_retries=3, backoff_seconds=0.01
+    )
     with pytest.raises(TeacherRequestError, match=r"sends no token counts in streamed answers.*--stream false"):
         backend.generate(conversation, SamplingConfig(), seed=0)
     assert server.behaviour.requests == 2  # not retried
@@ -145,8 +168,11 @@ def test_default_options_switch_to_plain_requests_once(server, caplog):
     conversations = [[{"role": "user", "content": f"Compute {i} + 2 from left to right."}] for i in range(6)]
     with caplog.at_level("WARNING"):
         results = backend.generate(conversations, SamplingConfig(n=2), seed=0)
-    assert [g.text.endswith(f"\\boxed{{{i + 2}}}.") or g.text.endswith(f"\\boxed{{{i + 3}}}.")
-            for i, gs in enumerate(results) for g in gs] == [True] * 12
+    assert [
+        g.text.endswith(f"\\boxed{{{i + 2}}}.") or g.text.endswith(f"\\boxed{{{i + 3}}}.")
+        for i, gs in enumerate(results)
+        for g in gs
+    ] == [True] * 12
     assert all(g.num_tokens == len(g.text.split()) and g.finish_reason == "stop" for gs in results for g in gs)
     assert [r.getMessage().count(SWITCH_LINE) for r in caplog.records] == [1] and not backend.streaming
     assert backend.servers[0].max_in_flight == 1  # it cut streams for the next request: it answers one at a time

@@ -22,9 +22,11 @@ SERVED_NAME = "SmolLM2-135M-Instruct"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                       reason="llama-cpp-python[server] is not installed (`make test-llama-cpp` builds it: about 20 "
-                              "minutes on 2 cores)"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("llama_cpp") is None,
+        reason="llama-cpp-python[server] is not installed (`make test-llama-cpp` builds it: about 20 "
+        "minutes on 2 cores)",
+    ),
 ]
 
 
@@ -46,9 +48,23 @@ def llama_server(tmp_path_factory):
         pytest.skip(str(error))
     port = free_port()
     log = open(tmp_path_factory.mktemp("llama_server") / "server.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", model, "--model_alias",
-                                SERVED_NAME, "--host", "127.0.0.1", "--port", str(port)], stdout=log,
-                               stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            model,
+            "--model_alias",
+            SERVED_NAME,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 300
     while True:
@@ -91,6 +107,11 @@ def test_the_readme_chain_against_llama_cpp_python_with_default_options(llama_se
     traces = load_from_disk(str(tmp_path / "verify"))
     assert len(traces) == 16 and all(t > 0 for t in traces["num_tokens"])
     assert not any(row["correct"] for row in traces if row["finish_reason"] == "length")
-    print({"correct": sum(traces["correct"]), "finish_reasons": sorted(set(traces["finish_reason"])),
-           "predicted": traces["predicted_answer"]})
+    print(
+        {
+            "correct": sum(traces["correct"]),
+            "finish_reasons": sorted(set(traces["finish_reason"])),
+            "predicted": traces["predicted_answer"],
+        }
+    )
     assert len(load_from_disk(str(tmp_path / "build" / "compressed"))) > 0

@@ -47,8 +47,17 @@ def tiny_model_path(tmp_path_factory):
 
 @pytest.mark.slow  # ~20 s of CPU, more on a loaded machine
 def test_driver_writes_every_stage_and_student_and_a_rerun_skips_them(tiny_model_path, tmp_path, monkeypatch):
-    settings = repro_compress.ReproSettings(n_train=6, n_samples=3, n_test=4, teacher_batch_size=4, shard_size=4,
-                                            require_stop=True, compress_max_new_tokens=8, eval_max_new_tokens=8, eval_batch_size=4)
+    settings = repro_compress.ReproSettings(
+        n_train=6,
+        n_samples=3,
+        n_test=4,
+        teacher_batch_size=4,
+        shard_size=4,
+        require_stop=True,
+        compress_max_new_tokens=8,
+        eval_max_new_tokens=8,
+        eval_batch_size=4,
+    )
     output_dir = str(tmp_path / "repro")
     run = dict(model_path=tiny_model_path, teacher=ScriptedTeacher(6), recipe_overrides={"logging_steps": 1})
     report = repro_compress.run(settings, output_dir, [0], **run)
@@ -89,18 +98,33 @@ def test_driver_writes_every_stage_and_student_and_a_rerun_skips_them(tiny_model
     monkeypatch.setattr(repro_compress, "run_sft", must_not_run)
     monkeypatch.setattr(repro_compress, "evaluate_student", must_not_run)
     monkeypatch.setattr(ScriptedTeacher, "generate", must_not_run)
-    assert repro_compress.run(settings, output_dir, [0], **run).split("This run's wall time")[0] == \
-        report.split("This run's wall time")[0]
+    assert (
+        repro_compress.run(settings, output_dir, [0], **run).split("This run's wall time")[0]
+        == report.split("This run's wall time")[0]
+    )
 
 
 def test_aggregate_pools_seeds_and_table_gives_ratios_to_raw():
     def row(variant, accuracy, tokens):
-        return {"variant": variant, "n": 500, "accuracy": accuracy, "accuracy_stderr": 0.02, "train_tokens": tokens,
-                "loss_tokens": tokens / 2, "hit_cap_rate": 0.1, "train_seconds": 10.0,
-                "output_tokens_mean": tokens / 100, "output_tokens_p90": tokens / 50}
+        return {
+            "variant": variant,
+            "n": 500,
+            "accuracy": accuracy,
+            "accuracy_stderr": 0.02,
+            "train_tokens": tokens,
+            "loss_tokens": tokens / 2,
+            "hit_cap_rate": 0.1,
+            "train_seconds": 10.0,
+            "output_tokens_mean": tokens / 100,
+            "output_tokens_p90": tokens / 50,
+        }
 
-    table = repro_compress.aggregate({0: [row("raw", 0.5, 1000), row("compressed", 0.4, 250)],
-                                      1: [row("raw", 0.3, 1000), row("compressed", 0.4, 250)]})
+    table = repro_compress.aggregate(
+        {
+            0: [row("raw", 0.5, 1000), row("compressed", 0.4, 250)],
+            1: [row("raw", 0.3, 1000), row("compressed", 0.4, 250)],
+        }
+    )
     raw, compressed = table
     assert raw["accuracy"] == pytest.approx(0.4) and raw["seed_accuracies"] == [0.5, 0.3]
     assert raw["accuracy_stderr"] == pytest.approx(0.02 / 2**0.5)

@@ -71,7 +71,9 @@ def test_sft_options_are_exact_and_a_typo_gets_a_suggestion(tmp_path, capsys):
         main(["sft", TINY_RECIPE, "--learning_rat", "1e-3", "--output_dir", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1
-    assert err == "hf-compress sft: error: unrecognized arguments: --learning_rat 1e-3 (did you mean --learning_rate?)\n"
+    assert (
+        err == "hf-compress sft: error: unrecognized arguments: --learning_rat 1e-3 (did you mean --learning_rate?)\n"
+    )
     assert not (tmp_path / "out").exists()
 
 

@@ -108,13 +108,21 @@ def test_nested_use_in_one_thread_reenters_and_a_stale_lock_file_does_not_block(
 def test_hf_compress_run_locks_its_output_dir_as_a_whole(teacher_server, tmp_path, capsys):
     problems().save_to_disk(str(tmp_path / "problems"))
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "output_dir": str(tmp_path / "pipeline"), "input": str(tmp_path / "problems"),
-        "generate": {"backend": "openai", "model": "teacher", "base_url": teacher_server.base_url},
-    }))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "output_dir": str(tmp_path / "pipeline"),
+                "input": str(tmp_path / "problems"),
+                "generate": {"backend": "openai", "model": "teacher", "base_url": teacher_server.base_url},
+            }
+        )
+    )
     with HeldElsewhere(str(tmp_path / "pipeline")), pytest.raises(SystemExit) as exit_info:
         main(["run", str(recipe)])
-    assert exit_info.value.code == 2 and f"the output folder {tmp_path / 'pipeline'} is in use by" in capsys.readouterr().err
+    assert (
+        exit_info.value.code == 2
+        and f"the output folder {tmp_path / 'pipeline'} is in use by" in capsys.readouterr().err
+    )
     assert teacher_server.behaviour.requests == 0 and not os.path.exists(tmp_path / "pipeline")
     main(["run", str(recipe)])
     assert len(load_from_disk(str(tmp_path / "pipeline" / "generate"))) == 4
@@ -134,9 +142,28 @@ def hf_compress_command() -> list[str]:
 def test_a_second_hf_compress_run_exits_at_once_and_a_killed_run_does_not_block(teacher_server, tmp_path):
     problems().save_to_disk(str(tmp_path / "problems"))
     output = str(tmp_path / "g")
-    command = [*hf_compress_command(), "generate", "--input", str(tmp_path / "problems"), "--output", output,
-               "--backend", "openai", "--model", "teacher", "--base_url", teacher_server.base_url, "--n", "2",
-               "--shard_size", "1", "--problems_per_call", "1", "--max_concurrency", "1"]
+    command = [
+        *hf_compress_command(),
+        "generate",
+        "--input",
+        str(tmp_path / "problems"),
+        "--output",
+        output,
+        "--backend",
+        "openai",
+        "--model",
+        "teacher",
+        "--base_url",
+        teacher_server.base_url,
+        "--n",
+        "2",
+        "--shard_size",
+        "1",
+        "--problems_per_call",
+        "1",
+        "--max_concurrency",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": REPO_ROOT, "OMP_NUM_THREADS": "1"}
     teacher_server.behaviour.hang_after = 2  # the first problem's two samples, then requests are held open
     teacher_server.behaviour.hang_seconds = 120
@@ -153,7 +180,9 @@ def test_a_second_hf_compress_run_exits_at_once_and_a_killed_run_does_not_block(
         assert second.returncode == 2, second.stderr[-2000:]
         assert f"the output folder {output} is in use by process {first.pid} on " in second.stderr
         assert "hf-compress generate --input" in second.stderr  # the holder's command
-        assert teacher_server.behaviour.requests == requests and snapshot(tmp_path) == before  # nothing sent or changed
+        assert (
+            teacher_server.behaviour.requests == requests and snapshot(tmp_path) == before
+        )  # nothing sent or changed
 
         first.send_signal(signal.SIGKILL)  # no chance to clean up
         first.wait()

@@ -43,8 +43,24 @@ def reference_find(text):
     return max(stripped) if stripped else None
 
 
-PIECES = ["\\boxed{", "\\boxed {", "{", "}", "a", "7", " ", "\t", "\n", ".", ":", "<answer>", "</answer>",
-          "The answer is", "the final answer is", "#### "]
+PIECES = [
+    "\\boxed{",
+    "\\boxed {",
+    "{",
+    "}",
+    "a",
+    "7",
+    " ",
+    "\t",
+    "\n",
+    ".",
+    ":",
+    "<answer>",
+    "</answer>",
+    "The answer is",
+    "the final answer is",
+    "#### ",
+]
 texts = st.lists(st.sampled_from(PIECES), max_size=14).map("".join)
 
 
@@ -87,8 +103,19 @@ def answer(text, answer_format="auto"):
         ("#### 12\n" + "#" * N, "hash", "#" * (N - 4)),  # the later `####` line wins, the rest of its line
         ("The answer is \\boxed{4}. " + "{" * N, "auto", "4"),
     ],
-    ids=["boxed_loop", "boxed_loop_only", "nested_unclosed", "nested_closed", "tag_loop", "tag_then_loop",
-         "blank_run", "blank_tail", "blank_line", "hash_run", "unclosed_braces"],
+    ids=[
+        "boxed_loop",
+        "boxed_loop_only",
+        "nested_unclosed",
+        "nested_closed",
+        "tag_loop",
+        "tag_then_loop",
+        "blank_run",
+        "blank_tail",
+        "blank_line",
+        "hash_run",
+        "unclosed_braces",
+    ],
 )
 def test_adversarial_completions_of_a_million_characters(text, answer_format, expected):
     assert answer(text, answer_format) == expected

@@ -60,11 +60,18 @@ def test_push_to_hub_after_two_steps(hub_server, hub_env, tmp_path):
     assert card.data.library_name == "transformers" and card.data.base_model == base
     assert card.data.datasets in ("user/flowgrpo-prompts", ["user/flowgrpo-prompts"])  # TRL writes one as a string
     assert {"trl", "grpo", "flowgrpo"} <= set(card.data.tags)
-    for setting in ("| `token_scorer` | `'flow'` |", "| `top_fraction` | `0.5` |", "| `high_weight` | `2.0` |",
-                    "| `flow_layers` | `'0,1'` |"):
+    for setting in (
+        "| `token_scorer` | `'flow'` |",
+        "| `top_fraction` | `0.5` |",
+        "| `high_weight` | `2.0` |",
+        "| `flow_layers` | `'0,1'` |",
+    ):
         assert setting in card.text, setting
     assert card.text.index("### FlowGRPO settings") < card.text.index("### Framework versions")
-    assert "title        = {{How Does Reasoning Flow? Tracing Attention-Induced Information Flow for Targeted RL in LLMs}}" in card.text  # the paper's citation
+    assert (
+        "title        = {{How Does Reasoning Flow? Tracing Attention-Induced Information Flow for Targeted RL in LLMs}}"
+        in card.text
+    )  # the paper's citation
     assert "@article{shao2024deepseekmath" in card.text  # and GRPO's
     assert (hub_server.repo_dir("user/flowgrpo-tiny") / "README.md").read_text() == str(card)
 

@@ -93,7 +93,9 @@ def _gpt_oss(**config):
 
 @_seeded
 def _qwen3_moe():
-    return Qwen3MoeForCausalLM(Qwen3MoeConfig(**_SIZES, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32))
+    return Qwen3MoeForCausalLM(
+        Qwen3MoeConfig(**_SIZES, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+    )
 
 
 def _text(completion) -> str:

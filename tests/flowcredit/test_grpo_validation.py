@@ -112,8 +112,15 @@ def test_trl_coupling_is_declared_and_holds_for_the_installed_trl():
     assert all(hasattr(trainer, name) for name in TRL_RELIES_ON["attribute"])
 
 
-@pytest.mark.parametrize("kind, name", [("method", "_generate_and_score_completions"), ("attribute", "_metrics"),
-                                        ("attribute", "_step"), ("class attribute", "_tag_names")])
+@pytest.mark.parametrize(
+    "kind, name",
+    [
+        ("method", "_generate_and_score_completions"),
+        ("attribute", "_metrics"),
+        ("attribute", "_step"),
+        ("class attribute", "_tag_names"),
+    ],
+)
 def test_a_moved_trl_member_is_named_with_the_trl_version(monkeypatch, kind, name):
     import trl
     from trl import GRPOTrainer
@@ -129,8 +136,11 @@ def test_a_moved_trl_member_is_named_with_the_trl_version(monkeypatch, kind, nam
         monkeypatch.setattr(GRPOTrainer, "__init__", init_without)
     else:
         monkeypatch.delattr(GRPOTrainer, name)
-    with pytest.raises(RuntimeError, match=rf"GRPOTrainer's {kind}\(s\) \['{name}'\], which trl 9\.0\.0 does not "
-                                           r"have: it was tested with trl>=1\.16,<1\.17"):
+    with pytest.raises(
+        RuntimeError,
+        match=rf"GRPOTrainer's {kind}\(s\) \['{name}'\], which trl 9\.0\.0 does not "
+        r"have: it was tested with trl>=1\.16,<1\.17",
+    ):
         _trainer(_qwen3(), token_scorer="entropy")
 
 
@@ -140,8 +150,11 @@ def test_a_missing_generation_output_key_is_named_at_the_first_batch(monkeypatch
 
     trainer = _trainer(_qwen3(), token_scorer="random")
     monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", lambda self, inputs: {"prompt_ids": None})
-    with pytest.raises(RuntimeError, match=r"output key\(s\) \['prompt_mask', 'completion_ids', 'completion_mask', "
-                                           rf"'advantages'\], which trl {re.escape(trl.__version__)} does not"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"output key\(s\) \['prompt_mask', 'completion_ids', 'completion_mask', "
+        rf"'advantages'\], which trl {re.escape(trl.__version__)} does not",
+    ):
         trainer._generate_and_score_completions([])
 
 

@@ -23,8 +23,9 @@ def run(*args: str, cwd, profile_imports: bool = False, timeout: int = 300) -> s
     env.pop("PYTHONPATH", None)  # as a user's shell: nothing but the installed package is importable
     if profile_imports:
         env["PYTHONPROFILEIMPORTTIME"] = "1"  # every import on stderr: `import time: ... | module`
-    return subprocess.run([console_script(PROG), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [console_script(PROG), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def imported(result: subprocess.CompletedProcess) -> set[str]:
@@ -91,8 +92,9 @@ def test_without_a_dataset_the_error_names_the_option(cwd, model_folder):
     assert "kit" not in imported(result)
 
 
-@pytest.mark.parametrize("path", ["/nonexistent/model", "./nope", "../nope/model", "~/nonexistent-flowcredit/model",
-                                  "runs/nope/model"])
+@pytest.mark.parametrize(
+    "path", ["/nonexistent/model", "./nope", "../nope/model", "~/nonexistent-flowcredit/model", "runs/nope/model"]
+)
 def test_a_missing_local_model_folder_is_named_not_taken_for_a_hub_id(cwd, path):
     line = failure(run("--model_name_or_path", path, "--dataset_name", "unused.jsonl", cwd=cwd))
     relative = "" if path.startswith(("/", "~")) else f" (relative to {cwd})"
@@ -118,7 +120,10 @@ GOOD = b'{"prompt": "Compute 1 + 2 ="}\n'
 BAD_FILES = {
     "malformed": (GOOD + b'{"prompt": "b",}\n', ", line 2: not valid JSON (Expecting property name"),
     "null": (GOOD + b'{"prompt": null}\n', ", line 2: field 'prompt' is null; expected text or a list of chat"),
-    "missing": (GOOD + b'\n{"question": "b"}\n', ", line 3: no field 'prompt' (fields: ['question']); set --prompt_col"),
+    "missing": (
+        GOOD + b'\n{"question": "b"}\n',
+        ", line 3: no field 'prompt' (fields: ['question']); set --prompt_col",
+    ),
     "integer": (b'{"prompt": 7}\n', ", line 1: field 'prompt' is int 7; expected text or a list of chat messages"),
     "empty prompt": (b'{"prompt": "  "}\n', ", line 1: field 'prompt' is empty"),
     "bad message": (b'{"prompt": [{"role": "user"}]}\n', ", line 1: field 'prompt', message 0: expected a {\"role\""),
@@ -163,8 +168,9 @@ def tiny_model(tmp_path_factory) -> str:
 
     folder = tmp_path_factory.mktemp("tiny") / "model"
     tokenizer = build_tokenizer()
-    tiny_causal_lm("qwen3", tokenizer, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, seed=0) \
-        .save_pretrained(folder)
+    tiny_causal_lm(
+        "qwen3", tokenizer, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, seed=0
+    ).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
 
@@ -176,8 +182,9 @@ def test_a_huge_prompt_is_refused_before_the_model_loads(tmp_path, tiny_model):
     assert path.stat().st_size > 2_000_000
     line = failure(run("--model_name_or_path", tiny_model, "--dataset_name", str(path), cwd=tmp_path))
     assert f"{path}, line 2: field 'prompt' has more than --max_prompt_tokens=4096 tokens" in line
-    line = failure(run("--model_name_or_path", tiny_model, "--dataset_name", str(path), "--max_prompt_tokens", "5",
-                       cwd=tmp_path))
+    line = failure(
+        run("--model_name_or_path", tiny_model, "--dataset_name", str(path), "--max_prompt_tokens", "5", cwd=tmp_path)
+    )
     assert f"{path}, line 1: field 'prompt' has more than --max_prompt_tokens=5 tokens" in line
 
 
@@ -185,9 +192,24 @@ def test_a_huge_prompt_is_refused_before_the_model_loads(tmp_path, tiny_model):
 def test_the_console_script_runs_from_another_folder_without_the_repository(tmp_path, tiny_model):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"question": f"Compute {a} + 1 ="}) for a in range(3)))
-    result = run("--model_name_or_path", tiny_model, "--dataset_name", "prompts.jsonl", "--prompt_column", "question",
-                 "--scorer", "random", "--max_new_tokens", "10", "--answer_format", "regex:(..)$",
-                 "--output_file", "out/intervention.json", cwd=tmp_path, profile_imports=True)
+    result = run(
+        "--model_name_or_path",
+        tiny_model,
+        "--dataset_name",
+        "prompts.jsonl",
+        "--prompt_column",
+        "question",
+        "--scorer",
+        "random",
+        "--max_new_tokens",
+        "10",
+        "--answer_format",
+        "regex:(..)$",
+        "--output_file",
+        "out/intervention.json",
+        cwd=tmp_path,
+        profile_imports=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "random-top" in result.stdout and "kit" not in imported(result)
     assert json.loads((tmp_path / "out" / "intervention.json").read_text())["none"]["changed_rate"] == 0.0

@@ -44,15 +44,19 @@ def test_cli_refuses_groups_that_do_not_fill_a_step():
 def test_grpo_table_times_each_seed_against_grpo_of_the_same_seed(tmp_path):
     """A method's step-time ratio pairs it with GRPO's run of the same seed; the median ignores one loaded pair."""
     args = real_flow.parse_args(["summary", "--output_dir", str(tmp_path)])
-    real_flow._write_json(tmp_path / "base" / f"{args.setting}-greedy-t{args.max_new_tokens}.json",
-                          {"greedy": 0.1, "n_test": args.n_test})
+    real_flow._write_json(
+        tmp_path / "base" / f"{args.setting}-greedy-t{args.max_new_tokens}.json",
+        {"greedy": 0.1, "n_test": args.n_test},
+    )
     steps = {"grpo": [40.0, 10.0, 12.0], "flow": [11.0, 11.0, 13.2]}  # grpo seed 0 ran on a loaded machine
     for method, times in steps.items():
         for seed, step in enumerate(times):
             path = tmp_path / "grpo" / (real_flow.run_name(args, method, seed) + ".json")
             log = [{"flow/seconds": 0.5}, {"flow/seconds": 1.5}] if method == "flow" else [{"loss": 0.0}]
-            real_flow._write_json(path, {"method": method, "seed": seed, "accuracy": 0.1 + seed / 100,
-                                         "mean_step_time": step, "log": log})
+            real_flow._write_json(
+                path,
+                {"method": method, "seed": seed, "accuracy": 0.1 + seed / 100, "mean_step_time": step, "log": log},
+            )
     table = real_flow.grpo_table(args).splitlines()
     flow_row = next(line for line in table if line.startswith("| flow |"))
     assert "0.110 ± 0.006" in flow_row and "| 1.10x (0.28, 1.10, 1.10) | 1.00 (8.5%) |" in flow_row

@@ -86,15 +86,21 @@ class AnswerAccuracy(evaluate.Metric):
             gold = {"answer": list(references)}
         correct = [bool(c.correct) for c in check_texts(gold, list(predictions), task, "answer", timeout_seconds)]
         accuracy = sum(correct) / len(correct)
-        result = {"accuracy": accuracy, "accuracy_stderr": math.sqrt(accuracy * (1 - accuracy) / len(correct)),
-                  "n": len(correct)}
+        result = {
+            "accuracy": accuracy,
+            "accuracy_stderr": math.sqrt(accuracy * (1 - accuracy) / len(correct)),
+            "n": len(correct),
+        }
         if output_tokens is not None:
             tokens = [int(t) for t in output_tokens]
             if len(tokens) != len(correct):
                 raise ValueError(f"output_tokens has {len(tokens)} counts for {len(correct)} completions.")
             total = sum(tokens)
-            result.update(output_tokens_mean=total / len(tokens), output_tokens_total=total,
-                          output_tokens_per_correct=total / max(1, sum(correct)))
+            result.update(
+                output_tokens_mean=total / len(tokens),
+                output_tokens_total=total,
+                output_tokens_per_correct=total / max(1, sum(correct)),
+            )
         if return_correct:
             result["correct"] = correct
         return result
