@@ -109,7 +109,7 @@ RESUMABLE_RUN = textwrap.dedent(
     problems_dir, base_url, output_dir = sys.argv[1:]
     backend = OpenAIBackend("teacher", base_url=base_url, max_concurrency=2)
     generate(load_from_disk(problems_dir), backend, SamplingConfig(n=2, temperature=0.7, seed=11),
-             output_dir=output_dir, shard_size=2, batch_size=1)
+             output_dir=output_dir, shard_size=2, problems_per_call=1)
     """
 )
 
@@ -147,7 +147,7 @@ def test_killed_run_resumes_with_nothing_lost_or_duplicated(teacher_server, tmp_
         SamplingConfig(n=2, temperature=0.7, seed=11),
         output_dir=output,
         shard_size=2,
-        batch_size=1,
+        problems_per_call=1,
     )
     assert teacher_server.behaviour.requests == 2 * 2 * (6 - len(done))  # finished shards were not redone
 
@@ -158,7 +158,7 @@ def test_killed_run_resumes_with_nothing_lost_or_duplicated(teacher_server, tmp_
         OpenAIBackend("teacher", base_url=teacher_server.base_url),
         SamplingConfig(n=2, temperature=0.7, seed=11),
         shard_size=2,
-        batch_size=1,
+        problems_per_call=1,
     )
     assert as_rows(resumed) == as_rows(straight)  # the resumed run equals an uninterrupted one
 
