@@ -31,5 +31,5 @@ def test_gpu_checks_cpu_mode_runs_every_step(tmp_path):
     dla = out["dla_gpu.md"]
     assert "| allclose 1e-3 |" in dla and "| False |" not in dla.split("hf_dla Triton ops")[0]
     assert dla.count("| 32 |") >= 6 + 1  # six op rows and the plan row, all at T = 32
-    assert "| what | T | seconds |" in out["flow_length.md"]  # its table (it keeps no row this short)
+    assert "| what | T | rounds | seconds |" in out["flow_length.md"]  # its table (it keeps no row this short)
     assert "| cpu-tiny |" in out["flow_overhead.md"]
