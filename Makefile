@@ -61,7 +61,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The whole suite, slow tests included (about 8 minutes on 2 cores); a bare `pytest` skips the slow ones.
+# The whole suite, slow tests included (16-27 minutes on 2 cores, README); a bare `pytest` skips the slow ones.
 test: lint
 	$(PY) -m pytest -q -m "slow or not slow"
 
